@@ -1,0 +1,59 @@
+"""The exception types rblnc raises; each also subclasses the matching builtin."""
+
+from __future__ import annotations
+
+
+class RBLNError(Exception):
+    """Base of every error rblnc raises on purpose."""
+
+
+class ArtifactError(RBLNError, ValueError):
+    """A .rbln file cannot be read: truncated, corrupt, foreign or too new."""
+
+    def __init__(self, path: object, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ModelImportError(RBLNError, ValueError):
+    """A source model (ONNX, TorchScript, TensorFlow) cannot be turned into the IR."""
+
+
+class DynamicShapeError(ModelImportError):
+    """An input has a dimension only known at run time and no `input_info` fixes it."""
+
+
+class UnsupportedOpError(ModelImportError):
+    """Ops of the source model that no importer mapping or host fallback can take."""
+
+
+class CompileError(RBLNError, ValueError):
+    """The model was imported but cannot be compiled for the target."""
+
+
+class InputError(RBLNError):
+    """Base of the errors about the inputs given to `run`."""
+
+
+class InputNameError(InputError, KeyError):
+    """An input name the model does not have, or a required input is missing."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputShapeError(InputError, TypeError):
+    """An input's shape differs from the one the model was compiled for."""
+
+
+class InputDtypeError(InputError, TypeError):
+    """An input's element type differs from the model's and cannot be converted safely."""
+
+
+class RuntimeClosedError(RBLNError, RuntimeError):
+    """A call on a runtime after `close()`."""
+
+
+class ExecutionError(RBLNError, RuntimeError):
+    """A partition failed while running a request."""

@@ -1,0 +1,249 @@
+"""ONNX importer: an ONNX model (any opset from 7 on) becomes an IR graph at one opset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper, version_converter
+
+from .. import dtypes
+from ..errors import DynamicShapeError, ModelImportError
+from ..ir.graph import CANONICAL_OPSET, Graph, Node, TensorInfo
+from ..ir.onnx_bridge import attr_from_onnx, node_from_onnx
+from ..ir.shape_inference import ShapeInferenceError, infer_shapes, info_from_onnx_type
+from .input_info import InputSpec, parse_input_info
+
+MIN_OPSET = 7
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+# Initializers up to this size stay visible to ONNX's shape inference (shape tensors);
+# bigger ones are replaced by typed inputs so that inference never copies the weights.
+_MAX_INFERENCE_CONSTANT = 4096
+
+
+def import_onnx(
+    model: str | os.PathLike | bytes | onnx.ModelProto,
+    input_info: Sequence | None = None,
+) -> Graph:
+    """Import an ONNX model from a path, serialized bytes or a ModelProto."""
+    proto, origin = _load(model)
+    specs = parse_input_info(input_info)
+    opset = _default_opset(proto, origin)
+    if opset < MIN_OPSET:
+        raise ModelImportError(f"{origin}: opset {opset} is older than {MIN_OPSET}, the oldest supported")
+    proto, opset = _convert_opset(proto, opset)
+    initializers = {t.name: t for t in proto.graph.initializer}
+    _apply_input_info(proto, specs, initializers, origin)
+    inferred = _infer_types(proto, initializers)
+    graph = _build_graph(proto, opset, initializers, inferred, origin)
+    try:
+        infer_shapes(graph)
+    except ShapeInferenceError as exc:
+        raise ModelImportError(f"{origin}: {exc}") from None
+    return graph
+
+
+def _load(model) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<ModelProto>"
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        try:
+            return onnx.load_from_string(bytes(model)), "<bytes>"
+        except DecodeError as exc:
+            raise ModelImportError(f"<bytes>: not an ONNX model ({exc})") from None
+    path = Path(model)
+    if not path.is_file():
+        raise ModelImportError(f"{path}: no such file")
+    try:
+        return onnx.load(str(path)), str(path)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ModelImportError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
+
+
+def _default_opset(proto: onnx.ModelProto, origin: str) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in _DEFAULT_DOMAINS:
+            return entry.version
+    raise ModelImportError(f"{origin}: the model imports no version of the default ONNX domain")
+
+
+def _convert_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, int]:
+    if opset == CANONICAL_OPSET:
+        return proto, opset
+    try:
+        converted = version_converter.convert_version(proto, CANONICAL_OPSET)
+    except Exception:  # the converter raises bare RuntimeErrors/C++ errors for missing adapters
+        return proto, opset
+    return converted, CANONICAL_OPSET
+
+
+def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) -> None:
+    graph_inputs = {i.name: i for i in proto.graph.input if i.name not in initializers}
+    unknown = [s.name for s in specs if s.name not in graph_inputs]
+    if unknown:
+        raise ModelImportError(
+            f"{origin}: input_info names {', '.join(map(repr, unknown))}, but the model's "
+            f"inputs are {', '.join(map(repr, graph_inputs))}"
+        )
+    for spec in specs:
+        vi = graph_inputs[spec.name]
+        tensor_type = vi.type.tensor_type
+        model_dtype = dtypes.from_onnx(tensor_type.elem_type) if tensor_type.elem_type else None
+        if model_dtype is not None and model_dtype != spec.dtype:
+            raise ModelImportError(
+                f"{origin}: input {spec.name!r} is {model_dtype.name} in the model, "
+                f"input_info says {spec.dtype.name}"
+            )
+        if tensor_type.HasField("shape"):
+            dims = tensor_type.shape.dim
+            if len(dims) != len(spec.shape) or any(
+                d.HasField("dim_value") and d.dim_value not in (0, s) for d, s in zip(dims, spec.shape)
+            ):
+                model_shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+                raise ModelImportError(
+                    f"{origin}: input {spec.name!r} has shape {model_shape} in the model, "
+                    f"input_info gives {list(spec.shape)}"
+                )
+        tensor_type.elem_type = dtypes.to_onnx(spec.dtype)
+        tensor_type.ClearField("shape")
+        tensor_type.shape.SetInParent()  # a rank-0 input still needs an (empty) shape
+        for d in spec.shape:
+            tensor_type.shape.dim.add().dim_value = d
+    for name, vi in graph_inputs.items():
+        tensor_type = vi.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            raise DynamicShapeError(
+                f"{origin}: input {name!r} has no shape in the model; give it with "
+                f"input_info=[({name!r}, [...], 'float32')] or --input {name}:1x3x224x224:float32"
+            )
+        for axis, d in enumerate(tensor_type.shape.dim):
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                label = d.dim_param or "?"
+                shape = [x.dim_value if x.HasField("dim_value") else (x.dim_param or "?")
+                         for x in tensor_type.shape.dim]
+                raise DynamicShapeError(
+                    f"{origin}: input {name!r} has a dynamic dimension {label!r} at axis {axis} "
+                    f"(shape {shape}); fix it with input_info=[({name!r}, [...], "
+                    f"{dtypes.name(dtypes.from_onnx(tensor_type.elem_type))!r})] or "
+                    f"--input {name}:{'x'.join('1' if not isinstance(s, int) or s <= 0 else str(s) for s in shape)}"
+                )
+
+
+def _infer_types(proto: onnx.ModelProto, initializers) -> dict[str, TensorInfo]:
+    """Types of every value ONNX's inference can work out, without copying big weights."""
+    light = _copy_without_initializers(proto)
+    input_names = {i.name for i in light.graph.input}
+    for name, tensor in initializers.items():
+        if np.prod(tensor.dims, dtype=np.int64) <= _MAX_INFERENCE_CONSTANT and not tensor.external_data:
+            light.graph.initializer.append(tensor)
+        elif name not in input_names:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception:  # partial knowledge is fine: the IR re-infers what is missing node by node
+        inferred = light
+    known = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            try:
+                known[vi.name] = info_from_onnx_type(vi.type)
+            except TypeError:
+                continue
+    return known
+
+
+def _copy_without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    initializers = list(proto.graph.initializer)
+    del proto.graph.initializer[:]
+    try:
+        light = onnx.ModelProto()
+        light.CopyFrom(proto)
+    finally:
+        proto.graph.initializer.extend(initializers)
+    return light
+
+
+def _build_graph(proto, opset: int, initializers, inferred, origin: str) -> Graph:
+    graph = Graph(name=proto.graph.name or Path(origin).stem, opset=opset)
+    for name, tensor in initializers.items():
+        try:
+            graph.add_constant(name, numpy_helper.to_array(tensor))
+        except (ValueError, TypeError) as exc:
+            raise ModelImportError(f"{origin}: initializer {name!r} cannot be read ({_short(exc)})") from None
+    for vi in proto.graph.input:
+        if vi.name in initializers:
+            continue
+        info = info_from_onnx_type(vi.type)
+        graph.add_input(vi.name, info)
+    used_names: set[str] = set()
+    for index, node_proto in enumerate(proto.graph.node):
+        name = _unique_node_name(node_proto, index, used_names)
+        if node_proto.op_type == "Constant" and node_proto.domain in _DEFAULT_DOMAINS:
+            graph.add_constant(node_proto.output[0], _constant_value(node_proto, origin, name))
+            continue
+        node = node_from_onnx(node_proto, name)
+        node.implicit_inputs = _outer_scope_reads(node_proto)
+        try:
+            graph.add_node(node)
+        except Exception as exc:
+            raise ModelImportError(f"{origin}: node {name!r} ({node.op_type}): {exc}") from None
+        for out in node.outputs:
+            if out and out in inferred:
+                graph.tensors[out] = inferred[out]
+    graph.outputs = [o.name for o in proto.graph.output]
+    for out in proto.graph.output:
+        if out.name not in graph.tensors and out.type.HasField("tensor_type") and out.type.tensor_type.elem_type:
+            graph.tensors[out.name] = info_from_onnx_type(out.type)
+    return graph
+
+
+def _unique_node_name(node_proto, index: int, used: set[str]) -> str:
+    base = node_proto.name or f"{node_proto.op_type}_{index}"
+    name, i = base, 1
+    while name in used:
+        name = f"{base}_{i}"
+        i += 1
+    used.add(name)
+    return name
+
+
+def _constant_value(node_proto, origin: str, name: str) -> np.ndarray:
+    attr = node_proto.attribute[0] if node_proto.attribute else None
+    if attr is None:
+        raise ModelImportError(f"{origin}: Constant node {name!r} has no value")
+    value = attr_from_onnx(attr)
+    if attr.name == "value":
+        return value
+    if attr.name in ("value_float", "value_floats"):
+        return np.asarray(value, dtype=np.float32)
+    if attr.name in ("value_int", "value_ints"):
+        return np.asarray(value, dtype=np.int64)
+    if attr.name in ("value_string", "value_strings"):
+        return np.asarray(value, dtype=object)
+    raise ModelImportError(f"{origin}: Constant node {name!r}: attribute {attr.name!r} is not supported")
+
+
+def _outer_scope_reads(node_proto: onnx.NodeProto) -> list[str]:
+    """Names a node's subgraph attributes read from the enclosing graph."""
+    reads: list[str] = []
+    for attr in node_proto.attribute:
+        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else []
+        for sub in subgraphs + list(attr.graphs):
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                defined.update(n.output)
+            inner_reads = []
+            for n in sub.node:
+                inner_reads.extend(i for i in n.input if i)
+                inner_reads.extend(_outer_scope_reads(n))
+            reads.extend(r for r in inner_reads if r not in defined and r not in reads)
+    return reads
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,11 @@
+"""The graph IR that every importer produces and every later stage consumes."""
+
+from .graph import CANONICAL_OPSET, RBLNC_DOMAIN, Graph, GraphError, Node, TensorInfo
+from .shape_inference import infer_node, infer_shapes
+from .text import dump
+from .verify import verify_graph
+
+__all__ = [
+    "CANONICAL_OPSET", "RBLNC_DOMAIN", "Graph", "GraphError", "Node", "TensorInfo",
+    "infer_node", "infer_shapes", "dump", "verify_graph",
+]

@@ -1,0 +1,101 @@
+"""The ONNX importer: opset conversion, input_info, dynamic shapes and bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import LIGHT_DIR, conv_relu_model, make_onnx
+from onnx import TensorProto, helper
+
+from rblnc.errors import DynamicShapeError, ModelImportError
+from rblnc.importers import import_onnx, parse_input_info, parse_input_option
+from rblnc.ir import CANONICAL_OPSET, verify_graph
+
+
+def test_opset9_model_is_brought_to_the_canonical_opset():
+    graph = import_onnx(LIGHT_DIR / "light_squeezenet.onnx")
+    assert graph.opset == CANONICAL_OPSET
+    verify_graph(graph)
+    assert graph.inputs == ["data_0"] and graph.tensors["data_0"].shape == (1, 3, 224, 224)
+
+
+def test_opset7_model_imports():
+    model = make_onnx([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 4])], [("y", [1, 4])], opset=7)
+    assert import_onnx(model).opset == CANONICAL_OPSET
+
+
+def test_older_than_opset7_is_refused():
+    model = make_onnx([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 4])], [("y", [1, 4])], opset=6)
+    with pytest.raises(ModelImportError, match="opset 6 is older than 7"):
+        import_onnx(model)
+
+
+def _dynamic_model():
+    return make_onnx([helper.make_node("Relu", ["images"], ["y"])], [("images", ["batch", 3, 8, 8])],
+                     [("y", ["batch", 3, 8, 8])])
+
+
+def test_dynamic_dimension_without_input_info_names_the_input():
+    with pytest.raises(DynamicShapeError, match=r"input 'images' has a dynamic dimension 'batch' at axis 0") as info:
+        import_onnx(_dynamic_model())
+    assert "input_info=[('images'" in str(info.value) and "--input images:1x3x8x8" in str(info.value)
+
+
+def test_input_info_fixes_dynamic_dimensions():
+    graph = import_onnx(_dynamic_model(), input_info=[("images", [2, 3, 8, 8], np.float32)])
+    assert graph.tensors["images"].shape == (2, 3, 8, 8)
+    assert graph.tensors["y"].shape == (2, 3, 8, 8)
+
+
+def test_input_info_with_unknown_name():
+    with pytest.raises(ModelImportError, match=r"input_info names 'x', but the model's inputs are 'images'"):
+        import_onnx(_dynamic_model(), input_info=[("x", [1, 3, 8, 8], "float32")])
+
+
+def test_input_info_contradicting_static_shape():
+    with pytest.raises(ModelImportError, match=r"input 'x' has shape \[1, 3, 8, 8\] in the model, input_info gives \[1, 3, 9, 9\]"):
+        import_onnx(conv_relu_model(), input_info=[("x", [1, 3, 9, 9], "float32")])
+
+
+def test_input_info_wrong_dtype():
+    with pytest.raises(ModelImportError, match="is float32 in the model, input_info says int64"):
+        import_onnx(conv_relu_model(), input_info=[("x", [1, 3, 8, 8], "int64")])
+
+
+def test_malformed_input_info():
+    with pytest.raises(ModelImportError, match=r"input_info\[0\] must be \(name, shape, dtype\)"):
+        parse_input_info([("x", [1, 2])])
+    with pytest.raises(ModelImportError, match="shape must be a list of integers"):
+        parse_input_info([("x", "1x2", "float32")])
+    with pytest.raises(ModelImportError, match="unknown element type 'float33'"):
+        parse_input_info([("x", [1], "float33")])
+
+
+def test_input_option_parsing():
+    spec = parse_input_option("images:1x3x640x640:float32")
+    assert (spec.name, spec.shape, spec.dtype) == ("images", (1, 3, 640, 640), np.dtype(np.float32))
+    assert parse_input_option("ids:1x128:int64").dtype == np.dtype(np.int64)
+    with pytest.raises(ModelImportError, match="expected NAME:DIMxDIM"):
+        parse_input_option("images=1x3")
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(b"\xff\xfe this is not protobuf" * 10)
+    with pytest.raises(ModelImportError, match=r"junk.onnx: not a readable ONNX model"):
+        import_onnx(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelImportError, match="no such file"):
+        import_onnx(tmp_path / "absent.onnx")
+
+
+def test_constant_nodes_become_constants():
+    model = make_onnx(
+        [helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [2], [1, 2])),
+         helper.make_node("Add", ["x", "c"], ["y"])],
+        [("x", [2])], [("y", [2])],
+    )
+    graph = import_onnx(model)
+    assert np.array_equal(graph.constants["c"], [1, 2]) and [n.op_type for n in graph.nodes] == ["Add"]
