@@ -1,0 +1,89 @@
+"""Lowering: the partitioned IR becomes an Artifact (NPU programs, host ONNX subgraphs, DMA)."""
+
+from __future__ import annotations
+
+from ..format.artifact import (
+    Artifact, CompileOptions, Device, FallbackReason, Partition, Transfer, TransferDirection,
+    ValueInfo,
+)
+from ..ir.graph import Graph
+from ..partition.partitioner import PlannedPartition
+from ..target import TargetSpec
+from .host_subgraph import lower_host_subgraph
+from .npu_program import lower_npu_program
+
+
+def lower_graph(graph: Graph, plan: list[PlannedPartition], target: TargetSpec,
+                options: CompileOptions, producer: str) -> Artifact:
+    produced_in: dict[str, int] = {}
+    for index, planned in enumerate(plan):
+        for node in planned.nodes:
+            for out in node.outputs:
+                if out:
+                    produced_in[out] = index
+    read_later: dict[int, list[str]] = {}  # partition index -> its values read by others
+    for index, planned in enumerate(plan):
+        for name in _reads(planned, graph):
+            source = produced_in.get(name)
+            if source is not None and source != index and name not in read_later.setdefault(source, []):
+                read_later[source].append(name)
+    for name in graph.outputs:
+        source = produced_in.get(name)
+        if source is not None and name not in read_later.setdefault(source, []):
+            read_later[source].append(name)
+
+    model_outputs = set(graph.outputs)
+    on_device: set[str] = set()  # values resident in device memory after earlier partitions
+    partitions = []
+    for index, planned in enumerate(plan):
+        inputs = [n for n in _reads(planned, graph) if produced_in.get(n) != index]
+        outputs = read_later.get(index, [])
+        name = f"p{index}_{planned.device.name.lower()}"
+        partition = Partition(
+            name=name,
+            device=planned.device,
+            inputs=[_value_info(graph, n) for n in inputs],
+            outputs=[_value_info(graph, n) for n in outputs],
+        )
+        if planned.device == Device.NPU:
+            partition.npu_program = lower_npu_program(graph, planned.nodes, inputs, outputs)
+            for n in inputs:
+                if n not in on_device:
+                    partition.transfers.append(Transfer(TransferDirection.HOST_TO_DEVICE, n, graph.tensors[n].nbytes))
+                    on_device.add(n)
+            on_device.update(outputs)
+            for n in outputs:
+                if n in model_outputs or any(plan[i].device == Device.HOST and n in _reads(plan[i], graph)
+                                             for i in range(index + 1, len(plan))):
+                    partition.transfers.append(Transfer(TransferDirection.DEVICE_TO_HOST, n, graph.tensors[n].nbytes))
+        else:
+            partition.host_onnx = lower_host_subgraph(graph, planned.nodes, inputs, outputs, name)
+            partition.fallback_reasons = [
+                FallbackReason(node.name, node.op_type, planned.reasons.get(node.name, ""))
+                for node in planned.nodes
+            ]
+        partitions.append(partition)
+    return Artifact(
+        options=options,
+        target=target,
+        opset=graph.opset,
+        inputs=[_value_info(graph, n) for n in graph.inputs],
+        outputs=[_value_info(graph, n) for n in graph.outputs],
+        partitions=partitions,
+        producer=producer,
+    )
+
+
+def _reads(planned: PlannedPartition, graph: Graph) -> list[str]:
+    """Non-constant values the partition's nodes read, in first-use order."""
+    seen: dict[str, None] = {}
+    for node in planned.nodes:
+        for name in node.inputs + node.implicit_inputs:
+            if name and not graph.is_constant(name):
+                seen.setdefault(name)
+    return list(seen)
+
+
+def _value_info(graph: Graph, name: str) -> ValueInfo:
+    info = graph.tensors[name]
+    return ValueInfo(name, info.dtype, info.shape, graph.input_layouts.get(name, ""))

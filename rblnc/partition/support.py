@@ -1,0 +1,137 @@
+"""Which ops the NPU can run, and if not, why — in words the user can act on.
+
+Each constraint is a function `(node, graph, target) -> str | None` returning the reason it
+fails (None when it holds). The first line of its docstring documents it (docs/ops.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import onnx.defs
+
+from ..ir.graph import CANONICAL_OPSET, RBLNC_DOMAIN, Graph, Node
+from ..target import TargetSpec
+
+_NPU_DTYPES = {np.dtype(np.float32), np.dtype(np.float16)}
+try:
+    from ml_dtypes import bfloat16
+
+    _NPU_DTYPES.add(np.dtype(bfloat16))
+except ImportError:  # pragma: no cover
+    pass
+
+# Inputs that must be compile-time constants for the NPU (they set shapes or bounds).
+_CONSTANT_INPUTS = {"Reshape": (1,), "Clip": (1, 2)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    supported: bool
+    reason: str = ""
+
+
+def constraint_op_type(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """The op type is one the target lists as supported."""
+    if node.domain == RBLNC_DOMAIN:
+        return None if node.op_type in target.supported_ops else f"{node.qualified_type} is not supported by {target.name}"
+    if node.domain or node.op_type not in target.supported_ops:
+        return f"op type {node.qualified_type} is not supported by the NPU ({target.name})"
+    return None
+
+
+def constraint_opset_semantics(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """The op has the semantics the NPU kernels implement (those of the canonical opset)."""
+    if node.domain or graph.opset == CANONICAL_OPSET:
+        return None
+    if _since_version(node.op_type, graph.opset) != _since_version(node.op_type, CANONICAL_OPSET):
+        return (f"{node.op_type} at opset {graph.opset} differs from opset {CANONICAL_OPSET}, "
+                "which the NPU kernels implement")
+    return None
+
+
+def constraint_static_shapes(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """Every input and output has a shape known at compile time."""
+    for name in node.inputs + node.outputs:
+        info = graph.tensors.get(name) if name else None
+        if name and (info is None or not info.is_static):
+            return f"tensor {name!r} has a shape only known at run time ({info})"
+    return None
+
+
+def constraint_dtypes(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """Tensors computed on the NPU are floating point (fp32, fp16 or bf16)."""
+    for name in node.inputs + node.outputs:
+        if not name or graph.is_constant(name):  # constant operands (shapes, axes) may be ints
+            continue
+        dtype = graph.tensors[name].dtype
+        if dtype not in _NPU_DTYPES:
+            return f"tensor {name!r} is {dtype.name}; the NPU computes in floating point only"
+    return None
+
+
+def constraint_rank(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """Tensors have at most the target's maximum rank."""
+    for name in node.inputs + node.outputs:
+        info = graph.tensors.get(name) if name else None
+        if info is not None and info.shape is not None and len(info.shape) > target.max_rank:
+            return f"tensor {name!r} has rank {len(info.shape)} > {target.max_rank}"
+    return None
+
+
+def constraint_window(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """Convolution and pooling windows and strides are within the target's limits."""
+    kernel = node.attrs.get("kernel_shape")
+    if kernel is None and node.op_type == "Conv" and len(node.inputs) > 1 and node.inputs[1] in graph.tensors:
+        kernel = graph.tensors[node.inputs[1]].shape[2:]
+    if kernel and max(kernel) > target.max_kernel_size:
+        return f"kernel {list(kernel)} exceeds the NPU's maximum {target.max_kernel_size}"
+    strides = node.attrs.get("strides")
+    if strides and max(strides) > target.max_stride:
+        return f"stride {list(strides)} exceeds the NPU's maximum {target.max_stride}"
+    return None
+
+
+def constraint_constant_operands(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """Shape and bound operands (Reshape's shape, Clip's min/max) are compile-time constants."""
+    for index in _CONSTANT_INPUTS.get(node.op_type, ()):
+        if index < len(node.inputs) and node.inputs[index] and not graph.is_constant(node.inputs[index]):
+            return f"input {index} ({node.inputs[index]!r}) is computed at run time"
+    return None
+
+
+def constraint_inference_mode(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """BatchNormalization runs in inference mode (training_mode=0)."""
+    if node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0):
+        return "BatchNormalization in training mode"
+    return None
+
+
+CONSTRAINTS: list[Callable[[Node, Graph, TargetSpec], str | None]] = [
+    constraint_op_type,
+    constraint_opset_semantics,
+    constraint_static_shapes,
+    constraint_dtypes,
+    constraint_rank,
+    constraint_window,
+    constraint_constant_operands,
+    constraint_inference_mode,
+]
+
+
+def check_npu_support(node: Node, graph: Graph, target: TargetSpec) -> Verdict:
+    for constraint in CONSTRAINTS:
+        reason = constraint(node, graph, target)
+        if reason:
+            return Verdict(False, reason)
+    return Verdict(True)
+
+
+@lru_cache(maxsize=None)
+def _since_version(op_type: str, opset: int) -> int:
+    try:
+        return onnx.defs.get_schema(op_type, opset).since_version
+    except onnx.defs.SchemaError:
+        return -1
