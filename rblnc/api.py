@@ -1,0 +1,67 @@
+"""The public compile API (`compile_from_*`) and `RBLNCompiledModel`, as in the vendor SDK."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .compiler import CompileOptionsIn, CompileReport, compile_graph
+from .format.artifact import Artifact
+from .format.reader import load_artifact
+from .format.writer import save_artifact
+from .importers import import_onnx
+from .runtime import Runtime
+from .runtime.runtime import describe
+
+_OPTION_NAMES = tuple(CompileOptionsIn.__dataclass_fields__)
+
+
+class RBLNCompiledModel:
+    """A compiled model: from a compile_from_* call, or loaded with RBLNCompiledModel(path)."""
+
+    def __init__(self, source: str | os.PathLike | Artifact, *, report: CompileReport | None = None):
+        if isinstance(source, Artifact):
+            self.artifact, self.path = source, None
+        else:
+            self.artifact, self.path = load_artifact(source), Path(source)
+        self.report = report
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the .rbln file (atomically: a partial file never appears under `path`)."""
+        self.path = save_artifact(self.artifact, path)
+        return self.path
+
+    def create_runtime(self, *, device: int = 0, tensor_type: str = "np", **kwargs: Any) -> Runtime:
+        return Runtime(self, device=device, tensor_type=tensor_type, **kwargs)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.artifact.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.artifact.outputs]
+
+    def model_description(self) -> str:
+        return describe(self.artifact, str(self.path or ""))
+
+    def __repr__(self) -> str:
+        return f"<RBLNCompiledModel inputs={self.input_names} outputs={self.output_names}>"
+
+
+def _options(kwargs: dict[str, Any], caller: str) -> CompileOptionsIn:
+    unknown = sorted(set(kwargs) - set(_OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"{caller}() got unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTION_NAMES)}")
+    return CompileOptionsIn(**kwargs)
+
+
+def compile_from_onnx(model: str | os.PathLike | bytes | Any, input_info: Sequence | None = None,
+                      **compile_options: Any) -> RBLNCompiledModel:
+    """Compile an ONNX model (path, bytes or ModelProto). `input_info` = [(name, shape, dtype)]
+    fixes dynamic dimensions; options: dtype, opt_level, target, verify_each, ..."""
+    options = _options(compile_options, "compile_from_onnx")
+    graph = import_onnx(model, input_info)
+    artifact, report = compile_graph(graph, options, "onnx")
+    return RBLNCompiledModel(artifact, report=report)

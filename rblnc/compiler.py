@@ -1,0 +1,94 @@
+"""The compiler driver: IR -> passes -> partition -> lower, with checks between stages."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ._version import __version__
+from .dtypes import PRECISIONS
+from .errors import CompileError
+from .format.artifact import Artifact, CompileOptions
+from .ir import Graph, verify_graph
+from .lower import lower_graph
+from .partition import partition_graph
+from .passes import PassContext, PassManager, PassReport, pipeline
+from .target import TargetSpec, load_target
+
+# Precisions the emulator reproduces today; the others in dtypes.PRECISIONS are planned.
+SUPPORTED_PRECISIONS = ("fp32",)
+OPT_LEVELS = (0, 1, 2, 3)
+DEFAULT_OPT_LEVEL = 2
+
+
+@dataclass
+class CompileOptionsIn:
+    """Every option a compile_from_* accepts besides the model and input_info."""
+
+    dtype: str = "fp32"
+    opt_level: int = DEFAULT_OPT_LEVEL
+    target: str | TargetSpec | None = None
+    verify_each: bool = False
+    dump_ir_after: Iterable[str] = ()
+    disable_passes: Iterable[str] = ()
+    invocation: str = ""
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass
+class CompileReport:
+    passes: PassReport | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def check_options(options: CompileOptionsIn) -> None:
+    if options.dtype not in PRECISIONS:
+        raise CompileError(f"dtype {options.dtype!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+    if options.dtype not in SUPPORTED_PRECISIONS:
+        raise CompileError(
+            f"dtype {options.dtype!r} is not supported yet; supported: {', '.join(SUPPORTED_PRECISIONS)}"
+        )
+    if options.opt_level not in OPT_LEVELS:
+        raise CompileError(f"opt_level must be one of {OPT_LEVELS}, got {options.opt_level!r}")
+
+
+def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str) -> tuple[Artifact, CompileReport]:
+    check_options(options)
+    target = load_target(options.target)
+    report = CompileReport()
+    say = options.progress or (lambda message: None)
+
+    def stage(name: str, start: float) -> None:
+        report.seconds[name] = time.perf_counter() - start
+
+    verify_graph(graph)
+    nodes_before = len(graph)
+    start = time.perf_counter()
+    say(f"optimising {nodes_before} nodes (-O{options.opt_level})")
+    try:
+        passes = pipeline(options.opt_level, set(options.disable_passes))
+        manager = PassManager(passes, verify_each=options.verify_each, dump_after=options.dump_ir_after)
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
+    report.passes = manager.run(graph, PassContext(dtype=options.dtype))
+    verify_graph(graph)
+    stage("passes", start)
+
+    start = time.perf_counter()
+    say("partitioning")
+    plan = partition_graph(graph, target)
+    stage("partition", start)
+
+    start = time.perf_counter()
+    say(f"lowering {len(plan)} partition(s)")
+    artifact = lower_graph(
+        graph, plan, target,
+        CompileOptions(dtype=options.dtype, opt_level=options.opt_level,
+                       invocation=options.invocation, source_framework=source_framework),
+        producer=f"rblnc {__version__}",
+    )
+    artifact.nodes_before_passes = nodes_before
+    artifact.nodes_after_passes = len(graph)
+    stage("lower", start)
+    return artifact, report

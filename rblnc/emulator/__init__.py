@@ -1,0 +1,6 @@
+"""The NPU emulator: runs NPU programs with the device's numerics (and, later, its timing)."""
+
+from .kernels import KERNELS
+from .npu import EmulatorError, NpuProgramRunner
+
+__all__ = ["KERNELS", "EmulatorError", "NpuProgramRunner"]

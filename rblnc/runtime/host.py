@@ -1,0 +1,24 @@
+"""Runs host partitions (ONNX subgraphs) with onnxruntime; one session per partition, made once."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+
+class HostSubgraphRunner:
+    def __init__(self, onnx_bytes, name: str = "host", threads: int | None = None):
+        self.name = name
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(bytes(onnx_bytes), options, providers=["CPUExecutionProvider"])
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._input_names = [i.name for i in self._session.get_inputs()]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, {n: inputs[n] for n in self._input_names})
+        return dict(zip(self._output_names, results))
