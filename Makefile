@@ -1,0 +1,48 @@
+# rblnc — `make demo` and `make test` work on a fresh machine with only Python 3 installed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RBLNC  := $(VENV)/bin/rblnc
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := build/demo
+
+# The flatc flags that produced rblnc/format/rbln_generated.py (tests/test_schema.py runs
+# `make schema SCHEMA_OUT=...` to check the committed file is fresh).
+SCHEMA_OUT  ?= rblnc/format
+FLATC_FLAGS := --python --gen-object-api --python-typing --python-decode-obj-api-strings --gen-onefile
+
+.PHONY: install demo test test-full schema bench clean
+
+install: $(STAMP)
+
+# constraints.txt pins what CI tested, torch to its CPU build in particular (a looser pin
+# pulls gigabytes of CUDA packages).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tf,ray]"
+	touch $(STAMP)
+
+demo: install
+	mkdir -p $(DEMO)
+	$(PY) examples/demo.py prepare $(DEMO)
+	$(RBLNC) compile $(DEMO)/model.onnx -o $(DEMO)/model.rbln
+	$(RBLNC) inspect $(DEMO)/model.rbln
+	$(RBLNC) run $(DEMO)/model.rbln $(DEMO)/inputs.npz -o $(DEMO)/outputs.npz
+	$(PY) examples/demo.py check $(DEMO)
+
+test: install
+	$(PY) -m pytest -q
+
+test-full: install
+	$(PY) -m pytest -q -m "slow or not slow"
+
+schema: install
+	$(VENV)/bin/flatc $(FLATC_FLAGS) -o $(SCHEMA_OUT) schemas/rbln.fbs
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf build .pytest_cache
