@@ -130,6 +130,10 @@ class _Slots:
                     return
             self._free += 1
 
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -365,7 +369,12 @@ class AsyncRuntime:
 
     # -- observing ---------------------------------------------------------------------------
     def inflight(self) -> int:
+        """Requests admitted and not finished."""
         return self._engine.inflight()
+
+    def waiting(self) -> int:
+        """Calls waiting to be admitted (max_inflight reached)."""
+        return self._slots.waiting()
 
     @property
     def thread_count(self) -> int:
