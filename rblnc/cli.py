@@ -257,6 +257,9 @@ def _print_summary(runtime, count: int, latencies: list[float], seconds: float, 
     click.echo(f"throughput: {count / seconds:.2f} req/s ({seconds:.3f} s wall)")
     click.echo(f"latency: p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms")
     click.echo(f"modelled NPU utilisation: {utilisation}")
+    if runtime.pace_scale and runtime.overruns:
+        click.echo(f"note: on {runtime.overruns} step(s) the emulator took longer than the modelled time, so the "
+                   "timeline is the emulator's there; a larger --pace-scale keeps to the model", err=True)
 
 
 def _load_inputs(path: Path, names: list[str]):

@@ -47,6 +47,7 @@ def test_chrome_trace_structure(records, tmp_path):
     assert len(slices) == len(timeline) == 6 * 7
     for e in slices:
         assert set(e) == {"ph", "name", "cat", "pid", "tid", "ts", "dur", "args"}
+        assert e["args"].get("compute_us", 0) <= e["dur"] + 1e-3
         assert e["ts"] >= 0 and e["dur"] >= 0 and e["tid"] in names
         assert e["name"] == f"req {e['args']['request']}" and e["args"]["request"] in ids
         assert e["cat"] in {"host", "h2d", "npu", "d2h"}

@@ -147,3 +147,16 @@ def test_conv_only_model_has_no_host_step():
     compiled = rblnc.compile_from_onnx(conv_relu_model(), dtype="fp32")
     steps = plan_steps(ModelExecutor(compiled.artifact))
     assert [s.resource for s in steps] == [Resource.H2D, Resource.NPU, Resource.D2H]
+
+
+def test_steps_slower_than_the_model_are_counted_as_overruns(mixed):
+    # 1 ns for an NPU partition: the emulator cannot keep to that, the step lasts what it computes.
+    artifact = set_estimates(mixed.artifact, npu_ms=1e-6, dma_ms=20, host_ms=50)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    sync = rblnc.Runtime(artifact, pace=True, trace=True)
+    sync.run(x)
+    overran = [r.step for r in sync.timeline() if r.overran]
+    assert overran == ["p0_npu", "p2_npu"] and sync.overruns == 2
+    with rblnc.AsyncRuntime(artifact, pace=True) as runtime:
+        runtime.run(x).wait()
+        assert runtime.overruns == 2 and runtime.stats()["overruns"] == 2

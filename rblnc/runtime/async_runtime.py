@@ -381,9 +381,14 @@ class AsyncRuntime:
         """Worker threads this runtime runs (fixed, whatever the number of requests)."""
         return self._engine.thread_count
 
+    @property
+    def overruns(self) -> int:
+        """Paced steps the emulator took longer to compute than their modelled time."""
+        return self._engine.stats.overruns
+
     def stats(self) -> dict[str, Any]:
         s = self._engine.stats
-        return {"completed": s.completed, "failed": s.failed, "cancelled": s.cancelled,
+        return {"completed": s.completed, "failed": s.failed, "cancelled": s.cancelled, "overruns": s.overruns,
                 "busy_s": dict(s.busy_s), "modelled_ns": dict(s.modelled_ns)}
 
     def timeline(self) -> list[StepRecord]:

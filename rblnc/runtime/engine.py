@@ -113,8 +113,13 @@ class StepRecord(NamedTuple):
     lane: str
     start: float
     end: float
-    modelled_ns: float
+    modelled_ns: float       # the step's modelled time x the pace scale (0: not paced or not modelled)
+    compute_s: float = 0.0   # of which the emulator spent computing (paced: overran if > modelled)
     failed: bool = False
+
+    @property
+    def overran(self) -> bool:
+        return 0 < self.modelled_ns < self.compute_s * 1e9
 
 
 class Lane:
@@ -127,8 +132,9 @@ class Lane:
         self.free_at = 0.0
 
 
-def run_step(step: Step, values: dict, ready_at: float, lane: Lane, pace_scale: float) -> tuple[float, float]:
-    """Runs one step on `lane` and returns its (start, end).
+def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
+             pace_scale: float) -> tuple[float, float, float]:
+    """Runs one step on `lane` and returns its (start, end, seconds spent computing).
 
     Functional (pace_scale 0): the step lasts as long as it computes. Paced: it lasts its modelled
     time x pace_scale (a host step with no model: its own time x pace_scale), or longer if the
@@ -147,7 +153,7 @@ def run_step(step: Step, values: dict, ready_at: float, lane: Lane, pace_scale: 
     computed = clock()
     if not pace_scale:
         lane.free_at = computed
-        return started, computed
+        return started, computed, computed - started
     start = min(started, max(ready_at, lane.free_at))
     hold = step.est_ns * 1e-9 * pace_scale if step.est_ns > 0 else (computed - started) * pace_scale
     deadline = start + hold
@@ -156,7 +162,7 @@ def run_step(step: Step, values: dict, ready_at: float, lane: Lane, pace_scale: 
         time.sleep(remaining)
     end = max(deadline, computed)
     lane.free_at = end
-    return start, end
+    return start, end, computed - started
 
 
 class RequestState(enum.Enum):
@@ -234,6 +240,7 @@ class EngineStats:
     cancelled: int = 0
     busy_s: dict[str, float] = field(default_factory=dict)       # per resource, on the timeline
     modelled_ns: dict[str, float] = field(default_factory=dict)  # per resource, the model's time (unscaled)
+    overruns: int = 0  # paced steps the emulator took longer to compute than their modelled time
 
 
 class Engine:
@@ -313,7 +320,7 @@ class Engine:
                 request.running = True
             step = self.steps[request.position]
             try:
-                start, end = run_step(step, request.values, request.ready_at, lane, self.pace_scale)
+                start, end, compute = run_step(step, request.values, request.ready_at, lane, self.pace_scale)
             except BaseException as exc:  # the request's own failure: it ends here, the others go on
                 failed_at = clock()
                 self._record(request, step, lane, failed_at, failed_at, failed=True)
@@ -323,7 +330,7 @@ class Engine:
                 self._end(request, RequestState.FAILED, error=exc)
                 continue
             request.ready_at = end
-            self._record(request, step, lane, start, end)
+            self._record(request, step, lane, start, end, compute)
             granted = None
             with self._lock:
                 request.running = False
@@ -337,14 +344,17 @@ class Engine:
             request.position += 1
             self._advance(request)
 
-    def _record(self, request: Request, step: Step, lane: Lane, start: float, end: float, failed: bool = False):
+    def _record(self, request: Request, step: Step, lane: Lane, start: float, end: float, compute: float = 0.0,
+                failed: bool = False):
+        record = StepRecord(request.id, step.name, step.partition, step.resource, lane.label, start, end,
+                            step.est_ns * self.pace_scale, compute, failed)
         with self._lock:
             key = step.resource.value
             self.stats.busy_s[key] = self.stats.busy_s.get(key, 0.0) + (end - start)
             self.stats.modelled_ns[key] = self.stats.modelled_ns.get(key, 0.0) + step.est_ns
+            self.stats.overruns += record.overran
             if self.timeline is not None:
-                self.timeline.append(StepRecord(request.id, step.name, step.partition, step.resource,
-                                                lane.label, start, end, step.est_ns * self.pace_scale, failed))
+                self.timeline.append(record)
 
     def _return_device(self, request: Request, at: float) -> Request | None:
         """With the lock held: gives `request`'s device slot to the next waiter, or back."""

@@ -79,6 +79,7 @@ class Runtime:
         self._lanes = {r: Lane(r, "host 0" if r is Resource.HOST else r.value) for r in Resource}
         # Paced, the device is one: a second caller's request waits for the first, as on hardware.
         self._paced = threading.Lock()
+        self.overruns = 0  # paced steps the emulator took longer to compute than their modelled time
         capacity = trace_capacity_of(trace)
         self._timeline: deque[StepRecord] | None = deque(maxlen=capacity) if capacity else None
 
@@ -109,10 +110,12 @@ class Runtime:
         ready_at = clock()
         for step in self._active:
             lane = self._lanes[step.resource]
-            start, ready_at = run_step(step, values, ready_at, lane, self.pace_scale)
+            start, ready_at, compute = run_step(step, values, ready_at, lane, self.pace_scale)
+            record = StepRecord(request, step.name, step.partition, step.resource, lane.label,
+                                start, ready_at, step.est_ns * self.pace_scale, compute)
+            self.overruns += record.overran
             if self._timeline is not None:
-                self._timeline.append(StepRecord(request, step.name, step.partition, step.resource, lane.label,
-                                                 start, ready_at, step.est_ns * self.pace_scale))
+                self._timeline.append(record)
         return values
 
     def timeline(self) -> list[StepRecord]:

@@ -43,6 +43,8 @@ def chrome_trace(records: Iterable[StepRecord], *, title: str = "rblnc runtime")
         args = {"request": r.request, "step": r.step, "partition": r.partition, "resource": r.resource.value}
         if r.modelled_ns:
             args["modelled_us"] = round(r.modelled_ns / 1e3, 3)
+        if r.compute_s:
+            args["compute_us"] = round(r.compute_s * 1e6, 3)
         if r.failed:
             args["failed"] = True
         events.append({"ph": "X", "name": f"req {r.request}", "cat": r.resource.name.lower(), "pid": PROCESS_ID,
