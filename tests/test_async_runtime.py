@@ -370,3 +370,23 @@ def test_bad_options():
         rblnc.AsyncRuntime(compiled, parallel=0)
     with pytest.raises(ValueError, match="device 1 does not exist"):
         rblnc.AsyncRuntime(compiled, device=1)
+
+
+def test_close_from_a_completion_callback_is_refused():
+    errors = []
+    # Paced, so the callback is registered long before the request ends and runs on an engine thread.
+    with rblnc.AsyncRuntime(paced_model(npu_ms=50), pace=True) as runtime:
+        def close_inside(_task) -> None:
+            try:
+                runtime.close()
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        task = runtime.run(_samples(1)[0])
+        task.add_done_callback(close_inside)
+        task.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not runtime.closed
+    assert len(errors) == 1 and "from a completion callback" in str(errors[0]) and runtime.closed

@@ -342,6 +342,9 @@ class AsyncRuntime:
         """Stops taking requests, finishes the ones in flight (or, with cancel=True, cancels them;
         after `timeout` seconds, cancels what is left), then stops the threads. Calls waiting to be
         admitted get RuntimeClosedError. Calling it again does nothing."""
+        if self._engine.owns_current_thread():
+            raise RuntimeError("close() was called from a completion callback, which runs on the runtime's own "
+                               "threads; close the runtime from another thread")
         with self._close_lock:
             if self._closed:
                 return

@@ -265,6 +265,7 @@ class Engine:
         self._device_free = parallel
         self._device_waiters: deque[Request] = deque()
         self._inflight: dict[int, Request] = {}
+        self._accepting = True
         self._shut = False
         self.stats = EngineStats()
         self.timeline: deque[StepRecord] | None = deque(maxlen=trace_capacity) if trace_capacity else None
@@ -287,7 +288,7 @@ class Engine:
     # -- submission and the chain ------------------------------------------------------------
     def submit(self, request: Request) -> None:
         with self._lock:
-            if self._shut:
+            if not self._accepting:
                 raise RuntimeError("engine is shut down")
             self._inflight[request.id] = request
         request.submitted_at = request.ready_at = clock()
@@ -430,12 +431,13 @@ class Engine:
 
     def shutdown(self, *, cancel: bool = False, timeout: float | None = None) -> None:
         """Finishes (or cancels) what is in flight, then stops the threads."""
+        if self.owns_current_thread():
+            raise RuntimeError("a runtime cannot be closed from its own completion callback "
+                               "(its threads would wait for themselves); close it from another thread")
         with self._lock:
             if self._shut:
                 return
-        if any(thread is threading.current_thread() for thread, _ in self._threads):
-            raise RuntimeError("a runtime cannot be closed from its own completion callback "
-                               "(its threads would wait for themselves); close it from another thread")
+            self._accepting = False  # from here on, what is in flight can only drain
         if cancel:
             self.cancel_all()
         if not self.drain(timeout):
@@ -450,6 +452,10 @@ class Engine:
         for thread, _ in self._threads:
             if thread is not current:
                 thread.join()
+
+    def owns_current_thread(self) -> bool:
+        current = threading.current_thread()
+        return any(thread is current for thread, _ in self._threads)
 
     @property
     def thread_count(self) -> int:
