@@ -105,6 +105,17 @@ def test_inputs_by_name_torch_and_pt_outputs_and_out(mixed, reference):
     np.testing.assert_allclose(out, reference(x), rtol=1e-4, atol=1e-5)
 
 
+def test_tensorflow_tensor_input(mixed, reference):
+    tf = pytest.importorskip("tensorflow")
+    x = _samples(1, seed=9)[0]
+
+    async def main(runtime):
+        return await runtime.async_run(tf.constant(x))
+
+    with rblnc.AsyncRuntime(mixed) as runtime:
+        np.testing.assert_allclose(asyncio.run(main(runtime)), reference(x), rtol=1e-4, atol=1e-5)
+
+
 def test_input_buffers_may_be_reused_once_submitted(mixed, reference):
     x = _samples(1, seed=3)[0]
     expected = reference(x.copy())
