@@ -383,6 +383,18 @@ def test_bad_options():
         rblnc.AsyncRuntime(compiled, device=1)
 
 
+def test_a_raising_callback_is_logged_and_the_runtime_goes_on(mixed, reference, caplog):
+    samples = _samples(5, seed=10)
+    with rblnc.AsyncRuntime(mixed) as runtime:
+        first = runtime.run(samples[0])
+        first.add_done_callback(lambda task: 1 / 0)
+        first.wait(timeout=30)
+        rest = [runtime.run(x).wait(timeout=30) for x in samples[1:]]
+    for x, y in zip(samples[1:], rest):
+        np.testing.assert_allclose(y, reference(x), rtol=1e-4, atol=1e-5)
+    assert any(f"completion callback of request {first.request_id} raised" in r.getMessage() for r in caplog.records)
+
+
 def test_close_from_a_completion_callback_is_refused():
     errors = []
     # Paced, so the callback is registered long before the request ends and runs on an engine thread.

@@ -60,7 +60,8 @@ class AsyncTask:
         return self._engine.cancel(self._request)
 
     def add_done_callback(self, fn: Callable[["AsyncTask"], None]) -> None:
-        """Calls fn(task) once the request is finished, on the thread that finished it."""
+        """Calls fn(task) once the request is finished, on the thread that finished it (at once if it
+        has). An exception fn raises is logged (logger "rblnc.runtime") and ignored."""
         self._request.add_done_callback(lambda _: fn(self))
 
     @property

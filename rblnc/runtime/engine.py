@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from ..format.artifact import Device, TransferDirection
 from .executor import ModelExecutor, run_partition
 
 clock = time.perf_counter
+log = logging.getLogger("rblnc.runtime")
 
 
 class Resource(enum.Enum):
@@ -176,7 +178,7 @@ class Request:
     """A request moving through the chain. `finish` turns the final values into the result."""
 
     __slots__ = ("id", "values", "position", "ready_at", "submitted_at", "finished_at", "state", "result",
-                 "error", "running", "holds_device", "finish", "_callbacks", "_event", "__weakref__")
+                 "error", "running", "holds_device", "finish", "_callbacks", "_event")
 
     def __init__(self, request_id: int, values: dict, finish: Callable[[dict], Any]):
         self.id = request_id
@@ -215,7 +217,10 @@ class Request:
             if self._callbacks is not None:
                 self._callbacks.append(fn)
                 return
-        fn(self)
+        try:
+            fn(self)
+        except Exception:
+            log.exception("completion callback of request %d raised", self.id)
 
     def _settle(self) -> None:
         """Wakes waiters and runs callbacks once; called after state became final."""
@@ -225,7 +230,10 @@ class Request:
         if event is not None:
             event.set()
         for fn in callbacks or ():
-            fn(self)
+            try:
+                fn(self)
+            except Exception:  # a caller's callback must not stop the lane that finished the request
+                log.exception("completion callback of request %d raised", self.id)
 
 
 _EVENT_LOCK = threading.Lock()
@@ -320,11 +328,12 @@ class Engine:
                     continue  # cancelled while queued; its device slot was returned then
                 request.running = True
             step = self.steps[request.position]
+            began = clock()
             try:
                 start, end, compute = run_step(step, request.values, request.ready_at, lane, self.pace_scale)
             except BaseException as exc:  # the request's own failure: it ends here, the others go on
                 failed_at = clock()
-                self._record(request, step, lane, failed_at, failed_at, failed=True)
+                self._record(request, step, lane, began, failed_at, failed_at - began, failed=True)
                 with self._lock:
                     request.running = False
                 _identify(exc, request, step)
