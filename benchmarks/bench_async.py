@@ -8,7 +8,8 @@ Modelled times: the artifact's own est_time_ns where the compiler filled them; e
 at 0 comes from benchmarks/simple_timing.py (target figures; host partitions: their measured
 time here). The emulator computes on this CPU far slower than the modelled chip, so the paced
 runs are in slow motion: every modelled time x S, with S calibrated so that the emulator's own
-compute fits inside each step (three times over). Host work is stretched by the same S, so the
+compute fits inside each step (three times over) and no step that computes is shorter than
+30 ms (the time a thread may wait for a core on this shared machine). Host work is stretched by the same S, so the
 proportions between host and device are the model's.
 
 The emulator and the host partitions compute on one thread each (torch.set_num_threads(1),
@@ -43,6 +44,9 @@ import rblnc.zoo  # noqa: E402
 from rblnc.runtime.engine import Resource, modelled_ns_per_request, throughput_bounds  # noqa: E402
 
 CALIBRATION_MARGIN = 3.0
+# Every computing step lasts at least this long paced: with ~8 runnable processes on 2 cores a
+# thread waits that long for a core now and then, and a shorter step would overrun on it.
+MIN_PACED_STEP_S = 0.03
 HOST_LANES = 2
 ONE_THREAD = {"host_threads": 1}
 FUNCTIONAL_ROUNDS = 5
@@ -121,7 +125,9 @@ def calibrate(compiled, samples) -> tuple[float, dict]:
     host_ns = {p.name: statistics.median(measured[p.name]) for p in compiled.artifact.partitions
                if p.npu_program is None and p.name in measured}
     fill_estimates(compiled.artifact, host_ns)
-    est = {s.name: s.est_ns for s in rblnc.Runtime(compiled).steps}
+    steps = rblnc.Runtime(compiled).steps
+    est = {s.name: s.est_ns for s in steps}
+    computing = {s.name for s in steps if s.run is not None}  # DMA steps move no values here
     first_guess = CALIBRATION_MARGIN * 1.5 * max(max(v) / est[k] for k, v in measured.items())
     paced = rblnc.Runtime(compiled, pace=first_guess, trace=True, **ONE_THREAD)
     for x in samples:
@@ -132,7 +138,8 @@ def calibrate(compiled, samples) -> tuple[float, dict]:
     # The 75th percentile: a step the shared machine stalls now and then overruns (counted and
     # printed) rather than slowing every step of the benchmark down.
     ratio = max(float(np.percentile(v, 75)) / est[k] for k, v in under_pacing.items() if est[k] > 0)
-    scale = CALIBRATION_MARGIN * ratio
+    shortest = min(est[k] for k in computing if est[k] > 0)
+    scale = max(CALIBRATION_MARGIN * ratio, MIN_PACED_STEP_S * 1e9 / shortest)
     magnitude = 10 ** math.floor(math.log10(scale))
     return math.ceil(scale / magnitude * 10) / 10 * magnitude, host_ns
 
