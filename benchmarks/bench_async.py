@@ -41,7 +41,7 @@ from simple_timing import fill_estimates  # noqa: E402
 
 import rblnc  # noqa: E402
 import rblnc.zoo  # noqa: E402
-from rblnc.runtime.engine import Resource, modelled_ns_per_request, throughput_bounds  # noqa: E402
+from rblnc.runtime.engine import modelled_ns_per_request, throughput_bounds  # noqa: E402
 
 CALIBRATION_MARGIN = 3.0
 # Every computing step lasts at least this long paced: with ~8 runnable processes on 2 cores a

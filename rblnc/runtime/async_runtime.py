@@ -15,8 +15,7 @@ import numpy as np
 
 from ..errors import RuntimeClosedError
 from .engine import (
-    Engine, Request, RequestState, Resource, Step, StepRecord, active_steps, next_request_id, pace_scale_of,
-    plan_steps,
+    Engine, Request, RequestState, Step, StepRecord, active_steps, next_request_id, pace_scale_of, plan_steps,
 )
 from .executor import ModelExecutor
 from .io import bind_inputs, deliver_outputs
@@ -412,4 +411,4 @@ def _shutdown_quietly(engine: Engine, slots: _Slots) -> None:
         pass
 
 
-__all__ = ["AsyncRuntime", "AsyncTask", "Resource"]
+__all__ = ["AsyncRuntime", "AsyncTask"]
