@@ -18,6 +18,7 @@ _LAZY = {
     "RBLNCompiledModel": "rblnc.api",
     "compile_from_onnx": "rblnc.api",
     "Runtime": "rblnc.runtime",
+    "AsyncRuntime": "rblnc.runtime",
 }
 
 __all__ = [

@@ -11,7 +11,7 @@ from .format.artifact import Artifact
 from .format.reader import load_artifact
 from .format.writer import save_artifact
 from .importers import import_onnx
-from .runtime import Runtime
+from .runtime import AsyncRuntime, Runtime
 from .runtime.runtime import describe
 
 _OPTION_NAMES = tuple(CompileOptionsIn.__dataclass_fields__)
@@ -32,8 +32,14 @@ class RBLNCompiledModel:
         self.path = save_artifact(self.artifact, path)
         return self.path
 
-    def create_runtime(self, *, device: int = 0, tensor_type: str = "np", **kwargs: Any) -> Runtime:
-        return Runtime(self, device=device, tensor_type=tensor_type, **kwargs)
+    def create_runtime(self, *, device: int = 0, tensor_type: str = "np", pace: bool | float = False,
+                       **kwargs: Any) -> Runtime:
+        return Runtime(self, device=device, tensor_type=tensor_type, pace=pace, **kwargs)
+
+    def create_async_runtime(self, *, device: int = 0, tensor_type: str = "np", parallel: int | None = None,
+                             pace: bool | float = False, **kwargs: Any) -> AsyncRuntime:
+        """An AsyncRuntime on this model: many requests in flight, host/DMA/NPU overlapped."""
+        return AsyncRuntime(self, device=device, tensor_type=tensor_type, parallel=parallel, pace=pace, **kwargs)
 
     @property
     def input_names(self) -> list[str]:

@@ -104,25 +104,162 @@ def inspect(artifact: Path, as_json: bool) -> None:
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the outputs to this .npz, keyed by output name.")
-def run(artifact: Path, inputs: Path, output: Path | None) -> None:
-    """Run ARTIFACT (.rbln) on the arrays in INPUTS (.npz, keyed by input name)."""
-    from .runtime import Runtime
+              help="Write the outputs to this .npz, keyed by output name (stacked when there are several requests).")
+@click.option("--async", "use_async", is_flag=True, help="Run the requests on the AsyncRuntime, overlapped.")
+@click.option("--pace", is_flag=True, help="Make every step last its modelled time (the artifact's est_time_ns).")
+@click.option("--pace-scale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Pace at S times the modelled times (slow motion, for an emulator slower than the chip); implies --pace.")
+@click.option("--parallel", type=click.IntRange(min=1), default=None,
+              help="Requests the device side may hold at once (--async; default: enough for every device step).")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Run the whole input set N times.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a Chrome-trace / Perfetto JSON timeline of every step.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the timeline as a Gantt chart (PNG; needs matplotlib).")
+def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace: bool, pace_scale: float | None,
+        parallel: int | None, repeat: int, trace_path: Path | None, plot_path: Path | None) -> None:
+    """Run ARTIFACT (.rbln) on the arrays in INPUTS (.npz, keyed by input name).
 
-    runtime = Runtime(artifact)
-    args, kwargs = _load_inputs(inputs, runtime.input_names)
-    start = time.perf_counter()
-    results = runtime.run(*args, **kwargs)
-    seconds = time.perf_counter() - start
-    results = results if isinstance(results, list) else [results]
-    for name, value in zip(runtime.output_names, results):
+    An array with one extra leading dimension holds that many requests."""
+    import warnings
+
+    from .runtime import AsyncRuntime, Runtime
+
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib: pip install 'rblnc[plot]'") from None
+    if parallel is not None and not use_async:
+        raise click.UsageError("--parallel applies to --async runs")
+    pace_value: bool | float = pace_scale if pace_scale is not None else pace
+    tracing = trace_path is not None or plot_path is not None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        if use_async:
+            runtime = AsyncRuntime(artifact, pace=pace_value, parallel=parallel, trace=tracing and 10**7)
+        else:
+            runtime = Runtime(artifact, pace=pace_value, trace=tracing and 10**7)
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    try:
+        args, kwargs = _load_inputs(inputs, runtime.input_names)
+        requests = _split_requests(runtime.artifact.inputs, args, kwargs, inputs)
+        results, latencies, seconds = _run_requests(runtime, requests * repeat, use_async)
+    finally:
+        if use_async:
+            runtime.close(cancel=True)
+    first = results[:len(requests)]
+    outputs = [r if isinstance(r, list) else [r] for r in first]
+    per_output = list(zip(*outputs))
+    for name, values in zip(runtime.output_names, per_output):
+        value = values[0] if len(values) == 1 else np.stack(values)
         stats = (f"min {value.min():.4g} max {value.max():.4g} mean {value.mean():.4g}"
                  if value.size and value.dtype.kind in "fiu" else "")
         click.echo(f"{name}: {dtypes.name(value.dtype)}[{'x'.join(map(str, value.shape))}] {stats}")
-    click.echo(f"1 inference in {seconds * 1e3:.1f} ms (wall)")
+    _print_summary(runtime, len(results), latencies, seconds, use_async)
     if output is not None:
-        np.savez(output, **dict(zip(runtime.output_names, results)))
+        arrays = {name: values[0] if len(values) == 1 else np.stack(values)
+                  for name, values in zip(runtime.output_names, per_output)}
+        np.savez(output, **arrays)
         click.echo(f"wrote {output}")
+    if tracing:
+        from .runtime.trace import plot_timeline, write_chrome_trace
+
+        title = f"{artifact.name} ({'async' if use_async else 'sync'}{', paced' if pace_value else ''})"
+        if trace_path is not None:
+            write_chrome_trace(runtime.timeline(), trace_path, title=title)
+            click.echo(f"wrote {trace_path} (open in ui.perfetto.dev or chrome://tracing)")
+        if plot_path is not None:
+            plot_timeline(runtime.timeline(), plot_path, title=title)
+            click.echo(f"wrote {plot_path}")
+
+
+def _split_requests(specs, args: list, kwargs: dict, path: Path) -> list[tuple[list, dict]]:
+    """One request, or N when arrays carry one extra leading dimension of size N (the others are
+    shared by every request)."""
+    from .errors import InputShapeError
+
+    names = [s.name for s in specs]
+    given = dict(zip(names, args)) | kwargs
+    counts = {}
+    for spec in specs:
+        value = given.get(spec.name)
+        if value is not None and spec.shape is not None and value.ndim == len(spec.shape) + 1 \
+                and tuple(value.shape[1:]) == tuple(spec.shape):
+            counts[spec.name] = value.shape[0]
+    if not counts:
+        return [(args, kwargs)]
+    if len(set(counts.values())) > 1:
+        found = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+        raise InputShapeError(f"{path}: arrays with an extra leading dimension must agree on the number of "
+                              f"requests ({found})")
+    count = next(iter(counts.values()))
+    positional = len(args)
+    requests = []
+    for i in range(count):
+        values = {n: (v[i] if n in counts else v) for n, v in given.items()}
+        requests.append(([values[n] for n in names[:positional]], {n: values[n] for n in names[positional:] if n in values}))
+    return requests
+
+
+def _run_requests(runtime, requests: list, use_async: bool) -> tuple[list, list[float], float]:
+    """Runs every request; returns the results in order, the latencies (s) and the wall time (s)."""
+    import threading
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(requests), unit="req", file=sys.stderr, delay=1.0, leave=False,
+               disable=True if len(requests) < 2 else None)
+    lock = threading.Lock()
+    start = time.perf_counter()
+    if use_async:
+        def advance(_task) -> None:
+            with lock:
+                bar.update()
+
+        tasks = []
+        for args, kwargs in requests:
+            task = runtime.run(*args, **kwargs)
+            task.add_done_callback(advance)
+            tasks.append(task)
+        results = [task.wait() for task in tasks]
+        latencies = [task.latency for task in tasks]
+    else:
+        results, latencies = [], []
+        for args, kwargs in requests:
+            began = time.perf_counter()
+            results.append(runtime.run(*args, **kwargs))
+            latencies.append(time.perf_counter() - began)
+            bar.update()
+    seconds = time.perf_counter() - start
+    bar.close()
+    return results, latencies, seconds
+
+
+def _print_summary(runtime, count: int, latencies: list[float], seconds: float, use_async: bool) -> None:
+    from .runtime.engine import Resource, modelled_ns_per_request
+
+    if count == 1:
+        click.echo(f"1 inference in {seconds * 1e3:.1f} ms (wall)")
+    mode = "async" if use_async else "sync"
+    if runtime.pace_scale:
+        mode += ", paced" + (f" x{runtime.pace_scale:g}" if runtime.pace_scale != 1 else "")
+    if use_async:
+        mode += f", parallel {runtime.parallel}"
+    p50, p90, p99 = np.percentile(np.array(latencies) * 1e3, [50, 90, 99])
+    npu_ns = modelled_ns_per_request(runtime.steps)[Resource.NPU]
+    if npu_ns > 0:
+        utilisation = f"{count * npu_ns * 1e-9 * (runtime.pace_scale or 1) / seconds:.1%}"
+    else:
+        utilisation = "n/a (the artifact carries no timing estimates)"
+    click.echo(f"requests: {count} ({mode})")
+    click.echo(f"throughput: {count / seconds:.2f} req/s ({seconds:.3f} s wall)")
+    click.echo(f"latency: p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms")
+    click.echo(f"modelled NPU utilisation: {utilisation}")
+    if runtime.pace_scale and runtime.overruns:
+        click.echo(f"note: on {runtime.overruns} step(s) the emulator took longer than the modelled time, so the "
+                   "timeline is the emulator's there; a larger --pace-scale keeps to the model", err=True)
 
 
 def _load_inputs(path: Path, names: list[str]):

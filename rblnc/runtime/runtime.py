@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import threading
+import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from .. import dtypes
 from ..format.artifact import Artifact, Device
 from ..format.reader import load_artifact
+from .engine import (
+    Lane, Resource, Step, StepRecord, active_steps, clock, has_estimates, next_request_id, pace_scale_of,
+    plan_steps, run_step,
+)
 from .executor import ModelExecutor
 from .io import TENSOR_TYPES, bind_inputs, deliver_outputs
+
+DEFAULT_TRACE_CAPACITY = 100_000
 
 
 def resolve_artifact(model: Any) -> tuple[Artifact, str]:
@@ -25,19 +34,54 @@ def resolve_artifact(model: Any) -> tuple[Artifact, str]:
     raise TypeError(f"expected a path to a .rbln file or a compiled model, got {type(model).__name__}")
 
 
+def check_runtime_options(device: int, tensor_type: str) -> None:
+    if tensor_type not in TENSOR_TYPES:
+        raise ValueError(f"tensor_type must be one of {TENSOR_TYPES}, got {tensor_type!r}")
+    if device != 0:
+        raise ValueError(f"device {device} does not exist: the emulator provides one device (0)")
+
+
+def trace_capacity_of(trace: bool | int) -> int:
+    """`trace=True` keeps the last DEFAULT_TRACE_CAPACITY steps, a number that many, False none."""
+    if trace is True:
+        return DEFAULT_TRACE_CAPACITY
+    if trace is False or trace is None:
+        return 0
+    if not isinstance(trace, int) or trace < 0:
+        raise ValueError(f"trace must be True, False or a number of steps to keep, got {trace!r}")
+    return trace
+
+
+def warn_if_unpaceable(steps: list[Step], pace_scale: float, source: str) -> None:
+    if pace_scale and not has_estimates(steps):
+        warnings.warn(f"{source}: the artifact carries no timing estimates (est_time_ns = 0), so pacing "
+                      "changes nothing; device steps run as fast as the emulator computes them",
+                      RuntimeWarning, stacklevel=3)
+
+
 class Runtime:
-    """Runs a compiled model. Mirrors the vendor SDK: `Runtime(path, *, device=0, tensor_type="np")`."""
+    """Runs a compiled model, one request per call. Mirrors the vendor SDK:
+    `Runtime(path, *, device=0, tensor_type="np")`. `pace=True` makes each step last its modelled
+    time (a number: that many times longer, for an emulator slower than the modelled chip);
+    `trace=True` records every step for a timeline (see rblnc.runtime.trace)."""
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np",
-                 host_threads: int | None = None):
-        if tensor_type not in TENSOR_TYPES:
-            raise ValueError(f"tensor_type must be one of {TENSOR_TYPES}, got {tensor_type!r}")
-        if device != 0:
-            raise ValueError(f"device {device} does not exist: the emulator provides one device (0)")
+                 host_threads: int | None = None, pace: bool | float = False, trace: bool | int = False):
+        check_runtime_options(device, tensor_type)
         self.artifact, self.source = resolve_artifact(model)
         self.device = device
         self.tensor_type = tensor_type
+        self.pace_scale = pace_scale_of(pace)
         self._executor = ModelExecutor(self.artifact, host_threads=host_threads)
+        self.steps: list[Step] = plan_steps(self._executor)
+        self._active = active_steps(self.steps, self.pace_scale)
+        warn_if_unpaceable(self.steps, self.pace_scale, self.source)
+        self._lanes = {r: Lane(r, "host 0" if r is Resource.HOST else r.value) for r in Resource}
+        # Paced, the device is one: a second caller's request waits for the first, as on hardware.
+        self._paced = threading.Lock()
+        self.overruns = 0  # paced steps the emulator took longer to compute than their modelled time
+        capacity = trace_capacity_of(trace)
+        self._timeline: deque[StepRecord] | None = deque(maxlen=capacity) if capacity else None
 
     @property
     def input_names(self) -> list[str]:
@@ -50,10 +94,33 @@ class Runtime:
     def run(self, *args: Any, out: Any = None, **kwargs: Any):
         """Inputs by position (model order) or by name. One output -> array, several -> list."""
         feeds = bind_inputs(self.artifact.inputs, args, kwargs)
-        arrays = self._executor.run(feeds)
+        if self.pace_scale:
+            with self._paced:
+                values = self._run_chain(feeds)
+        else:
+            values = self._run_chain(feeds)
+        arrays = [values[o.name] for o in self.artifact.outputs]
         return deliver_outputs(arrays, self.artifact.outputs, out, self.tensor_type)
 
     __call__ = run
+
+    def _run_chain(self, feeds: dict) -> dict:
+        values = dict(feeds)
+        request = next_request_id() if self._timeline is not None else 0
+        ready_at = clock()
+        for step in self._active:
+            lane = self._lanes[step.resource]
+            start, ready_at, compute = run_step(step, values, ready_at, lane, self.pace_scale)
+            record = StepRecord(request, step.name, step.partition, step.resource, lane.label,
+                                start, ready_at, step.est_ns * self.pace_scale, compute)
+            self.overruns += record.overran
+            if self._timeline is not None:
+                self._timeline.append(record)
+        return values
+
+    def timeline(self) -> list[StepRecord]:
+        """The steps recorded so far (with `trace=`), oldest first."""
+        return list(self._timeline or ())
 
     def model_description(self) -> str:
         return describe(self.artifact, self.source)

@@ -1,0 +1,414 @@
+"""`rblnc.AsyncRuntime`: many requests in flight at once, their host, DMA and NPU steps overlapped;
+results come back as asyncio awaitables (`async_run`) or as tasks to wait on (`run`)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import RuntimeClosedError
+from .engine import (
+    Engine, Request, RequestState, Step, StepRecord, active_steps, next_request_id, pace_scale_of, plan_steps,
+)
+from .executor import ModelExecutor
+from .io import bind_inputs, deliver_outputs
+from .runtime import check_runtime_options, describe, resolve_artifact, trace_capacity_of, warn_if_unpaceable
+
+DEFAULT_MAX_INFLIGHT = 64
+MAX_DEFAULT_PARALLEL = 8
+
+
+class AsyncTask:
+    """A submitted request: `wait(timeout=None)` returns its outputs (or raises what it raised),
+    `done()`, `cancel()`. Usable from any thread, with or without an event loop."""
+
+    __slots__ = ("_request", "_engine")
+
+    def __init__(self, request: Request, engine: Engine):
+        self._request = request
+        self._engine = engine
+
+    @property
+    def request_id(self) -> int:
+        return self._request.id
+
+    def wait(self, timeout: float | None = None):
+        """The outputs, as `Runtime.run` gives them. Raises the request's own exception (a note
+        names the request), `concurrent.futures.CancelledError` if it was cancelled, or
+        `TimeoutError` if `timeout` seconds pass first (the request goes on)."""
+        if not self._request.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
+        return _outcome(self._request)
+
+    def done(self) -> bool:
+        return self._request.done
+
+    def cancelled(self) -> bool:
+        return self._request.state is RequestState.CANCELLED
+
+    def cancel(self) -> bool:
+        """Stops the request: True unless it had already finished. A step already running
+        completes on its resource, nothing after it runs, and wait() raises CancelledError."""
+        return self._engine.cancel(self._request)
+
+    def add_done_callback(self, fn: Callable[["AsyncTask"], None]) -> None:
+        """Calls fn(task) once the request is finished, on the thread that finished it (at once if it
+        has). An exception fn raises is logged (logger "rblnc.runtime") and ignored."""
+        self._request.add_done_callback(lambda _: fn(self))
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from submission to completion, once done."""
+        r = self._request
+        return r.finished_at - r.submitted_at if r.done else None
+
+    def __repr__(self) -> str:
+        return f"<rblnc.AsyncTask request={self.request_id} {self._request.state.value}>"
+
+
+def _outcome(request: Request):
+    if request.state is RequestState.DONE:
+        return request.result
+    if request.state is RequestState.CANCELLED:
+        raise concurrent.futures.CancelledError(f"request {request.id} was cancelled")
+    raise request.error
+
+
+class _Slots:
+    """Admission: at most `capacity` requests in flight. Threads block for a slot; coroutines
+    await one on their own loop (no thread parked per call). Served first come, first served."""
+
+    def __init__(self, capacity: int):
+        self._lock = threading.Lock()
+        self._free = capacity
+        self._waiters: deque[_Waiter] = deque()
+        self._closed = False
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._raise_if_closed()
+            if self._free and not self._waiters:
+                self._free -= 1
+                return
+            waiter = _ThreadWaiter()
+            self._waiters.append(waiter)
+        waiter.event.wait()
+        if not waiter.granted:
+            raise RuntimeClosedError("the runtime was closed while this request waited to be admitted")
+
+    async def acquire_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._raise_if_closed()
+            if self._free and not self._waiters:
+                self._free -= 1
+                return
+            waiter = _LoopWaiter(loop, loop.create_future())
+            self._waiters.append(waiter)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            with self._lock:
+                handed_over = waiter.granted
+                if not handed_over and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if handed_over:
+                self.release()  # the slot reached a caller that is gone: pass it on
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            while self._waiters:
+                if self._waiters.popleft().grant():
+                    return
+            self._free += 1
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiters, self._waiters = list(self._waiters), deque()
+        for waiter in waiters:
+            waiter.refuse()
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError("the runtime is closed")
+
+
+class _ThreadWaiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.granted = False
+
+    def grant(self) -> bool:
+        self.granted = True
+        self.event.set()
+        return True
+
+    def refuse(self) -> None:
+        self.event.set()
+
+
+class _LoopWaiter:
+    __slots__ = ("loop", "future", "granted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+        self.loop, self.future, self.granted = loop, future, False
+
+    def grant(self) -> bool:
+        self.granted = True
+        try:
+            self.loop.call_soon_threadsafe(_settle_future, self.future, None, None)
+        except RuntimeError:  # its loop is closed: nobody is waiting any more
+            self.granted = False
+        return self.granted
+
+    def refuse(self) -> None:
+        error = RuntimeClosedError("the runtime was closed while this request waited to be admitted")
+        try:
+            self.loop.call_soon_threadsafe(_settle_future, self.future, None, error)
+        except RuntimeError:
+            pass
+
+
+_Waiter = _ThreadWaiter | _LoopWaiter
+
+
+def _settle_future(future: asyncio.Future, result: Any, error: BaseException | None, cancel: bool = False) -> None:
+    if future.done():
+        return
+    if cancel:
+        future.cancel()
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _resolve_on_loop(loop: asyncio.AbstractEventLoop, future: asyncio.Future, request: Request) -> None:
+    """Completion callback (on an engine thread): hands the outcome to the awaiting loop."""
+    if request.state is RequestState.DONE:
+        args = (future, request.result, None)
+    elif request.state is RequestState.FAILED:
+        args = (future, None, request.error)
+    else:
+        args = (future, None, None, True)
+    try:
+        loop.call_soon_threadsafe(_settle_future, *args)
+    except RuntimeError:  # the loop was closed before the result arrived
+        pass
+
+
+def default_parallel(steps: list[Step], artifact) -> int:
+    """Enough for each device-side step of the chain to hold a different request (2 at least,
+    8 at most), fewer if that many requests' activations do not fit in device DRAM."""
+    device = [i for i, s in enumerate(steps) if s.resource.on_device]
+    if not device:
+        return 1
+    span = device[-1] - device[0] + 1
+    parallel = max(2, min(MAX_DEFAULT_PARALLEL, span))
+    programs = [p.npu_program for p in artifact.partitions if p.npu_program is not None]
+    per_request = max((p.peak_dram_bytes for p in programs), default=0)
+    weights = sum(p.weight_bytes for p in programs)
+    if per_request:
+        parallel = max(1, min(parallel, (artifact.target.dram_bytes - weights) // per_request))
+    return int(parallel)
+
+
+class AsyncRuntime:
+    """Runs a compiled model with many requests in flight, as the vendor SDK's `rebel.AsyncRuntime`:
+
+        rt = rblnc.AsyncRuntime("model.rbln")           # or compiled.create_async_runtime()
+        y = await rt.async_run(x)                        # asyncio
+        task = rt.run(x); y = task.wait()                # any thread, any or no event loop
+
+    Each request is a chain of steps — NPU partitions as H2D DMA, NPU compute, D2H DMA; host
+    partitions on a host thread pool — and steps of different requests overlap, each resource
+    serving its queue in order. `parallel`: how many requests the device side holds at once
+    (2 = double buffering; default: enough for every device step of the chain). `max_inflight`:
+    requests admitted at once; further calls wait (back-pressure). `pace=True`: every step lasts
+    its modelled time (a number: that many times longer). Inputs are copied when admitted, so
+    the caller may reuse its buffers at once."""
+
+    def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np", parallel: int | None = None,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, pace: bool | float = False,
+                 host_workers: int | None = None, host_threads: int | None = None, trace: bool | int = False):
+        check_runtime_options(device, tensor_type)
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        self.artifact, self.source = resolve_artifact(model)
+        self.device = device
+        self.tensor_type = tensor_type
+        self.pace_scale = pace_scale_of(pace)
+        self.max_inflight = max_inflight
+        executor = ModelExecutor(self.artifact, host_threads=host_threads)
+        self.steps: list[Step] = plan_steps(executor)
+        warn_if_unpaceable(self.steps, self.pace_scale, self.source)
+        active = active_steps(self.steps, self.pace_scale)
+        self.parallel = parallel if parallel is not None else default_parallel(active, self.artifact)
+        self.host_workers = host_workers or max(2, min(4, os.cpu_count() or 2))
+        self._engine = Engine(self.steps, pace_scale=self.pace_scale, parallel=self.parallel,
+                              host_lanes=self.host_workers, trace_capacity=trace_capacity_of(trace))
+        self._slots = _Slots(max_inflight)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        # An AsyncRuntime dropped without close() still stops its threads.
+        self._finalizer = weakref.finalize(self, _shutdown_quietly, self._engine, self._slots)
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.artifact.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.artifact.outputs]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def model_description(self) -> str:
+        return describe(self.artifact, self.source)
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, *args: Any, out: Any = None, **kwargs: Any) -> AsyncTask:
+        """Submits one request and returns its task at once; blocks only while `max_inflight`
+        requests are already in flight. Input errors are raised here."""
+        self._check_open()
+        feeds, given = self._bind(args, kwargs)
+        self._slots.acquire()
+        return AsyncTask(self._submit(feeds, given, out), self._engine)
+
+    async def async_run(self, *args: Any, out: Any = None, **kwargs: Any):
+        """Runs one request and returns its outputs, as `Runtime.run` would. While `max_inflight`
+        requests are in flight this waits on the event loop, holding no thread. Cancelling the
+        awaiting task cancels the request."""
+        self._check_open()
+        feeds, given = self._bind(args, kwargs)
+        await self._slots.acquire_async()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        request = self._submit(feeds, given, out)
+        request.add_done_callback(lambda r: _resolve_on_loop(loop, future, r))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._engine.cancel(request)
+            raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError(f"AsyncRuntime for {self.source} is closed")
+
+    def _bind(self, args, kwargs) -> tuple[dict[str, np.ndarray], set[int]]:
+        feeds = bind_inputs(self.artifact.inputs, args, kwargs)
+        given = {id(v) for v in (*args, *kwargs.values())}
+        return feeds, given
+
+    def _submit(self, feeds: dict[str, np.ndarray], given: set[int], out: Any) -> Request:
+        """With a slot held: copies inputs the caller still owns, submits, frees the slot at the end."""
+        values = {name: np.array(a, copy=True) if (a.base is not None or id(a) in given) else a
+                  for name, a in feeds.items()}
+        outputs, tensor_type = self.artifact.outputs, self.tensor_type
+
+        def finish(final: dict):
+            return deliver_outputs([final[o.name] for o in outputs], outputs, out, tensor_type)
+
+        request = Request(next_request_id(), values, finish)
+        request.add_done_callback(lambda _: self._slots.release())
+        try:
+            self._engine.submit(request)
+        except RuntimeError:
+            self._slots.release()
+            raise RuntimeClosedError(f"AsyncRuntime for {self.source} is closed") from None
+        return request
+
+    # -- closing -----------------------------------------------------------------------------
+    def close(self, *, cancel: bool = False, timeout: float | None = None) -> None:
+        """Stops taking requests, finishes the ones in flight (or, with cancel=True, cancels them;
+        after `timeout` seconds, cancels what is left), then stops the threads. Calls waiting to be
+        admitted get RuntimeClosedError. Calling it again does nothing."""
+        if self._engine.owns_current_thread():
+            raise RuntimeError("close() was called from a completion callback, which runs on the runtime's own "
+                               "threads; close the runtime from another thread")
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._slots.close()
+        self._engine.shutdown(cancel=cancel, timeout=timeout)
+        self._finalizer.detach()
+
+    async def aclose(self, *, cancel: bool = False, timeout: float | None = None) -> None:
+        """close() without blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self.close(cancel=cancel, timeout=timeout))
+
+    def __enter__(self) -> "AsyncRuntime":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Leaving on an error: nobody will collect what is pending, so it is cancelled.
+        self.close(cancel=exc_type is not None)
+
+    async def __aenter__(self) -> "AsyncRuntime":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self.aclose(cancel=exc_type is not None)
+
+    # -- observing ---------------------------------------------------------------------------
+    def inflight(self) -> int:
+        """Requests admitted and not finished."""
+        return self._engine.inflight()
+
+    def waiting(self) -> int:
+        """Calls waiting to be admitted (max_inflight reached)."""
+        return self._slots.waiting()
+
+    @property
+    def thread_count(self) -> int:
+        """Worker threads this runtime runs (fixed, whatever the number of requests)."""
+        return self._engine.thread_count
+
+    @property
+    def overruns(self) -> int:
+        """Paced steps the emulator took longer to compute than their modelled time."""
+        return self._engine.stats.overruns
+
+    def stats(self) -> dict[str, Any]:
+        s = self._engine.stats
+        return {"completed": s.completed, "failed": s.failed, "cancelled": s.cancelled, "overruns": s.overruns,
+                "busy_s": dict(s.busy_s), "modelled_ns": dict(s.modelled_ns)}
+
+    def timeline(self) -> list[StepRecord]:
+        """The steps recorded so far (with `trace=`), in the order they ended."""
+        return list(self._engine.timeline or ())
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"parallel={self.parallel} max_inflight={self.max_inflight}"
+        return f"<rblnc.AsyncRuntime {self.source} {state}>"
+
+
+def _shutdown_quietly(engine: Engine, slots: _Slots) -> None:
+    slots.close()
+    try:
+        engine.shutdown(cancel=True)
+    except RuntimeError:
+        pass
+
+
+__all__ = ["AsyncRuntime", "AsyncTask"]

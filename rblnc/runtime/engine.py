@@ -1,0 +1,511 @@
+"""The request engine: each request is a chain of steps on resources (host, H2D DMA, NPU, D2H DMA),
+each resource serving its queue in order on its own threads, optionally paced to modelled times."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from queue import SimpleQueue
+from typing import Any, Callable, NamedTuple
+
+from ..format.artifact import Device, TransferDirection
+from .executor import ModelExecutor, run_partition
+
+clock = time.perf_counter
+log = logging.getLogger("rblnc.runtime")
+
+
+class Resource(enum.Enum):
+    """What a step occupies; the value is the track name in timelines."""
+
+    HOST = "host"
+    H2D = "H2D DMA"
+    NPU = "NPU"
+    D2H = "D2H DMA"
+
+    @property
+    def on_device(self) -> bool:
+        return self is not Resource.HOST
+
+
+@dataclass(frozen=True)
+class Step:
+    """One link of a request's chain. `run` computes the step's values in place (None for a DMA,
+    which moves no values in the emulator); `release` names values no later step reads."""
+
+    resource: Resource
+    name: str
+    partition: str
+    est_ns: float
+    run: Callable[[dict], None] | None = None
+    release: tuple[str, ...] = ()
+
+
+def plan_steps(executor: ModelExecutor) -> list[Step]:
+    """The chain every request of the artifact follows, partition by partition: an NPU partition
+    gives H2D (its HOST_TO_DEVICE transfers), NPU compute, D2H (its DEVICE_TO_HOST transfers);
+    a host partition gives one host step. Steps with no transfer are left out."""
+    artifact = executor.artifact
+    last_reader: dict[str, int] = {}
+    for index, (partition, _) in enumerate(executor.stages):
+        for value in partition.inputs:
+            last_reader[value.name] = index
+    keep = {v.name for v in artifact.outputs}
+    releases: dict[int, list[str]] = {}
+    for name, index in last_reader.items():
+        if name not in keep:
+            releases.setdefault(index, []).append(name)
+
+    steps: list[Step] = []
+    for index, (partition, runner) in enumerate(executor.stages):
+        compute = _compute_fn(partition, runner)
+        release = tuple(releases.get(index, ()))
+        if partition.device == Device.NPU:
+            to_device = [t for t in partition.transfers if t.direction == TransferDirection.HOST_TO_DEVICE]
+            to_host = [t for t in partition.transfers if t.direction == TransferDirection.DEVICE_TO_HOST]
+            if to_device:
+                steps.append(Step(Resource.H2D, f"{partition.name} h2d", partition.name,
+                                  sum(t.est_time_ns for t in to_device)))
+            est = partition.est_time_ns or sum(c.est_time_ns for c in partition.npu_program.commands)
+            steps.append(Step(Resource.NPU, partition.name, partition.name, est, compute, release))
+            if to_host:
+                steps.append(Step(Resource.D2H, f"{partition.name} d2h", partition.name,
+                                  sum(t.est_time_ns for t in to_host)))
+        else:
+            steps.append(Step(Resource.HOST, partition.name, partition.name, partition.est_time_ns, compute, release))
+    return steps
+
+
+def _compute_fn(partition, runner) -> Callable[[dict], None]:
+    def compute(values: dict) -> None:
+        values.update(run_partition(partition, runner, values))
+
+    return compute
+
+
+def active_steps(steps: list[Step], pace_scale: float) -> list[Step]:
+    """Steps worth a turn on their resource: those that compute, and when paced those that take
+    modelled time (a DMA step of a functional run would only add a thread hop)."""
+    return [s for s in steps if s.run is not None or (pace_scale and s.est_ns > 0)]
+
+
+def pace_scale_of(pace: bool | float) -> float:
+    """`pace=False` -> 0 (functional), True -> 1 (modelled times), a number -> that slow-motion factor."""
+    if pace is True:
+        return 1.0
+    if pace is False or pace is None:
+        return 0.0
+    if not isinstance(pace, (int, float)) or pace <= 0:
+        raise ValueError(f"pace must be True, False or a positive slow-motion factor, got {pace!r}")
+    return float(pace)
+
+
+class StepRecord(NamedTuple):
+    """One step of one request on one lane of a resource; times in perf_counter seconds."""
+
+    request: int
+    step: str
+    partition: str
+    resource: Resource
+    lane: str
+    start: float
+    end: float
+    modelled_ns: float       # the step's modelled time x the pace scale (0: not paced or not modelled)
+    compute_s: float = 0.0   # of which the emulator spent computing (paced: overran if > modelled)
+    failed: bool = False
+
+    @property
+    def overran(self) -> bool:
+        return 0 < self.modelled_ns < self.compute_s * 1e9
+
+
+class Lane:
+    """One server of a resource (the NPU has one; the host has a pool). `free_at` is when its
+    last step ended on the timeline that pacing keeps."""
+
+    def __init__(self, resource: Resource, label: str):
+        self.resource = resource
+        self.label = label
+        self.free_at = 0.0
+
+
+def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
+             pace_scale: float) -> tuple[float, float, float]:
+    """Runs one step on `lane` and returns its (start, end, seconds spent computing).
+
+    Functional (pace_scale 0): the step lasts as long as it computes. Paced: it lasts its modelled
+    time x pace_scale (a host step with no model: its own time x pace_scale), or longer if the
+    emulator's work overruns that. The modelled start is when both the request's previous step and
+    the lane were done, so the emulator's thread hand-offs and sleep overshoot are not charged to
+    the modelled hardware; work slower than the model is, since the step cannot end before it."""
+    started = clock()
+    try:
+        if step.run is not None:
+            step.run(values)
+            for name in step.release:
+                values.pop(name, None)
+    except BaseException:
+        lane.free_at = clock()
+        raise
+    computed = clock()
+    if not pace_scale:
+        lane.free_at = computed
+        return started, computed, computed - started
+    start = min(started, max(ready_at, lane.free_at))
+    hold = step.est_ns * 1e-9 * pace_scale if step.est_ns > 0 else (computed - started) * pace_scale
+    deadline = start + hold
+    remaining = deadline - clock()
+    if remaining > 0:
+        time.sleep(remaining)
+    end = max(deadline, computed)
+    lane.free_at = end
+    return start, end, computed - started
+
+
+class RequestState(enum.Enum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Request:
+    """A request moving through the chain. `finish` turns the final values into the result."""
+
+    __slots__ = ("id", "values", "position", "ready_at", "submitted_at", "finished_at", "state", "result",
+                 "error", "running", "holds_device", "finish", "_callbacks", "_event")
+
+    def __init__(self, request_id: int, values: dict, finish: Callable[[dict], Any]):
+        self.id = request_id
+        self.values = values
+        self.finish = finish
+        self.position = 0
+        self.ready_at = 0.0
+        self.submitted_at = 0.0
+        self.finished_at = 0.0
+        self.state = RequestState.PENDING
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.running = False
+        self.holds_device = False
+        self._callbacks: list[Callable[[Request], None]] | None = []
+        self._event: threading.Event | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state is not RequestState.PENDING
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the request is finished (True) or `timeout` seconds pass (False)."""
+        if self.done:
+            return True
+        with _EVENT_LOCK:
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if self.done:
+            return True
+        return event.wait(timeout)
+
+    def add_done_callback(self, fn: Callable[["Request"], None]) -> None:
+        with _EVENT_LOCK:
+            if self._callbacks is not None:
+                self._callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            log.exception("completion callback of request %d raised", self.id)
+
+    def _settle(self) -> None:
+        """Wakes waiters and runs callbacks once; called after state became final."""
+        with _EVENT_LOCK:
+            callbacks, self._callbacks = self._callbacks, None
+            event = self._event
+        if event is not None:
+            event.set()
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:  # a caller's callback must not stop the lane that finished the request
+                log.exception("completion callback of request %d raised", self.id)
+
+
+_EVENT_LOCK = threading.Lock()
+
+
+@dataclass
+class EngineStats:
+    """Counters kept for every request (constant memory)."""
+
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    busy_s: dict[str, float] = field(default_factory=dict)       # per resource, on the timeline
+    modelled_ns: dict[str, float] = field(default_factory=dict)  # per resource, the model's time (unscaled)
+    overruns: int = 0  # paced steps the emulator took longer to compute than their modelled time
+
+
+class Engine:
+    """Runs requests through the chain on worker threads: one lane each for H2D, NPU and D2H,
+    `host_lanes` for the host. At most `parallel` requests are on the device side (from their
+    first device step to their last) at once. Thread count is fixed, whatever the requests."""
+
+    def __init__(self, steps: list[Step], *, pace_scale: float = 0.0, parallel: int = 2, host_lanes: int = 2,
+                 trace_capacity: int = 0, name: str = "rblnc"):
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
+        if host_lanes < 1:
+            raise ValueError(f"host_lanes must be at least 1, got {host_lanes}")
+        self.steps = active_steps(steps, pace_scale)
+        self.pace_scale = pace_scale
+        self.parallel = parallel
+        device = [i for i, s in enumerate(self.steps) if s.resource.on_device]
+        self._first_device = device[0] if device else -1
+        self._last_device = device[-1] if device else -1
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._device_free = parallel
+        self._device_waiters: deque[Request] = deque()
+        self._inflight: dict[int, Request] = {}
+        self._accepting = True
+        self._shut = False
+        self.stats = EngineStats()
+        self.timeline: deque[StepRecord] | None = deque(maxlen=trace_capacity) if trace_capacity else None
+        self._queues: dict[Resource, SimpleQueue] = {}
+        self._threads: list[tuple[threading.Thread, SimpleQueue]] = []
+        used = {s.resource for s in self.steps}
+        for resource in Resource:
+            if resource not in used:
+                continue
+            queue: SimpleQueue = SimpleQueue()
+            self._queues[resource] = queue
+            count = host_lanes if resource is Resource.HOST else 1
+            for index in range(count):
+                label = f"host {index}" if resource is Resource.HOST else resource.value
+                thread = threading.Thread(target=self._serve, args=(queue, Lane(resource, label)),
+                                          name=f"{name}-{label.replace(' ', '-').lower()}", daemon=True)
+                self._threads.append((thread, queue))
+                thread.start()
+
+    # -- submission and the chain ------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("engine is shut down")
+            self._inflight[request.id] = request
+        request.submitted_at = request.ready_at = clock()
+        self._advance(request)
+
+    def _advance(self, request: Request) -> None:
+        """Puts the request in the queue of its next step, or finishes it."""
+        if request.position >= len(self.steps):
+            self._complete(request)
+            return
+        if request.position == self._first_device and not request.holds_device:
+            with self._lock:
+                if request.state is not RequestState.PENDING:
+                    return
+                if self._device_free == 0:
+                    self._device_waiters.append(request)
+                    return
+                self._device_free -= 1
+                request.holds_device = True
+        self._queues[self.steps[request.position].resource].put(request)
+
+    def _serve(self, queue: SimpleQueue, lane: Lane) -> None:
+        while True:
+            request = queue.get()
+            if request is None:
+                return
+            with self._lock:
+                if request.state is not RequestState.PENDING:
+                    continue  # cancelled while queued; its device slot was returned then
+                request.running = True
+            step = self.steps[request.position]
+            began = clock()
+            try:
+                start, end, compute = run_step(step, request.values, request.ready_at, lane, self.pace_scale)
+            except BaseException as exc:  # the request's own failure: it ends here, the others go on
+                failed_at = clock()
+                self._record(request, step, lane, began, failed_at, failed_at - began, failed=True)
+                with self._lock:
+                    request.running = False
+                _identify(exc, request, step)
+                self._end(request, RequestState.FAILED, error=exc)
+                continue
+            request.ready_at = end
+            self._record(request, step, lane, start, end, compute)
+            granted = None
+            with self._lock:
+                request.running = False
+                cancelled = request.state is not RequestState.PENDING
+                if request.position == self._last_device or cancelled:
+                    granted = self._return_device(request, end)
+            if granted is not None:
+                self._queues[self.steps[granted.position].resource].put(granted)
+            if cancelled:
+                continue
+            request.position += 1
+            self._advance(request)
+
+    def _record(self, request: Request, step: Step, lane: Lane, start: float, end: float, compute: float = 0.0,
+                failed: bool = False):
+        record = StepRecord(request.id, step.name, step.partition, step.resource, lane.label, start, end,
+                            step.est_ns * self.pace_scale, compute, failed)
+        with self._lock:
+            key = step.resource.value
+            self.stats.busy_s[key] = self.stats.busy_s.get(key, 0.0) + (end - start)
+            self.stats.modelled_ns[key] = self.stats.modelled_ns.get(key, 0.0) + step.est_ns
+            self.stats.overruns += record.overran
+            if self.timeline is not None:
+                self.timeline.append(record)
+
+    def _return_device(self, request: Request, at: float) -> Request | None:
+        """With the lock held: gives `request`'s device slot to the next waiter, or back."""
+        if not request.holds_device:
+            return None
+        request.holds_device = False
+        while self._device_waiters:
+            waiter = self._device_waiters.popleft()
+            if waiter.state is RequestState.PENDING:
+                waiter.holds_device = True
+                waiter.ready_at = max(waiter.ready_at, at)
+                return waiter
+        self._device_free += 1
+        return None
+
+    def _complete(self, request: Request) -> None:
+        try:
+            result = request.finish(request.values)
+        except BaseException as exc:
+            _identify(exc, request, None)
+            self._end(request, RequestState.FAILED, error=exc)
+            return
+        self._end(request, RequestState.DONE, result=result)
+
+    def _end(self, request: Request, state: RequestState, *, result: Any = None,
+             error: BaseException | None = None) -> bool:
+        """Makes the request final (once); returns False if it already was."""
+        granted = None
+        with self._lock:
+            if request.state is not RequestState.PENDING:
+                return False
+            request.state = state
+            request.result, request.error = result, error
+            request.values = {}
+            request.finished_at = clock()
+            if state is RequestState.DONE:
+                self.stats.completed += 1
+            elif state is RequestState.FAILED:
+                self.stats.failed += 1
+            else:
+                self.stats.cancelled += 1
+            if not request.running:
+                if request in self._device_waiters:
+                    self._device_waiters.remove(request)
+                granted = self._return_device(request, request.finished_at)
+            self._inflight.pop(request.id, None)
+            if not self._inflight:
+                self._idle.notify_all()
+        if granted is not None:
+            self._queues[self.steps[granted.position].resource].put(granted)
+        request._settle()
+        return True
+
+    def cancel(self, request: Request) -> bool:
+        """Ends a pending request as cancelled: at once for the caller; a step already running
+        finishes on its lane and the chain stops there. False if the request had finished."""
+        return self._end(request, RequestState.CANCELLED)
+
+    # -- shutting down -----------------------------------------------------------------------
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Waits until no request is in flight; False if `timeout` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._inflight, timeout)
+
+    def cancel_all(self) -> int:
+        with self._lock:
+            pending = list(self._inflight.values())
+        return sum(self.cancel(r) for r in pending)
+
+    def shutdown(self, *, cancel: bool = False, timeout: float | None = None) -> None:
+        """Finishes (or cancels) what is in flight, then stops the threads."""
+        if self.owns_current_thread():
+            raise RuntimeError("a runtime cannot be closed from its own completion callback "
+                               "(its threads would wait for themselves); close it from another thread")
+        with self._lock:
+            if self._shut:
+                return
+            self._accepting = False  # from here on, what is in flight can only drain
+        if cancel:
+            self.cancel_all()
+        if not self.drain(timeout):
+            self.cancel_all()
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+        for _, queue in self._threads:
+            queue.put(None)  # one stop sign per thread; lanes of a resource share its queue
+        current = threading.current_thread()
+        for thread, _ in self._threads:
+            if thread is not current:
+                thread.join()
+
+    def owns_current_thread(self) -> bool:
+        current = threading.current_thread()
+        return any(thread is current for thread, _ in self._threads)
+
+    @property
+    def thread_count(self) -> int:
+        return len(self._threads)
+
+
+def _identify(exc: BaseException, request: Request, step: Step | None) -> None:
+    """Names the request (and step) on the exception without changing its type or message."""
+    where = f" at step {step.name} ({step.resource.value})" if step is not None else " delivering its outputs"
+    try:
+        exc.add_note(f"rblnc request {request.id} failed{where}")
+        exc.request_id = request.id  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # pragma: no cover - exotic exception types
+        pass
+
+
+_request_ids = itertools.count(1)
+
+
+def next_request_id() -> int:
+    return next(_request_ids)
+
+
+def modelled_ns_per_request(steps: list[Step]) -> dict[Resource, float]:
+    """The model's time per request on each resource (0 where the artifact has no estimate)."""
+    totals = {r: 0.0 for r in Resource}
+    for step in steps:
+        totals[step.resource] += step.est_ns
+    return totals
+
+
+def has_estimates(steps: list[Step]) -> bool:
+    return any(s.est_ns > 0 for s in steps if s.resource.on_device)
+
+
+def throughput_bounds(steps: list[Step], *, host_lanes: int = 1) -> tuple[float, float]:
+    """(pipelined bound, one-at-a-time rate) in requests per modelled second: 1 / the busiest
+    resource's time per request (the host's shared by its lanes), and 1 / the sum of the steps."""
+    per_resource = modelled_ns_per_request(steps)
+    busiest = max(ns / (host_lanes if r is Resource.HOST else 1) for r, ns in per_resource.items())
+    total = sum(per_resource.values())
+    if busiest <= 0:
+        raise ValueError("the steps carry no modelled time (est_time_ns = 0 everywhere)")
+    return 1e9 / busiest, 1e9 / total
