@@ -19,6 +19,14 @@ class HostSubgraphRunner:
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._input_names = [i.name for i in self._session.get_inputs()]
 
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._input_names)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, {n: inputs[n] for n in self._input_names})
         return dict(zip(self._output_names, results))

@@ -37,7 +37,7 @@ class Runtime:
         self.artifact, self.source = resolve_artifact(model)
         self.device = device
         self.tensor_type = tensor_type
-        self._executor = ModelExecutor(self.artifact, host_threads=host_threads)
+        self._executor = ModelExecutor(self.artifact, host_threads=host_threads, origin=self.source)
 
     @property
     def input_names(self) -> list[str]:
