@@ -510,3 +510,44 @@ def test_every_truncation_is_refused(npu_file):
             parse_artifact(npu_file[:cut], "cut")
         with pytest.raises(ArtifactError):
             parse_artifact(assemble(npu_file[:cut], b""), "cut")
+
+
+def test_forged_attribute_that_would_allocate_gigabytes(tmp_path, npu_file):
+    """Found by the fuzzer: pads of 160 million made the Conv kernel ask for 19 GB. The declared
+    output shapes contradict the attribute, which preparing the runtime now checks."""
+    def forge(model):
+        command = model.partitions[0].npuProgram.commands[0]
+        pads = next(a for a in command.attributes if a.name == "pads")
+        pads.ints = [1, 1, 1, 160432129]
+    path = tmp_path / "pads.rbln"
+    path.write_bytes(repack(npu_file, forge))
+    with pytest.raises(ArtifactError) as info:
+        rblnc.Runtime(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: partition 'p0_npu' (npu): attributes and declared shapes")
+    assert "Conv" in message and "differ in dimension 3" in message and "\n" not in message
+
+
+def test_forged_constant_shape_feeding_reshape(tmp_path):
+    """Data-dependent shapes are checked too: a Reshape target forged in the constant's bytes."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 4])],
+        [numpy_helper.from_array(np.array([4, 4], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    good = tmp_path / "reshape.rbln"
+    rblnc.compile_from_onnx(model, dtype="fp32").save(good)
+    data = good.read_bytes()
+    assert rblnc.Runtime(good).run(np.ones((2, 8), np.float32)).shape == (4, 4)
+    flatbuffer, section = split(data)
+    constant = np.array([4, 4], np.int64).tobytes()
+    assert section.count(constant) == 1
+    forged = tmp_path / "forged.rbln"
+    forged.write_bytes(assemble(flatbuffer, section.replace(constant, np.array([16, 1], np.int64).tobytes())))
+    with pytest.raises(ArtifactError, match=r"Reshape.*differ in dimension 0: \(16\) vs \(4\)"):
+        rblnc.Runtime(forged)

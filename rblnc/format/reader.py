@@ -32,6 +32,8 @@ from .writer import FOOTER
 _MIN_SIZE = 8 + FOOTER.size  # root offset + identifier, footer
 # Byte sizes past this would wrap the int64 arithmetic of numpy and of the reports.
 MAX_TENSOR_BYTES = 2**63 - 1
+# numpy's limit before 2.0 (64 since); no model has tensors of more dimensions.
+MAX_RANK = 32
 _UNDEFINED = fb.DType.UNDEFINED
 
 
@@ -183,7 +185,7 @@ class _Reader:
             if f.type in ("int", "float"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                         or value < 0:
-                    self.fail("target spec", f"{f.name} must be a non-negative number, got {value!r}")
+                    self.fail("target spec", f"{f.name} must be a non-negative number, got {repr(value)[:60]}")
             elif f.type == "str" and not isinstance(value, str):
                 self.fail("target spec", f"{f.name} must be a string, got {type(value).__name__}")
         if not isinstance(spec.peak_flops, dict) or not all(
@@ -201,12 +203,12 @@ class _Reader:
         for partition in partitions:
             for value in partition.inputs:
                 if value.name not in available:
-                    self.fail(f"partition {partition.name!r}", f"reads {value.name!r}, which no model input "
+                    self.fail(f"partition {_quote(partition.name)}", f"reads {_quote(value.name)}, which no model input "
                                                                "or earlier partition provides")
             available.update(v.name for v in partition.outputs)
         for value in outputs:
             if value.name not in available:
-                self.fail(f"model output {value.name!r}", "no partition produces it")
+                self.fail(f"model output {_quote(value.name)}", "no partition produces it")
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -222,17 +224,20 @@ class _Reader:
 
     def _shape(self, values, where: str, dtype: np.dtype, *, unknown_allowed: bool) -> tuple:
         shape = tuple(int(v) for v in values) if values is not None else ()
+        if len(shape) > MAX_RANK:
+            self.fail(where, f"rank {len(shape)} is more than the {MAX_RANK} dimensions rblnc supports")
         lowest = -1 if unknown_allowed else 0
         for axis, dim in enumerate(shape):
             if dim < lowest:
-                self.fail(where, f"dimension {dim} at axis {axis} of shape {list(shape)}")
-        count = math.prod(d for d in shape if d >= 0)
+                self.fail(where, f"dimension {dim} at axis {axis} of shape {_dims(shape)}")
+        # Zero-sized dimensions do not excuse huge ones: numpy refuses [0, 2**62, 2**62] too.
+        count = math.prod(max(d, 1) for d in shape)
         if count * max(dtype.itemsize, 1) > MAX_TENSOR_BYTES:
-            self.fail(where, f"shape {list(shape)} of {dtype.name} is larger than any tensor can be")
+            self.fail(where, f"shape {_dims(shape)} of {dtype.name} is larger than any tensor can be")
         return shape
 
     def _value_info(self, info: fb.ValueInfoT, where: str) -> ValueInfo:
-        where = f"{where} {info.name!r}"
+        where = f"{where} {_quote(info.name)}"
         dtype = self._dtype(info.dtype, where)
         shape = None
         if info.shape is not None:
@@ -250,12 +255,12 @@ class _Reader:
         raw = self._buffer(index, where)
         count = math.prod(shape)
         if count * dtype.itemsize != len(raw):
-            self.fail(where, f"{len(raw)} bytes stored for shape {list(shape)} of {dtype.name} "
+            self.fail(where, f"{len(raw)} bytes stored for shape {_dims(shape)} of {dtype.name} "
                              f"({count * dtype.itemsize} expected)")
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
     def _partition(self, p: fb.PartitionT, index: int, target: TargetSpec) -> Partition:
-        where = f"partition {index} {p.name!r}"
+        where = f"partition {index} {_quote(p.name)}"
         device = Device(p.device)  # the verifier checked the enum value
         partition = Partition(
             name=p.name,
@@ -290,15 +295,15 @@ class _Reader:
             if t.kind == TensorKind.PROGRAM_INPUT:
                 value = declared.get(t.name)
                 if value is None:
-                    self.fail(where, f"program input {t.name!r} is not an input of the partition")
+                    self.fail(where, f"program input {_quote(t.name)} is not an input of the partition")
                 if value.dtype != t.dtype or value.shape != t.shape:
-                    self.fail(where, f"program input {t.name!r} is {t.dtype.name}{list(t.shape)}, the "
-                                     f"partition declares {value.dtype.name}{list(value.shape or [])}")
+                    self.fail(where, f"program input {_quote(t.name)} is {t.dtype.name}{_dims(t.shape)}, the "
+                                     f"partition declares {value.dtype.name}{_dims(value.shape)}")
             elif t.kind == TensorKind.PROGRAM_OUTPUT:
                 produced[t.name] = t
         for value in partition.outputs:
             if value.name not in produced:
-                self.fail(where, f"output {value.name!r} is not an output of its program")
+                self.fail(where, f"output {_quote(value.name)} is not an output of its program")
 
     def _program(self, program: fb.NpuProgramT, where: str, target: TargetSpec) -> NpuProgram:
         tensors = [self._tensor(t, i, where, target) for i, t in enumerate(program.tensors or [])]
@@ -307,13 +312,13 @@ class _Reader:
         return NpuProgram(tensors, commands, program.peakSramBytes, program.peakDramBytes, program.weightBytes)
 
     def _tensor(self, t: fb.TensorT, index: int, where: str, target: TargetSpec) -> Tensor:
-        where = f"{where} tensor {index} {t.name!r}"
+        where = f"{where} tensor {index} {_quote(t.name)}"
         dtype = self._dtype(t.dtype, where, npu=True)
         shape = self._shape(t.shape, where, dtype, unknown_allowed=False)
         kind, region = TensorKind(t.kind), MemoryRegion(t.region)
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > target.dram_bytes:
-            self.fail(where, f"shape {list(shape)} of {dtype.name} ({nbytes} bytes) exceeds the device's "
+            self.fail(where, f"shape {_dims(shape)} of {dtype.name} ({nbytes} bytes) exceeds the device's "
                              f"{target.dram_bytes} bytes of DRAM")
         if kind != TensorKind.CONSTANT:
             capacity = target.sram_bytes if region == MemoryRegion.SRAM else target.dram_bytes
@@ -324,7 +329,7 @@ class _Reader:
         return Tensor(t.name, dtype, shape, kind, data, region, t.offset, t.size)
 
     def _command(self, c: fb.CommandT, index: int, tensors: list[Tensor], where: str) -> Command:
-        where = f"{where} command {index} {c.name or ''!r}"
+        where = f"{where} command {index} {_quote(c.name or '')}"
         inputs, outputs = _ints(c.inputs), _ints(c.outputs)
         for i in inputs + outputs:
             if not -1 <= i < len(tensors):
@@ -332,8 +337,8 @@ class _Reader:
         attributes = {}
         for a in c.attributes or []:
             if a.name in attributes:
-                self.fail(where, f"attribute {a.name!r} appears twice")
-            attributes[a.name] = self._attribute_value(a, f"{where} attribute {a.name!r}")
+                self.fail(where, f"attribute {_quote(a.name)} appears twice")
+            attributes[a.name] = self._attribute_value(a, f"{where} attribute {_quote(a.name)}")
         return Command(
             op_type=c.opType or "",
             inputs=inputs,
@@ -358,16 +363,16 @@ class _Reader:
         for index, command in enumerate(commands):
             for i in command.inputs:
                 if i >= 0 and i not in ready:
-                    self.fail(f"{where} command {index} {command.name!r}",
-                              f"reads tensor {i} {tensors[i].name!r} before any command writes it")
+                    self.fail(f"{where} command {index} {_quote(command.name)}",
+                              f"reads tensor {i} {_quote(tensors[i].name)} before any command writes it")
             for i in command.outputs:
                 if i >= 0 and tensors[i].kind not in (TensorKind.ACTIVATION, TensorKind.PROGRAM_OUTPUT):
-                    self.fail(f"{where} command {index} {command.name!r}",
-                              f"writes tensor {i} {tensors[i].name!r}, a {tensors[i].kind.name.lower()}")
+                    self.fail(f"{where} command {index} {_quote(command.name)}",
+                              f"writes tensor {i} {_quote(tensors[i].name)}, a {tensors[i].kind.name.lower()}")
                 ready.add(i)
         for i, t in enumerate(tensors):
             if t.kind == TensorKind.PROGRAM_OUTPUT and i not in ready:
-                self.fail(where, f"program output {t.name!r} is written by no command")
+                self.fail(where, f"program output {_quote(t.name)} is written by no command")
 
     def _attribute_value(self, attr: fb.AttributeT, where: str) -> Any:
         kind = fb.AttributeType
@@ -397,6 +402,20 @@ def _strings(values) -> list[str]:
 
 def _ints(values) -> list[int]:
     return [int(v) for v in values] if values is not None else []
+
+
+def _quote(name: str, limit: int = 60) -> str:
+    """A name as it appears in messages: quoted and escaped (one line), cut when forged long."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _dims(shape) -> str:
+    """A shape for a message; forged shapes can be long."""
+    if shape is None:
+        return "[?]"
+    dims = ["?" if d is None else str(d) for d in shape]
+    return "[" + ", ".join(dims if len(dims) <= 8 else dims[:6] + [f"... {len(dims)} dims"]) + "]"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from ..errors import ArtifactError, ExecutionError
 from ..format.artifact import Artifact, Device, Partition
 from ..emulator import NpuProgramRunner
 from .host import HostSubgraphRunner
+from .program_check import ProgramShapeError, check_program_shapes
 
 
 class ModelExecutor:
@@ -20,7 +21,7 @@ class ModelExecutor:
         self.artifact = artifact
         self.stages: list[tuple[Partition, NpuProgramRunner | HostSubgraphRunner]] = []
         for partition in artifact.partitions:
-            self.stages.append((partition, prepare_partition(partition, host_threads, origin)))
+            self.stages.append((partition, prepare_partition(partition, host_threads, origin, artifact.opset)))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         values = dict(feeds)
@@ -29,10 +30,16 @@ class ModelExecutor:
         return [values[o.name] for o in self.artifact.outputs]
 
 
-def prepare_partition(partition: Partition, host_threads: int | None, origin: object):
+def prepare_partition(partition: Partition, host_threads: int | None, origin: object, opset: int):
     """The partition's runner. What a damaged or forged artifact breaks here (bytes that are
-    not ONNX, an op with no kernel) is an ArtifactError naming the file and partition."""
+    not ONNX, an op with no kernel, attributes that contradict the declared shapes) is an
+    ArtifactError naming the file and partition."""
     where = f"partition {partition.name!r} ({partition.device.name.lower()})"
+    if partition.device == Device.NPU:
+        try:
+            check_program_shapes(partition.npu_program, opset)
+        except ProgramShapeError as exc:
+            raise ArtifactError(origin, f"{where}: {exc}") from None
     try:
         if partition.device == Device.NPU:
             return NpuProgramRunner(partition.npu_program, partition.name)
