@@ -105,15 +105,27 @@ def inspect(artifact: Path, as_json: bool) -> None:
 @click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the outputs to this .npz, keyed by output name.")
-def run(artifact: Path, inputs: Path, output: Path | None) -> None:
+@click.option("--check-finite", is_flag=True,
+              help="Warn on stderr about inputs and outputs holding NaN or infinity (the run goes on).")
+def run(artifact: Path, inputs: Path, output: Path | None, check_finite: bool) -> None:
     """Run ARTIFACT (.rbln) on the arrays in INPUTS (.npz, keyed by input name)."""
+    import warnings
+
+    from .errors import NonFiniteWarning
     from .runtime import Runtime
 
-    runtime = Runtime(artifact)
+    runtime = Runtime(artifact, check_finite=check_finite)
     args, kwargs = _load_inputs(inputs, runtime.input_names)
     start = time.perf_counter()
-    results = runtime.run(*args, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWarning)
+        results = runtime.run(*args, **kwargs)
     seconds = time.perf_counter() - start
+    for warning in caught:
+        if issubclass(warning.category, NonFiniteWarning):
+            click.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     results = results if isinstance(results, list) else [results]
     for name, value in zip(runtime.output_names, results):
         stats = (f"min {value.min():.4g} max {value.max():.4g} mean {value.mean():.4g}"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .. import dtypes
+from ..errors import NonFiniteWarning
 from ..format.artifact import Artifact, Device
 from ..format.reader import load_artifact
 from .executor import ModelExecutor
-from .io import TENSOR_TYPES, bind_inputs, deliver_outputs
+from .io import TENSOR_TYPES, bind_inputs, deliver_outputs, non_finite_report
 
 
 def resolve_artifact(model: Any) -> tuple[Artifact, str]:
@@ -26,10 +28,12 @@ def resolve_artifact(model: Any) -> tuple[Artifact, str]:
 
 
 class Runtime:
-    """Runs a compiled model. Mirrors the vendor SDK: `Runtime(path, *, device=0, tensor_type="np")`."""
+    """Runs a compiled model. Mirrors the vendor SDK: `Runtime(path, *, device=0, tensor_type="np")`.
+    `check_finite=True` warns (NonFiniteWarning) naming each input and output that holds NaN or
+    infinity; the run itself goes on, as the model defines what such values give."""
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np",
-                 host_threads: int | None = None):
+                 host_threads: int | None = None, check_finite: bool = False):
         if tensor_type not in TENSOR_TYPES:
             raise ValueError(f"tensor_type must be one of {TENSOR_TYPES}, got {tensor_type!r}")
         if device != 0:
@@ -37,6 +41,7 @@ class Runtime:
         self.artifact, self.source = resolve_artifact(model)
         self.device = device
         self.tensor_type = tensor_type
+        self.check_finite = check_finite
         self._executor = ModelExecutor(self.artifact, host_threads=host_threads, origin=self.source)
 
     @property
@@ -51,6 +56,11 @@ class Runtime:
         """Inputs by position (model order) or by name. One output -> array, several -> list."""
         feeds = bind_inputs(self.artifact.inputs, args, kwargs)
         arrays = self._executor.run(feeds)
+        if self.check_finite:
+            found = non_finite_report("input", self.artifact.inputs, [feeds[v.name] for v in self.artifact.inputs])
+            found += non_finite_report("output", self.artifact.outputs, arrays)
+            if found:
+                warnings.warn(NonFiniteWarning("non-finite values: " + "; ".join(found)), stacklevel=2)
         return deliver_outputs(arrays, self.artifact.outputs, out, self.tensor_type)
 
     __call__ = run
