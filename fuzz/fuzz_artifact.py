@@ -198,7 +198,7 @@ def _mutate_bytes(data: bytearray, rng: random.Random, hot_end: int, seeds: list
         value = rng.choice(_INTERESTING_32 + [len(data), hot_end, rng.randrange(2**32)])
         if rng.random() < 0.3:  # an offset nudged
             value = (struct.unpack_from("<I", data, at)[0] + rng.choice([-8, -4, -1, 1, 4, 8, 64])) % 2**32
-        struct.pack_into("<I", data, at, value)
+        struct.pack_into("<I", data, at, value % 2**32)
     elif kind == 4 and len(data) >= 8:  # an interesting 64-bit word (shapes, buffer spans)
         at = position(8, aligned=8)
         struct.pack_into("<Q", data, at, rng.choice(_INTERESTING_64 + [rng.randrange(2**64)]))
@@ -543,6 +543,12 @@ def run_atheris(argv: list[str]) -> None:
     counter = [0]
 
     def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        try:
+            return structured(data, max_size, seed)
+        except Exception:  # a bug of the mutator must not end the run: fall back to libFuzzer's
+            return bytes(atheris.Mutate(data, max_size))
+
+    def structured(data: bytes, max_size: int, seed: int) -> bytes:
         rng = random.Random(seed)
         if rng.random() < 0.3 or len(data) < FOOTER.size + 8:
             mutant = atheris.Mutate(data, max_size)  # libFuzzer's own byte mutations, then a fresh CRC
