@@ -1,6 +1,8 @@
-"""Fuzz target for loading untrusted .rbln files: a mutated artifact must load, prepare a
-runtime, report and run — or fail with rblnc's own error in one clear line. Never a crash, a
-hang, a MemoryError or a traceback from numpy, flatbuffers or onnxruntime.
+"""Fuzz target and runners for loading untrusted .rbln files (`make fuzz`).
+
+A mutated artifact must load, prepare a runtime, report and run, or fail with rblnc's own
+error in one clear line: never a crash, a hang, a MemoryError or a traceback from numpy,
+flatbuffers or onnxruntime.
 
     python fuzz/fuzz_artifact.py seeds DIR                 # write the seed artifacts
     python fuzz/fuzz_artifact.py mutate --corpus DIR --seed 1 --seconds 60

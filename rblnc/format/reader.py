@@ -1,7 +1,8 @@
-"""Reads a .rbln file into an Artifact without trusting it: identifier, footer, version and
-checksum first, then a structural walk of the FlatBuffer (verify.py), then the meaning of
-every offset, size, shape, index and name, before the data section is mapped so constants
-are used in place (zero-copy). Nothing in the file is ever executed."""
+"""Reads a .rbln file into an Artifact without trusting it; constants stay zero-copy views.
+
+Identifier, footer, version and checksum first, then a structural walk of the FlatBuffer
+(verify.py), then the meaning of every offset, size, shape, index and name, before the data
+section is used. Nothing in the file is ever executed."""
 
 from __future__ import annotations
 

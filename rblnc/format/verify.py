@@ -1,7 +1,6 @@
-"""Structural verifier of the .rbln FlatBuffer: every offset, vtable, field, string and vector
-lies inside the buffer, before any generated accessor touches it.
+"""Structural verifier of the .rbln FlatBuffer, run before any generated accessor reads it.
 
-The Python flatbuffers package has no verifier, and its generated accessors read whatever an
+Every offset, vtable, field, string and vector must lie inside the buffer. The Python flatbuffers package has no verifier, and its generated accessors read whatever an
 offset points at (struct.error, IndexError, or a forged vector length that loops for minutes).
 This module walks the buffer from the root table the way the C++ `flatbuffers::Verifier` does,
 using a description of the tables parsed from `schemas/rbln.fbs` itself, so a field appended

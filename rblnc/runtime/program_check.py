@@ -1,6 +1,8 @@
-"""Checks, before an NPU program first runs, that each standard op's attributes and declared
-input shapes give the output shapes the program declares, so a forged attribute (a pad of
-160 million, a huge kernel) is refused at load instead of making a kernel allocate gigabytes."""
+"""Checks an NPU program's declared shapes against its ops' semantics before it first runs.
+
+Each standard op's attributes and declared input shapes must give the output shapes the
+program declares, so a forged attribute (a pad of 160 million, a huge kernel) is refused at
+load instead of making a kernel allocate gigabytes."""
 
 from __future__ import annotations
 
