@@ -12,7 +12,7 @@ DEMO   := build/demo
 SCHEMA_OUT  ?= rblnc/format
 FLATC_FLAGS := --python --gen-object-api --python-typing --python-decode-obj-api-strings --gen-onefile
 
-.PHONY: install demo test test-full schema bench clean
+.PHONY: install demo test test-full schema bench fuzz clean
 
 install: $(STAMP)
 
@@ -43,6 +43,21 @@ schema: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# Fuzz loading of untrusted .rbln files (fuzz/fuzz_artifact.py): structured mutations with a
+# per-case timeout in a worker process, then coverage-guided atheris; FUZZ_SECONDS each.
+# Inputs that fail are kept in build/fuzz/findings; `make test` runs a short seeded version.
+FUZZ_SECONDS ?= 300
+FUZZ_SEED    ?= 1
+
+fuzz: install
+	rm -rf build/fuzz/seeds && $(PY) fuzz/fuzz_artifact.py seeds build/fuzz/seeds
+	$(PY) fuzz/fuzz_artifact.py mutate --corpus build/fuzz/seeds --seed $(FUZZ_SEED) \
+		--seconds $(FUZZ_SECONDS) --json build/fuzz/summary.json
+	mkdir -p build/fuzz/corpus build/fuzz/findings
+	$(PY) fuzz/fuzz_artifact.py atheris build/fuzz/corpus build/fuzz/seeds -seed=$(FUZZ_SEED) \
+		-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=6144 -max_len=65536 \
+		-print_final_stats=1 -artifact_prefix=build/fuzz/findings/
 
 clean:
 	rm -rf build .pytest_cache

@@ -116,8 +116,11 @@ def inspect(artifact: Path, as_json: bool) -> None:
               help="Write a Chrome-trace / Perfetto JSON timeline of every step.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Draw the timeline as a Gantt chart (PNG; needs matplotlib).")
+@click.option("--check-finite", is_flag=True,
+              help="Warn on stderr about inputs and outputs holding NaN or infinity (the run goes on).")
 def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace: bool, pace_scale: float | None,
-        parallel: int | None, repeat: int, trace_path: Path | None, plot_path: Path | None) -> None:
+        parallel: int | None, repeat: int, trace_path: Path | None, plot_path: Path | None,
+        check_finite: bool) -> None:
     """Run ARTIFACT (.rbln) on the arrays in INPUTS (.npz, keyed by input name).
 
     An array with one extra leading dimension holds that many requests."""
@@ -150,6 +153,8 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
         if use_async:
             runtime.close(cancel=True)
     first = results[:len(requests)]
+    if check_finite:
+        _warn_non_finite(runtime, requests, first)
     outputs = [r if isinstance(r, list) else [r] for r in first]
     per_output = list(zip(*outputs))
     for name, values in zip(runtime.output_names, per_output):
@@ -201,6 +206,18 @@ def _split_requests(specs, args: list, kwargs: dict, path: Path) -> list[tuple[l
         values = {n: (v[i] if n in counts else v) for n, v in given.items()}
         requests.append(([values[n] for n in names[:positional]], {n: values[n] for n in names[positional:] if n in values}))
     return requests
+
+
+def _warn_non_finite(runtime, requests: list, results: list) -> None:
+    from .runtime.io import bind_inputs, non_finite_report
+
+    for index, ((args, kwargs), result) in enumerate(zip(requests, results)):
+        feeds = bind_inputs(runtime.artifact.inputs, args, kwargs)
+        found = non_finite_report("input", runtime.artifact.inputs, [feeds[v.name] for v in runtime.artifact.inputs])
+        found += non_finite_report("output", runtime.artifact.outputs, result if isinstance(result, list) else [result])
+        if found:
+            where = f"request {index}: " if len(requests) > 1 else ""
+            click.echo(f"warning: non-finite values: {where}" + "; ".join(found), err=True)
 
 
 def _run_requests(runtime, requests: list, use_async: bool) -> tuple[list, list[float], float]:

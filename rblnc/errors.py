@@ -51,9 +51,17 @@ class InputDtypeError(InputError, TypeError):
     """An input's element type differs from the model's and cannot be converted safely."""
 
 
+class OutputArrayError(InputError, ValueError):
+    """An `out=` array that cannot receive an output (read-only)."""
+
+
 class RuntimeClosedError(RBLNError, RuntimeError):
     """A call on a runtime after `close()`."""
 
 
 class ExecutionError(RBLNError, RuntimeError):
     """A partition failed while running a request."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A run's inputs or outputs hold NaN or infinity (checked when `check_finite` is on)."""

@@ -23,6 +23,10 @@ def parse_input_info(input_info: Iterable[Any] | None) -> list[InputSpec]:
     """Accepts [("x", [1, 3, 224, 224], np.float32), ...] as the vendor SDK does."""
     if input_info is None:
         return []
+    if isinstance(input_info, (str, bytes)) or not hasattr(input_info, "__iter__"):
+        raise ModelImportError(
+            f"input_info must be a list of (name, shape, dtype), got {type(input_info).__name__}"
+        )
     specs = []
     for i, entry in enumerate(input_info):
         if isinstance(entry, InputSpec):

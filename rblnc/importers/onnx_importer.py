@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper, version_converter
 
 from .. import dtypes
-from ..errors import DynamicShapeError, ModelImportError
+from ..errors import DynamicShapeError, ModelImportError, UnsupportedOpError
 from ..ir.graph import CANONICAL_OPSET, Graph, Node, TensorInfo
 from ..ir.onnx_bridge import attr_from_onnx, node_from_onnx
 from ..ir.shape_inference import ShapeInferenceError, infer_shapes, info_from_onnx_type
@@ -32,11 +32,14 @@ def import_onnx(
     """Import an ONNX model from a path, serialized bytes or a ModelProto."""
     proto, origin = _load(model)
     specs = parse_input_info(input_info)
+    if not proto.HasField("graph") or not proto.graph.node and not proto.graph.output:
+        raise ModelImportError(f"{origin}: not an ONNX model (it has no graph)")
     opset = _default_opset(proto, origin)
     if opset < MIN_OPSET:
         raise ModelImportError(f"{origin}: opset {opset} is older than {MIN_OPSET}, the oldest supported")
     proto, opset = _convert_opset(proto, opset)
     initializers = {t.name: t for t in proto.graph.initializer}
+    _check_graph_structure(proto, initializers, origin)
     _apply_input_info(proto, specs, initializers, origin)
     inferred = _infer_types(proto, initializers)
     graph = _build_graph(proto, opset, initializers, inferred, origin)
@@ -56,6 +59,8 @@ def _load(model) -> tuple[onnx.ModelProto, str]:
         except DecodeError as exc:
             raise ModelImportError(f"<bytes>: not an ONNX model ({exc})") from None
     path = Path(model)
+    if path.is_dir():
+        raise ModelImportError(f"{path}: is a directory, not an ONNX file")
     if not path.is_file():
         raise ModelImportError(f"{path}: no such file")
     try:
@@ -79,6 +84,31 @@ def _convert_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto,
     except Exception:  # the converter raises bare RuntimeErrors/C++ errors for missing adapters
         return proto, opset
     return converted, CANONICAL_OPSET
+
+
+def _check_graph_structure(proto: onnx.ModelProto, initializers, origin: str) -> None:
+    """What ONNX requires of a graph and the IR relies on: ops that exist, every value defined
+    once and before it is read (nodes in topological order), outputs that are defined."""
+    defined = {i.name for i in proto.graph.input} | set(initializers)
+    for index, node in enumerate(proto.graph.node):
+        label = f"node {node.name or index!r} ({node.op_type})"
+        if node.domain in _DEFAULT_DOMAINS + ("ai.onnx.ml",) and not onnx.defs.has(node.op_type, node.domain):
+            raise UnsupportedOpError(f"{origin}: {label}: {node.op_type!r} is not an ONNX operator")
+        for name in list(node.input) + _outer_scope_reads(node):
+            if name and name not in defined:
+                later = any(name in n.output for n in proto.graph.node[index + 1:])
+                raise ModelImportError(
+                    f"{origin}: {label} reads {name!r}, which "
+                    + ("a later node produces (the graph is not topologically sorted or has a cycle)"
+                       if later else "no input, initializer or earlier node defines")
+                )
+        for name in node.output:
+            if name and name in defined:
+                raise ModelImportError(f"{origin}: {label} defines {name!r}, which is already defined")
+            defined.add(name)
+    for output in proto.graph.output:
+        if output.name not in defined:
+            raise ModelImportError(f"{origin}: graph output {output.name!r} is never defined")
 
 
 def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) -> None:

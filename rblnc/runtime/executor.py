@@ -6,31 +6,61 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import ExecutionError
+from ..errors import ArtifactError, ExecutionError
 from ..format.artifact import Artifact, Device, Partition
 from ..emulator import NpuProgramRunner
 from .host import HostSubgraphRunner
+from .program_check import ProgramShapeError, check_program_shapes
 
 
 class ModelExecutor:
     """Prepares each partition once (NPU program runners, onnxruntime sessions); `run` is
     reentrant, so several requests may run at once on different threads."""
 
-    def __init__(self, artifact: Artifact, *, host_threads: int | None = None):
+    def __init__(self, artifact: Artifact, *, host_threads: int | None = None, origin: object = "<compiled model>"):
         self.artifact = artifact
         self.stages: list[tuple[Partition, NpuProgramRunner | HostSubgraphRunner]] = []
         for partition in artifact.partitions:
-            if partition.device == Device.NPU:
-                runner = NpuProgramRunner(partition.npu_program, partition.name)
-            else:
-                runner = HostSubgraphRunner(partition.host_onnx, partition.name, host_threads)
-            self.stages.append((partition, runner))
+            self.stages.append((partition, prepare_partition(partition, host_threads, origin, artifact.opset)))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         values = dict(feeds)
         for partition, runner in self.stages:
             values.update(run_partition(partition, runner, values))
         return [values[o.name] for o in self.artifact.outputs]
+
+
+def prepare_partition(partition: Partition, host_threads: int | None, origin: object, opset: int):
+    """The partition's runner. What a damaged or forged artifact breaks here (bytes that are
+    not ONNX, an op with no kernel, attributes that contradict the declared shapes) is an
+    ArtifactError naming the file and partition."""
+    where = f"partition {partition.name!r} ({partition.device.name.lower()})"
+    if partition.device == Device.NPU:
+        try:
+            check_program_shapes(partition.npu_program, opset)
+        except ProgramShapeError as exc:
+            raise ArtifactError(origin, f"{where}: {exc}") from None
+    try:
+        if partition.device == Device.NPU:
+            return NpuProgramRunner(partition.npu_program, partition.name)
+        runner = HostSubgraphRunner(partition.host_onnx, partition.name, host_threads)
+    except Exception as exc:  # onnxruntime, protobuf and the emulator raise their own types
+        what = "its ONNX subgraph cannot be loaded by onnxruntime" if partition.device == Device.HOST else \
+            "its program cannot be prepared"
+        raise ArtifactError(origin, f"{where}: {what} ({_first_line(exc)})") from exc
+    missing = [n for n in runner.input_names if n not in {v.name for v in partition.inputs}]
+    if missing:
+        raise ArtifactError(origin, f"{where}: its ONNX subgraph reads {', '.join(map(repr, missing))}, "
+                                    "which the partition does not take")
+    missing = [v.name for v in partition.outputs if v.name not in runner.output_names]
+    if missing:
+        raise ArtifactError(origin, f"{where}: its ONNX subgraph does not produce {', '.join(map(repr, missing))}")
+    return runner
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def run_partition(partition: Partition, runner, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

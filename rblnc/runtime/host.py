@@ -15,9 +15,20 @@ class HostSubgraphRunner:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(bytes(onnx_bytes), options, providers=["CPUExecutionProvider"])
+        # No fallback: on a failure onnxruntime would print an "EP Error" banner to stdout and
+        # retry with the same CPU provider; the caller reports the error instead.
+        self._session = ort.InferenceSession(bytes(onnx_bytes), options, providers=["CPUExecutionProvider"],
+                                             enable_fallback=0)
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._input_names = [i.name for i in self._session.get_inputs()]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._input_names)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, {n: inputs[n] for n in self._input_names})

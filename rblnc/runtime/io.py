@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import dtypes
-from ..errors import InputDtypeError, InputNameError, InputShapeError
+from ..errors import InputDtypeError, InputNameError, InputShapeError, OutputArrayError
 from ..format.artifact import ValueInfo
 
 TENSOR_TYPES = ("np", "pt")
@@ -46,6 +46,13 @@ def bind_inputs(specs: Sequence[ValueInfo], args: Sequence[Any], kwargs: Mapping
 
 
 def check_input(spec: ValueInfo, value: Any) -> np.ndarray:
+    if isinstance(value, dict):
+        raise InputDtypeError(f"input {spec.name!r}: got a dict; pass named inputs as keywords, run(**inputs)")
+    if isinstance(value, np.ma.MaskedArray) and np.ma.count_masked(value):
+        raise InputDtypeError(
+            f"input {spec.name!r}: a masked array with {np.ma.count_masked(value)} masked value(s), which "
+            "the model would read as whatever lies under the mask; fill them first, e.g. x.filled(0)"
+        )
     array = as_numpy(value)
     if array.dtype != spec.dtype:
         if not np.can_cast(array.dtype, spec.dtype, casting="safe"):
@@ -59,6 +66,26 @@ def check_input(spec: ValueInfo, value: Any) -> np.ndarray:
             f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(array.shape)}"
         )
     return np.ascontiguousarray(array)
+
+
+def non_finite_report(kind: str, specs: Sequence[ValueInfo], arrays: Sequence[np.ndarray]) -> list[str]:
+    """One line per floating array holding NaN or infinity, e.g.
+    "input 'x': 3 NaN, 1 +inf of 192 values (first at index (0, 1, 2, 3))"."""
+    lines = []
+    for spec, array in zip(specs, arrays):
+        array = np.asarray(array)
+        if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
+            continue
+        values = array if array.dtype.kind == "f" else array.astype(np.float32)
+        finite = np.isfinite(values)
+        if finite.all():
+            continue
+        counts = [(int(np.isnan(values).sum()), "NaN"), (int(np.isposinf(values).sum()), "+inf"),
+                  (int(np.isneginf(values).sum()), "-inf")]
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), values.shape))
+        lines.append(f"{kind} {spec.name!r}: " + ", ".join(f"{n} {what}" for n, what in counts if n)
+                     + f" of {values.size} values (first at index {first})")
+    return lines
 
 
 def deliver_outputs(arrays: Sequence[np.ndarray], specs: Sequence[ValueInfo], out: Any, tensor_type: str):
@@ -75,6 +102,8 @@ def deliver_outputs(arrays: Sequence[np.ndarray], specs: Sequence[ValueInfo], ou
                     f"out= for output {spec.name!r}: expected {dtypes.name(array.dtype)}{list(array.shape)}, "
                     f"got {dtypes.name(target_np.dtype)}{list(target_np.shape)}"
                 )
+            if not target_np.flags.writeable:
+                raise OutputArrayError(f"out= for output {spec.name!r} is read-only")
             np.copyto(target_np, array)
             results.append(target)
     else:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
+from ..errors import NonFiniteWarning
 from ..format.artifact import Artifact, Device
 from ..format.reader import load_artifact
 from .engine import (
@@ -17,7 +18,7 @@ from .engine import (
     plan_steps, run_step,
 )
 from .executor import ModelExecutor
-from .io import TENSOR_TYPES, bind_inputs, deliver_outputs
+from .io import TENSOR_TYPES, bind_inputs, deliver_outputs, non_finite_report
 
 DEFAULT_TRACE_CAPACITY = 100_000
 
@@ -63,16 +64,20 @@ class Runtime:
     """Runs a compiled model, one request per call. Mirrors the vendor SDK:
     `Runtime(path, *, device=0, tensor_type="np")`. `pace=True` makes each step last its modelled
     time (a number: that many times longer, for an emulator slower than the modelled chip);
-    `trace=True` records every step for a timeline (see rblnc.runtime.trace)."""
+    `trace=True` records every step for a timeline (see rblnc.runtime.trace). `check_finite=True`
+    warns (NonFiniteWarning) naming each input and output that holds NaN or infinity; the run
+    itself goes on, as the model defines what such values give."""
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np",
-                 host_threads: int | None = None, pace: bool | float = False, trace: bool | int = False):
+                 host_threads: int | None = None, pace: bool | float = False, trace: bool | int = False,
+                 check_finite: bool = False):
         check_runtime_options(device, tensor_type)
         self.artifact, self.source = resolve_artifact(model)
         self.device = device
         self.tensor_type = tensor_type
         self.pace_scale = pace_scale_of(pace)
-        self._executor = ModelExecutor(self.artifact, host_threads=host_threads)
+        self.check_finite = check_finite
+        self._executor = ModelExecutor(self.artifact, host_threads=host_threads, origin=self.source)
         self.steps: list[Step] = plan_steps(self._executor)
         self._active = active_steps(self.steps, self.pace_scale)
         warn_if_unpaceable(self.steps, self.pace_scale, self.source)
@@ -100,6 +105,11 @@ class Runtime:
         else:
             values = self._run_chain(feeds)
         arrays = [values[o.name] for o in self.artifact.outputs]
+        if self.check_finite:
+            found = non_finite_report("input", self.artifact.inputs, [feeds[v.name] for v in self.artifact.inputs])
+            found += non_finite_report("output", self.artifact.outputs, arrays)
+            if found:
+                warnings.warn(NonFiniteWarning("non-finite values: " + "; ".join(found)), stacklevel=2)
         return deliver_outputs(arrays, self.artifact.outputs, out, self.tensor_type)
 
     __call__ = run
