@@ -37,8 +37,8 @@ def apply_activation(x: torch.Tensor, name: str, params: Sequence[float]) -> tor
     if name == "GeluTanh":
         return F.gelu(x, approximate="tanh")
     if name == "Clip":
-        low, high = params
-        return torch.clamp(x, None if low == -math.inf else low, None if high == math.inf else high)
+        low, high = (None if abs(p) == math.inf else p for p in params)
+        return x if low is None and high is None else torch.clamp(x, low, high)
     if name == "LeakyRelu":
         return F.leaky_relu(x, params[0])
     if name == "HardSigmoid":
