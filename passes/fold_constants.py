@@ -6,6 +6,7 @@ from rblnc.ir import Graph
 from rblnc.ir.evaluate import EvaluationError, evaluate_node
 
 from .manager import PassContext, graph_pass
+from .rewriting import topological_nodes
 
 # Ops whose result is not a function of their inputs, or that carry subgraphs.
 _NEVER_FOLD = {
@@ -20,7 +21,7 @@ _WEIGHT_INPUTS = {"Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {1, 2}, "MatM
 def fold_constants(graph: Graph, ctx: PassContext) -> int:
     """Evaluate nodes whose inputs are all constants at compile time."""
     folded = 0
-    for node in graph.topological_order():
+    for node in topological_nodes(graph):
         if node.op_type in _NEVER_FOLD or node.implicit_inputs or node.domain not in ("", "ai.onnx"):
             continue
         if not all(not i or graph.is_constant(i) for i in node.inputs):

@@ -156,3 +156,16 @@ def test_cli_pass_flags(tmp_path):
                 check=False)
     assert bad.returncode == 1 and "not in this pipeline: fold_batchnorm" in bad.stderr
     assert not (tmp_path / "e.rbln").exists()
+
+
+def test_the_passes_walk_in_the_irs_topological_order():
+    from rblnc.passes.rewriting import topological_nodes
+
+    g = import_onnx(conv_bn_relu_onnx())
+    assert [n.name for n in topological_nodes(g)] == [n.name for n in g.topological_order()]
+    PassManager(pipeline(1)).run(g)
+    g2 = import_onnx(make_onnx(
+        [N("Relu", ["x"], ["a"]), N("Sigmoid", ["x"], ["b"]), N("Add", ["a", "b"], ["c"]), N("Relu", ["c"], ["y"])],
+        [("x", [4])], [("y", [4])]))
+    PassManager(pipeline(3)).run(g2)  # fused nodes take fractional ranks
+    assert [n.name for n in topological_nodes(g2)] == [n.name for n in g2.topological_order()]
