@@ -169,3 +169,10 @@ def test_the_passes_walk_in_the_irs_topological_order():
         [("x", [4])], [("y", [4])]))
     PassManager(pipeline(3)).run(g2)  # fused nodes take fractional ranks
     assert [n.name for n in topological_nodes(g2)] == [n.name for n in g2.topological_order()]
+
+
+def test_docs_list_every_pass():
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "passes.md").read_text()
+    assert not [name for name in ALL_PASSES if f"`{name}`" not in text]
