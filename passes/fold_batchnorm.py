@@ -1,6 +1,10 @@
-"""BatchNorm folding: an inference BatchNormalization after a Conv, ConvTranspose or Gemm goes into its weights.
+"""BatchNorm folding: an inference BatchNormalization (or a per-channel scale) after a Conv,
+ConvTranspose or Gemm goes into its weights.
 
     BN(Conv(x, W, b))  =>  Conv(x, W * s, (b - mean) * s + beta),   s = gamma / sqrt(var + eps)
+    Mul(Conv(x, W, b), s) =>  Conv(x, W * s, b * s)     s constant per output channel
+
+tf2onnx writes a Keras BatchNormalization as that Mul and an Add (which `fuse_bias` takes).
 
 per output channel (axis 0 of a Conv weight, axis 1 of a ConvTranspose weight per group, the
 columns of a Gemm's B). It does not fire when the producer's output is read by anything but
@@ -15,7 +19,9 @@ import numpy as np
 from rblnc.ir import Graph, Node
 
 from .manager import PassContext, graph_pass
-from .rewriting import add_constant, constant, fused_node, only_consumer, producer, rewrite_each
+from .rewriting import (
+    add_constant, constant, fused_node, only_consumer, other_input, producer, rewrite_each, static_shape,
+)
 
 _FOLDS_INTO = ("Conv", "ConvTranspose", "Gemm")
 
@@ -57,6 +63,50 @@ def _fold(graph: Graph, bn: Node, ctx: PassContext) -> bool:
               add_constant(graph, f"{source.name}_bias", new_bias.astype(weight.dtype))]
     fused_node(graph, source, source.op_type, inputs, attrs, [source, bn], domain=source.domain)
     return True
+
+
+@graph_pass("fold_channel_scale")
+def fold_channel_scale(graph: Graph, ctx: PassContext) -> int:
+    """Fold a constant per-output-channel Mul after Conv/ConvTranspose/Gemm into its weights."""
+    return rewrite_each(graph, ctx, _fold_scale, op_types=_FOLDS_INTO)
+
+
+def _fold_scale(graph: Graph, source: Node, ctx: PassContext) -> bool:
+    mul = only_consumer(graph, source.outputs[0])
+    if mul is None or mul.op_type != "Mul" or mul.domain:
+        return False
+    shape = static_shape(graph, source.outputs[0])
+    factor = constant(graph, other_input(mul, source.outputs[0]))
+    weight = constant(graph, source.inputs[1])
+    bias_name = source.inputs[2] if len(source.inputs) > 2 else ""
+    bias = constant(graph, bias_name) if bias_name else None
+    if shape is None or factor is None or weight is None or (bias_name and bias is None) \
+            or static_shape(graph, mul.outputs[0]) != shape or factor.dtype != weight.dtype:
+        return False
+    scale = per_channel(factor, shape)
+    if scale is None:
+        ctx.note(mul.name, f"not folded into {source.name}: the factor varies along more than the channel axis")
+        return False
+    folded = _FOLDERS[source.op_type](source, weight, bias, scale.astype(weight.dtype), np.zeros_like(scale))
+    if folded is None:
+        return False
+    new_weight, new_bias, attrs = folded
+    inputs = [source.inputs[0],
+              add_constant(graph, f"{source.inputs[1]}_scaled", new_weight.astype(weight.dtype, copy=False))]
+    if bias is not None or source.op_type == "Gemm" and len(source.inputs) > 2:
+        inputs.append(add_constant(graph, f"{source.name}_bias", new_bias.astype(weight.dtype)))
+    fused_node(graph, source, source.op_type, inputs, attrs, [source, mul], domain=source.domain)
+    return True
+
+
+def per_channel(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`value` as a float64 vector over axis 1 of `shape`, if it is constant along every other axis."""
+    if value.ndim > len(shape):
+        return None
+    full = value.reshape((1,) * (len(shape) - value.ndim) + value.shape).astype(np.float64)
+    if any(d != 1 for i, d in enumerate(full.shape) if i != 1):
+        return None
+    return np.broadcast_to(full.reshape(-1), (shape[1],)).copy()
 
 
 def _fold_conv(conv, weight, bias, scale, shift):

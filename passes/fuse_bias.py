@@ -14,6 +14,7 @@ import numpy as np
 
 from rblnc.ir import Graph, Node
 
+from .fold_batchnorm import per_channel as channel_vector
 from .manager import PassContext, graph_pass
 from .rewriting import add_constant, constant, fused_node, only_consumer, rewrite_each, static_shape
 
@@ -45,7 +46,7 @@ def _fuse(graph: Graph, op: Node, ctx: PassContext) -> bool:
         new_bias = sign * addend.astype(np.float64) + (0 if bias is None else beta * bias.astype(np.float64))
         attrs = {k: v for k, v in op.attrs.items() if k != "beta"}
     else:
-        per_channel = _per_channel(addend, shape)
+        per_channel = channel_vector(addend, shape)
         if per_channel is None:
             ctx.note(add.name, f"not fused into {op.name}: the addend varies along more than the channel axis")
             return False
@@ -55,13 +56,3 @@ def _fuse(graph: Graph, op: Node, ctx: PassContext) -> bool:
     inputs = [op.inputs[0], op.inputs[1], add_constant(graph, f"{op.name}_bias", np.asarray(new_bias, dtype))]
     fused_node(graph, op, op.op_type, inputs, attrs, [op, add], domain=op.domain)
     return True
-
-
-def _per_channel(addend: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The addend as a vector over axis 1 of `shape`, if it is constant along every other axis."""
-    if addend.ndim > len(shape):
-        return None
-    full = addend.reshape((1,) * (len(shape) - addend.ndim) + addend.shape).astype(np.float64)
-    if any(d != 1 for i, d in enumerate(full.shape) if i != 1):
-        return None
-    return np.broadcast_to(full.reshape(-1), (shape[1],)).copy()

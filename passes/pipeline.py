@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .collapse_chains import collapse_reshapes, collapse_transposes
 from .eliminate_common_subexpressions import eliminate_common_subexpressions
-from .fold_batchnorm import fold_batchnorm
+from .fold_batchnorm import fold_batchnorm, fold_channel_scale
 from .fold_constants import fold_constants
 from .fold_pads import fold_pads
 from .fuse_activation import fuse_activation
@@ -55,6 +55,7 @@ LEVEL_2 = [
     recognize_gelu,
     fuse_matmul_add,          # MatMul+Add -> Gemm before BN folding, which folds into Gemm
     fold_batchnorm,           # before bias and activation fusion: BN sits between Conv and both
+    fold_channel_scale,       # tf2onnx's BN: Conv -> Mul (here) -> Add (fuse_bias)
     fuse_bias,                # after BN folding: folds a later constant Add into the new bias
     fuse_matmul_bias,         # batched MatMul + bias (transformers), after the 2-D ones became Gemm
     fuse_residual_add,        # before activations: the Add comes first, then Relu(conv + skip)

@@ -212,3 +212,26 @@ def test_elementwise_chain_stops_at_a_value_read_twice():
                  [("x", [4])], [("y", [4])])
     after, _ = rewrite_and_compare(g, ["fuse_elementwise_chains"])
     assert after.op_counts() == {"Relu": 1, "ai.rblnc::FusedElementwise": 1}  # Exp + Add joined
+
+
+def test_tf2onnx_batchnorm_as_mul_and_add_folds_into_conv():
+    g = graph_of(
+        [N("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), N("Mul", ["c", "s"], ["m"]), N("Add", ["m", "t"], ["a"]),
+         N("Relu", ["a"], ["y"])],
+        [("x", [1, 3, 4, 4])], [("y", [1, 4, 4, 4])],
+        [("w", weights(4, 3, 3, 3)), ("s", rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32)),
+         ("t", weights(4, 1, 1))])
+    after, _ = rewrite_and_compare(g, 2)
+    (fused,) = after.nodes
+    assert fused.op_type == "FusedConv" and fused.attrs["activation"] == "Relu" and len(fused.source_ops) == 4
+
+
+def test_a_spatially_varying_factor_is_not_folded():
+    g = graph_of([N("Conv", ["x", "w"], ["c"]), N("Mul", ["c", "s"], ["y"])],
+                 [("x", [1, 3, 4, 4])], [("y", [1, 4, 4, 4])],
+                 [("w", weights(4, 3, 1, 1)), ("s", weights(1, 1, 4, 4))])
+    ctx = PassContext()
+    after, _ = rewrite_and_compare(g, ["fold_channel_scale"])
+    assert after.op_counts() == {"Conv": 1, "Mul": 1}
+    run_passes(g, ["fold_channel_scale"], ctx=ctx)
+    assert "varies along more than the channel axis" in ctx.notes[0][2]

@@ -133,3 +133,15 @@ def test_minus_infinity_pad_folds_into_max_pool():
                  [("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)), ("low", np.array(-math.inf, np.float32))])
     after, _ = rewrite_and_compare(g, ["fold_pads", "remove_dead_nodes"])
     assert after.op_counts() == {"MaxPool": 1} and after.producer("y").attrs["pads"] == [1, 1, 1, 1]
+
+
+def test_zero_pad_of_relu_output_folds_into_max_pool_only_while_every_window_sees_data():
+    g = graph_of(
+        [N("Relu", ["x"], ["r"]), N("Pad", ["r", "pads"], ["p"]),
+         N("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[2, 2]),
+         N("Pad", ["r", "wide"], ["q"]), N("MaxPool", ["q"], ["z"], kernel_shape=[2, 2])],
+        [("x", [1, 2, 7, 7])], [("y", [1, 2, 4, 4]), ("z", [1, 2, 8, 8])],
+        [("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)), ("wide", np.array([0, 0, 2, 2, 0, 0, 0, 0], np.int64))])
+    after, _ = rewrite_and_compare(g, ["fold_pads", "remove_dead_nodes"])
+    assert after.producer("y").inputs == ["r"] and after.producer("y").attrs["pads"] == [1, 1, 1, 1]
+    assert after.producer("z").inputs == ["q"]  # a 2x2 window inside the 2-wide zero border has no data

@@ -118,3 +118,25 @@ def test_resnet50_has_one_npu_command_per_convolution_plus_pooling_and_classifie
     # Every BN, Relu and residual Add is inside a convolution's command, which names them.
     absorbed = Counter(op.rsplit("/", 1)[-1].split("_")[0] for c in commands for op in c.source_ops)
     assert absorbed["BatchNormalization"] == 53 and absorbed["Relu"] == 49 and absorbed["Add"] == 16
+
+
+def test_keras_resnet50_through_tf2onnx_runs_on_the_npu_with_one_command_per_convolution():
+    """An NHWC graph from another exporter: BN arrives as Mul + Add, the stem's zero Pad before
+    MaxPool, a Squeeze before the classifier; -O3 leaves one NPU partition, one command per Conv."""
+    tf = pytest.importorskip("tensorflow")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    from rblnc.zoo import keras_models
+
+    model = keras_models.KERAS_ZOO["resnet50"].build_model(small=True, seed=0)
+    shape = (1, *model.inputs[0].shape[1:])
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=(tf.TensorSpec(shape, tf.float32, name="x"),),
+                                          opset=17)
+    x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    compiled = rblnc.compile_from_onnx(proto.SerializeToString(), dtype="fp32", opt_level=3)
+    np.testing.assert_allclose(compiled.create_runtime().run(x), expected, rtol=1e-4,
+                               atol=ATOL_OF_SCALE * float(np.abs(expected).max()))
+    (partition,) = compiled.artifact.partitions
+    kinds = Counter(c.op_type for c in partition.npu_program.commands)
+    assert kinds["FusedConv"] + kinds["Conv"] == Counter(n.op_type for n in proto.graph.node)["Conv"] == 53
+    assert not {"Mul", "Add", "Relu", "Pad"} & set(kinds)
