@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rblnc.ir import Graph, GraphError, Node, TensorInfo
+from rblnc.ir import CANONICAL_OPSET, Graph, GraphError, Node, TensorInfo
 
 from .manager import PassContext
 
@@ -21,6 +21,12 @@ class RewriteError(GraphError):
 def rewrite_each(graph: Graph, ctx: PassContext, rule: Rule, op_types: Iterable[str] | None = None) -> int:
     """Apply `rule(graph, node, ctx) -> changed?` to every node (of `op_types`, by qualified
     type) in topological order, skipping nodes an earlier rewrite removed. Returns rewrites."""
+    if graph.opset != CANONICAL_OPSET:
+        # Rules read ops with the canonical opset's semantics (Clip's bounds as inputs,
+        # Softmax on one axis...); a graph the importer could not convert keeps its own.
+        ctx.note(graph.name, f"left as is: the graph is at opset {graph.opset}, the rewrites "
+                             f"read ops as opset {CANONICAL_OPSET} defines them")
+        return 0
     wanted = set(op_types) if op_types is not None else None
     rewrites = 0
     for node in topological_nodes(graph):

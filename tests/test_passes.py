@@ -176,3 +176,21 @@ def test_docs_list_every_pass():
 
     text = (Path(__file__).parent.parent / "docs" / "passes.md").read_text()
     assert not [name for name in ALL_PASSES if f"`{name}`" not in text]
+
+
+def test_graphs_kept_at_another_opset_are_only_folded_and_cleaned():
+    """Clip took its bounds as attributes before opset 11: reading it as opset 17 does would
+    fuse Clip(0, 6) as an unbounded clip, so rules leave such graphs alone and say why."""
+    from rblnc.ir import Node, TensorInfo
+
+    g = Graph("old", opset=9)
+    g.add_input("x", TensorInfo(np.dtype(np.float32), (1, 3, 4, 4)))
+    g.add_constant("w", rng.standard_normal((2, 3, 1, 1)).astype(np.float32))
+    g.add_node(Node("conv", "Conv", ["x", "w"], ["c"]), [TensorInfo(np.dtype(np.float32), (1, 2, 4, 4))])
+    g.add_node(Node("clip", "Clip", ["c"], ["y"], {"min": 0.0, "max": 6.0}), [TensorInfo(np.dtype(np.float32), (1, 2, 4, 4))])
+    g.outputs = ["y"]
+    ctx = PassContext()
+    report = PassManager(pipeline(3)).run(g, ctx)
+    assert g.op_counts() == {"Conv": 1, "Clip": 1} and report.nodes_after == 2
+    assert ("fuse_activation", "old", "left as is: the graph is at opset 9, the rewrites read ops as opset 17 defines them") \
+        in ctx.notes
