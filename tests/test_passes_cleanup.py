@@ -7,7 +7,7 @@ from conftest import make_onnx
 from onnx import TensorProto, helper
 
 from rblnc.importers import import_onnx
-from rblnc.passes import PassContext
+from rblnc.passes import PassContext, PassManager, pipeline
 from rblnc.passes.testing import rewrite_and_compare, run_passes
 
 N = helper.make_node
@@ -146,3 +146,15 @@ def test_constant_folding_is_bounded_by_size():
     bounded = g.copy()
     run_passes(bounded, ["fold_constants"], ctx=PassContext(max_folded_bytes=1024))
     assert bounded.op_counts() == {"ConstantOfShape": 1, "Add": 1}
+
+
+def test_constant_chains_fold_in_one_run_and_an_op_that_cannot_run_is_left_alone():
+    g = graph_of(
+        [N("Add", ["c1", "c2"], ["s"]), N("Mul", ["s", "c2"], ["m"]), N("Reshape", ["m", "bad_shape"], ["r"]),
+         N("Add", ["x", "m"], ["y1"]), N("Add", ["x", "r"], ["y2"])],
+        [("x", [2, 3])], [("y1", [2, 3]), ("y2", [2, 3])],
+        [("c1", np.ones((2, 3), np.float32)), ("c2", np.full((2, 3), 2, np.float32)),
+         ("bad_shape", np.array([4, 4], np.int64))])
+    PassManager(pipeline(0)).run(g)  # not verified: the Reshape to 4x4 is the model's own error
+    assert g.op_counts() == {"Reshape": 1, "Add": 2}
+    np.testing.assert_array_equal(g.constants["m"], np.full((2, 3), 6, np.float32))
