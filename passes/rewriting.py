@@ -50,7 +50,9 @@ def topological_nodes(graph: Graph) -> list[Node]:
     nodes = graph.nx.nodes
     pred, succ = graph.nx.pred, graph.nx.succ
     waiting = {name: len(pred[name]) for name in pred}
-    ready = [(data["order"], name) for name, data in nodes.items() if not waiting[name]]
+    # Ties in rank (fused nodes take fractional ones) fall back to insertion, as networkx does.
+    key = {name: (data["order"], i) for i, (name, data) in enumerate(nodes.items())}
+    ready = [(key[name], name) for name in key if not waiting[name]]
     heapq.heapify(ready)
     result = []
     while ready:
@@ -59,7 +61,7 @@ def topological_nodes(graph: Graph) -> list[Node]:
         for successor in succ[name]:
             waiting[successor] -= 1
             if not waiting[successor]:
-                heapq.heappush(ready, (nodes[successor]["order"], successor))
+                heapq.heappush(ready, (key[successor], successor))
     if len(result) != len(waiting):
         raise GraphError("the graph has a cycle")
     return result

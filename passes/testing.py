@@ -13,6 +13,7 @@ from rblnc.ir.shape_inference import infer_node
 
 from .manager import PassContext, PassManager, PassReport
 from .pipeline import ALL_PASSES, pipeline
+from .rewriting import topological_nodes
 
 
 def run_passes(graph: Graph, passes: Sequence[str] | int, *, ctx: PassContext | None = None) -> PassReport:
@@ -29,7 +30,10 @@ def check_types(graph: Graph) -> None:
     (where inference knows less, e.g. the shape a Reshape reads is computed, it must not
     contradict the record)."""
     verify_graph(graph, require_static=True)
-    for node in graph.topological_order():
+    order = graph.topological_order()
+    if [n.name for n in order] != [n.name for n in topological_nodes(graph)]:
+        raise AssertionError("the passes' topological walk differs from the IR's order")
+    for node in order:
         for out, inferred in zip(node.outputs, infer_node(graph, node)):
             if out and inferred is not None and not _agree(graph.tensors[out], inferred):
                 raise AssertionError(f"{node.name}: {out} is recorded as {graph.tensors[out]}, "
