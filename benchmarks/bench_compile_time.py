@@ -61,7 +61,7 @@ def cold(code: str, repeats: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cold-repeats", type=int, default=2)
+    parser.add_argument("--cold-repeats", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="64x64 input instead of 224x224 (a quick check)")
     args = parser.parse_args()
 

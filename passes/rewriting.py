@@ -28,6 +28,8 @@ def rewrite_each(graph: Graph, ctx: PassContext, rule: Rule, op_types: Iterable[
                              f"read ops as opset {CANONICAL_OPSET} defines them")
         return 0
     wanted = set(op_types) if op_types is not None else None
+    if wanted is not None and not any(node.qualified_type in wanted for node in graph.nodes):
+        return 0  # nothing to match: skip the walk
     rewrites = 0
     for node in topological_nodes(graph):
         if wanted is not None and node.qualified_type not in wanted:
