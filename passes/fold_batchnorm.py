@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from rblnc.ir import Graph, Node
+from rblnc.ir import Graph, Node, TensorInfo
 
 from .manager import PassContext, graph_pass
 from .rewriting import (
-    add_constant, constant, fused_node, only_consumer, other_input, producer, rewrite_each, static_shape,
+    add_constant, constant, fused_node, only_consumer, other_input, producer, replace_nodes, rewrite_each,
+    static_shape,
 )
 
 _FOLDS_INTO = ("Conv", "ConvTranspose", "Gemm")
@@ -96,6 +97,32 @@ def _fold_scale(graph: Graph, source: Node, ctx: PassContext) -> bool:
     if bias is not None or source.op_type == "Gemm" and len(source.inputs) > 2:
         inputs.append(add_constant(graph, f"{source.name}_bias", new_bias.astype(weight.dtype)))
     fused_node(graph, source, source.op_type, inputs, attrs, [source, mul], domain=source.domain)
+    return True
+
+
+@graph_pass("rewrite_batchnorm_as_affine")
+def rewrite_batchnorm_as_affine(graph: Graph, ctx: PassContext) -> int:
+    """Rewrite a BatchNormalization that no Conv took as x * s + t, for elementwise chain fusion."""
+    return rewrite_each(graph, ctx, _as_affine, op_types=["BatchNormalization"])
+
+
+def _as_affine(graph: Graph, bn: Node, ctx: PassContext) -> bool:
+    shape = static_shape(graph, bn.inputs[0])
+    params = [constant(graph, name) for name in bn.inputs[1:5]]
+    if shape is None or len(shape) < 2 or bn.attrs.get("training_mode", 0) or any(p is None for p in params):
+        return False
+    if any(o and (graph.consumers(o) or o in graph.outputs) for o in bn.outputs[1:]):
+        return False
+    dtype = graph.tensors[bn.inputs[0]].dtype
+    gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+    scale = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    channel = (shape[1],) + (1,) * (len(shape) - 2)
+    s = add_constant(graph, f"{bn.name}_scale", scale.reshape(channel).astype(dtype))
+    t = add_constant(graph, f"{bn.name}_shift", (beta - mean * scale).reshape(channel).astype(dtype))
+    scaled = graph.unique_name(f"{bn.outputs[0]}_scaled")
+    replace_nodes(graph, [bn], [Node(f"{bn.name}_scale", "Mul", [bn.inputs[0], s], [scaled]),
+                                Node(bn.name, "Add", [scaled, t], [bn.outputs[0]])],
+                  {scaled: TensorInfo(dtype, shape)})
     return True
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .collapse_chains import collapse_reshapes, collapse_transposes
 from .eliminate_common_subexpressions import eliminate_common_subexpressions
-from .fold_batchnorm import fold_batchnorm, fold_channel_scale
+from .fold_batchnorm import fold_batchnorm, fold_channel_scale, rewrite_batchnorm_as_affine
 from .fold_constants import fold_constants
 from .fold_pads import fold_pads
 from .fuse_activation import fuse_activation
@@ -65,6 +65,7 @@ LEVEL_2 = [
 
 # -O3: also joins the elementwise chains left over into one op each.
 LEVEL_3 = LEVEL_2[:-1] + [
+    rewrite_batchnorm_as_affine,  # BNs no Conv took (pre-activation nets) join the chains
     fuse_elementwise_chains,  # last fusion: takes only what the specific fusions did not
     remove_dead_nodes,
 ]

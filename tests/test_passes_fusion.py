@@ -235,3 +235,17 @@ def test_a_spatially_varying_factor_is_not_folded():
     assert after.op_counts() == {"Conv": 1, "Mul": 1}
     run_passes(g, ["fold_channel_scale"], ctx=ctx)
     assert "varies along more than the channel axis" in ctx.notes[0][2]
+
+
+def test_standalone_batchnorm_joins_the_elementwise_chain_at_level_3():
+    """Pre-activation (DenseNet): Concat -> BN -> Relu -> Conv; no Conv can take the BN."""
+    g = graph_of([N("Concat", ["a", "b"], ["c"], axis=1), bn("c", "n"), N("Relu", ["n"], ["r"]),
+                  N("Conv", ["r", "w"], ["y"])],
+                 [("a", [1, 2, 4, 4]), ("b", [1, 2, 4, 4])], [("y", [1, 3, 4, 4])],
+                 [*bn_params("bn", 4), ("w", weights(3, 4, 1, 1))])
+    at_2, _ = rewrite_and_compare(g, 2)
+    assert at_2.op_counts() == {"Concat": 1, "BatchNormalization": 1, "Relu": 1, "Conv": 1}
+    at_3, _ = rewrite_and_compare(g, 3)
+    assert at_3.op_counts() == {"Concat": 1, "ai.rblnc::FusedElementwise": 1, "Conv": 1}
+    (chain,) = [n for n in at_3.nodes if n.op_type == "FusedElementwise"]
+    assert chain.attrs["ops"] == ["Mul", "Add", "Relu"] and chain.source_ops == ["BatchNormalization_1", "Relu_2"]
