@@ -18,6 +18,16 @@ class PassContext:
     # Constant folding never creates a constant bigger than this, unless the constant is a
     # weight of a Conv/Gemm/MatMul (it would be resident on the device anyway).
     max_folded_bytes: int = 64 << 20
+    # Set by the manager: the pass running now (so `note` can say who declined).
+    current_pass: str = ""
+    # Why rewrites did not happen where a pattern almost matched: (pass, node, reason).
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def note(self, node_name: str, reason: str) -> None:
+        """Record why the current pass left `node_name` alone (shown by --pass-stats)."""
+        entry = (self.current_pass, node_name, reason)
+        if entry not in self.notes:
+            self.notes.append(entry)
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,20 @@ class PassReport:
     nodes_after: int = 0
     iterations: int = 0
     stats: dict[str, PassStats] = field(default_factory=dict)
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def table(self) -> str:
+    def table(self, max_notes: int = 20) -> str:
         lines = [f"{'pass':32} {'rewrites':>9} {'runs':>5} {'ms':>9}"]
         for s in self.stats.values():
             lines.append(f"{s.name:32} {s.rewrites:9d} {s.runs:5d} {s.seconds * 1e3:9.1f}")
-        lines.append(f"nodes {self.nodes_before} -> {self.nodes_after} in {self.iterations} iteration(s)")
+        total = sum(s.seconds for s in self.stats.values())
+        lines.append(f"nodes {self.nodes_before} -> {self.nodes_after} in {self.iterations} iteration(s), "
+                     f"{total * 1e3:.1f} ms")
+        if self.notes:
+            lines.append(f"not rewritten ({len(self.notes)}):")
+            lines += [f"  {name}: {node}: {why}" for name, node, why in self.notes[:max_notes]]
+            if len(self.notes) > max_notes:
+                lines.append(f"  ... {len(self.notes) - max_notes} more")
         return "\n".join(lines)
 
 
@@ -83,7 +101,10 @@ class PassManager:
         self.on_dump = on_dump or (lambda name, text: print(f"--- IR after {name} ---\n{text}"))
         unknown = self.dump_after - {p.name for p in self.passes}
         if unknown:
-            raise ValueError(f"--dump-ir-after names unknown pass(es): {', '.join(sorted(unknown))}")
+            raise ValueError(
+                f"--dump-ir-after names pass(es) not in this pipeline: {', '.join(sorted(unknown))}; "
+                f"it runs {', '.join(p.name for p in self.passes) or 'no passes'}"
+            )
 
     def run(self, graph: Graph, ctx: PassContext | None = None) -> PassReport:
         ctx = ctx or PassContext()
@@ -95,14 +116,19 @@ class PassManager:
             for graph_pass in self.passes:
                 stats = report.stats.setdefault(graph_pass.name, PassStats(graph_pass.name))
                 start = time.perf_counter()
+                ctx.current_pass = graph_pass.name
                 try:
                     rewrites = graph_pass.run(graph, ctx)
                     if self.verify_each:
-                        verify_graph(graph)
+                        try:
+                            verify_graph(graph)
+                        except GraphError as exc:
+                            raise GraphError(f"the IR is broken after it: {exc}") from exc
                 except Exception as exc:
-                    before = ", ".join(history[-5:]) or "none"
+                    before = ", ".join(history[-8:]) or "none"
                     raise PassFailure(
-                        f"pass {graph_pass.name!r} failed: {exc} (passes run before it: {before})"
+                        f"pass {graph_pass.name!r} failed in iteration {iteration}: {exc} "
+                        f"(passes run before it, latest last: {before})"
                     ) from exc
                 stats.seconds += time.perf_counter() - start
                 stats.runs += 1
@@ -114,4 +140,5 @@ class PassManager:
             if not changed:
                 break
         report.nodes_after = len(graph)
+        report.notes = list(ctx.notes)
         return report

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .compiler import CompileOptionsIn, CompileReport, compile_graph
 from .format.artifact import Artifact
 from .format.reader import load_artifact
 from .format.writer import save_artifact
 from .importers import import_onnx
-from .runtime import AsyncRuntime, Runtime
-from .runtime.runtime import describe
+
+if TYPE_CHECKING:
+    from .runtime import AsyncRuntime, Runtime
 
 _OPTION_NAMES = tuple(CompileOptionsIn.__dataclass_fields__)
 
@@ -34,11 +35,15 @@ class RBLNCompiledModel:
 
     def create_runtime(self, *, device: int = 0, tensor_type: str = "np", pace: bool | float = False,
                        **kwargs: Any) -> Runtime:
+        from .runtime import Runtime  # imports torch (the emulator); compiling does not need it
+
         return Runtime(self, device=device, tensor_type=tensor_type, pace=pace, **kwargs)
 
     def create_async_runtime(self, *, device: int = 0, tensor_type: str = "np", parallel: int | None = None,
                              pace: bool | float = False, **kwargs: Any) -> AsyncRuntime:
         """An AsyncRuntime on this model: many requests in flight, host/DMA/NPU overlapped."""
+        from .runtime import AsyncRuntime
+
         return AsyncRuntime(self, device=device, tensor_type=tensor_type, parallel=parallel, pace=pace, **kwargs)
 
     @property
@@ -50,6 +55,8 @@ class RBLNCompiledModel:
         return [v.name for v in self.artifact.outputs]
 
     def model_description(self) -> str:
+        from .runtime.runtime import describe
+
         return describe(self.artifact, str(self.path or ""))
 
     def __repr__(self) -> str:

@@ -9,3 +9,5 @@ __all__ = [
     "CANONICAL_OPSET", "RBLNC_DOMAIN", "Graph", "GraphError", "Node", "TensorInfo",
     "infer_node", "infer_shapes", "dump", "verify_graph",
 ]
+
+from . import fused_ops  # noqa: E402,F401  registers the ai.rblnc ops' shape rules and decompositions

@@ -36,7 +36,8 @@ class Verdict:
 def constraint_op_type(node: Node, graph: Graph, target: TargetSpec) -> str | None:
     """The op type is one the target lists as supported."""
     if node.domain == RBLNC_DOMAIN:
-        return None if node.op_type in target.supported_ops else f"{node.qualified_type} is not supported by {target.name}"
+        listed = node.qualified_type in target.supported_ops or node.op_type in target.supported_ops
+        return None if listed else f"{node.qualified_type} is not supported by {target.name}"
     if node.domain or node.op_type not in target.supported_ops:
         return f"op type {node.qualified_type} is not supported by the NPU ({target.name})"
     return None
