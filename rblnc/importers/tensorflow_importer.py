@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +16,7 @@ from ..errors import DynamicShapeError, ModelImportError
 from ..ir.graph import Graph
 from .input_info import InputSpec, parse_input_info
 from .onnx_importer import import_onnx
-from .tensorflow_onnx import graph_def_to_onnx
+from .tensorflow_onnx import graph_def_to_onnx, quiet_tensorflow
 
 # The layouts a model's 4-D inputs can be declared in. The tag is recorded on the inputs
 # (Graph.input_layouts, the artifact's ValueInfo.layout); the interface keeps the model's own
@@ -84,12 +85,16 @@ def import_tf_saved_model(path: str | os.PathLike, input_info: Sequence | None =
     """Import a SavedModel directory (tf.saved_model.save, Keras' model.export) through one of its
     signatures, or a model file saved by Keras (.keras, .h5)."""
     path = Path(path)
-    return import_tf_function(load_tf_model(path, signature), input_info, outputs, layout, origin=str(path))
+    # A signature does not own the variables it reads: the loaded SavedModel must outlive freezing.
+    function, owner = _load_tf_model(path, signature)
+    graph = import_tf_function(function, input_info, outputs, layout, origin=str(path))
+    del owner
+    return graph
 
 
-def load_tf_model(path: str | os.PathLike, signature: str = "serving_default") -> Any:
-    """The callable a SavedModel directory (its `signature`) or a Keras model file holds."""
-    path = Path(path)
+def _load_tf_model(path: Path, signature: str) -> tuple[Any, Any]:
+    """The callable a SavedModel directory (its `signature`) or a Keras model file holds, and
+    the object that must stay alive while it is used."""
     tf = _tensorflow()
     if path.is_dir():
         if not (path / "saved_model.pb").is_file() and not (path / "saved_model.pbtxt").is_file():
@@ -100,7 +105,7 @@ def load_tf_model(path: str | os.PathLike, signature: str = "serving_default") -
             raise ModelImportError(f"{path}: the SavedModel cannot be loaded ({_short(exc)})") from None
         signatures = dict(getattr(loaded, "signatures", {}) or {})
         if signature in signatures:
-            return signatures[signature]
+            return signatures[signature], loaded
         if not signatures:
             raise ModelImportError(f"{path}: the SavedModel has no signatures to compile")
         raise ModelImportError(
@@ -112,7 +117,8 @@ def load_tf_model(path: str | os.PathLike, signature: str = "serving_default") -
         import keras
 
         try:
-            return keras.models.load_model(str(path), compile=False)
+            model = keras.models.load_model(str(path), compile=False)
+            return model, model
         except Exception as exc:  # missing custom objects, a damaged zip or HDF5 file...
             raise ModelImportError(
                 f"{path}: Keras cannot load the model ({_short(exc)}); a model with custom layers needs them "
@@ -199,7 +205,7 @@ def _trace(function, specs: list[InputSpec], origin: str):
         return function.get_concrete_function(*signature)
     except Exception as exc:  # the user's Python code raised while tracing
         described = ", ".join(f"{s.name}: {dtypes.name(s.dtype)}[{'x'.join(map(str, s.shape))}]" for s in specs)
-        raise ModelImportError(f"{origin}: tracing with inputs ({described}) failed: {_short(exc)}") from None
+        raise ModelImportError(f"{origin}: tracing with inputs ({described}) failed: {_tracing_cause(exc)}") from None
 
 
 def _is_keras_model(func: Any) -> bool:
@@ -248,8 +254,19 @@ def _structured_output_names(concrete) -> list[str]:
     structure = concrete.structured_outputs
     if isinstance(structure, (tf.Tensor, tf.TensorSpec)) or not tf.nest.is_nested(structure):
         return ["output_0"]
-    paths = [path for path, _ in tf.nest.flatten_with_joined_string_paths(structure)]
+    paths = _flat_paths(structure)
     return [f"output_{p}" if p.isdigit() else p for p in paths]
+
+
+def _flat_paths(structure, prefix: str = "") -> list[str]:
+    """Paths of the leaves of nested dicts/lists in tf.nest.flatten's order (dict keys sorted)."""
+    if isinstance(structure, dict):
+        items = [(str(k), structure[k]) for k in sorted(structure)]
+    elif isinstance(structure, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(structure)]
+    else:
+        return [prefix]
+    return [p for key, value in items for p in _flat_paths(value, f"{prefix}/{key}" if prefix else key)]
 
 
 # --------------------------------------------------------------------------- GraphDefs
@@ -317,7 +334,8 @@ def _import_frozen(frozen: _Frozen, specs: list[InputSpec], layout: str | None) 
     graph_def.CopyFrom(frozen.graph_def)  # input shapes are set on the copy, not on the caller's proto
     _apply_input_info(graph_def, frozen, specs)
     keep = [t.partition(":")[0] for _, t in frozen.inputs + frozen.outputs]
-    graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, keep)
+    with quiet_tensorflow():  # extract_sub_graph is a TF1 API and says so on every first call
+        graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, keep)
     renames = {tensor: name for name, tensor in frozen.inputs + frozen.outputs}
     proto = graph_def_to_onnx(
         graph_def, [t for _, t in frozen.inputs], [t for _, t in frozen.outputs], renames, frozen.origin
@@ -390,9 +408,6 @@ def _check_layout(layout: str | None) -> None:
 
 
 def _tensorflow():
-    # TF's C++ start-up chatter (oneDNN notices, device lists) is noise for a compiler's user;
-    # a value the user set is kept.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf
     except ImportError:
@@ -413,9 +428,21 @@ def _shape_text(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def _tracing_cause(exc: Exception) -> str:
+    """The line that says what went wrong in an error raised while tracing: Keras puts it in
+    bold between call details, TF ends its 'in user code:' stack with it."""
+    text = str(exc)
+    bold = re.search(r"\x1b\[1m(.*?)\x1b\[0m", text, re.S)
+    if bold:
+        return " ".join(bold.group(1).split())
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^\w*(Error|Exception)\b", line)]
+    return (errors or lines or [type(exc).__name__])[-1]
+
+
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-__all__ = ["LAYOUTS", "import_tf_function", "import_tf_graph_def", "import_tf_saved_model", "load_tf_model"]
+__all__ = ["LAYOUTS", "import_tf_function", "import_tf_graph_def", "import_tf_saved_model"]

@@ -17,7 +17,9 @@ from ..ir.graph import CANONICAL_OPSET
 # deep-copies the whole graph before each of the ~12 optimisers in every round: 60-70% of the
 # conversion time on the Keras zoo (docs/tensorflow.md). We run the optimisers without the
 # copies and, only if one raises, convert again the safe way.
-_TF2ONNX_LOGGERS = ("tf2onnx",)
+# tf2onnx logs every unmapped op and optimiser statistic (rblnc reports the unmapped ops as
+# errors instead); TF logs deprecation notices for the TF1 graph APIs tf2onnx calls.
+_CHATTY_LOGGERS = ("tf2onnx", "tensorflow")
 
 
 def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str],
@@ -33,7 +35,7 @@ def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str]
     except ImportError:
         raise ModelImportError("compiling TensorFlow models needs tf2onnx: pip install 'rblnc[tf]'") from None
 
-    with _quiet_tf2onnx():
+    with quiet_tensorflow():
         with tf.Graph().as_default():
             optimized = tf_loader.tf_optimize(list(input_names), list(output_names), graph_def)
 
@@ -96,10 +98,10 @@ def mapped_tf_ops() -> set[str]:
 
 
 @contextlib.contextmanager
-def _quiet_tf2onnx():
-    """tf2onnx logs every unmapped op and optimiser statistic; rblnc reports them as errors instead."""
+def quiet_tensorflow():
+    """Silence tf2onnx's and TF's Python loggers below CRITICAL for the duration."""
     saved = {}
-    for name in _TF2ONNX_LOGGERS:
+    for name in _CHATTY_LOGGERS:
         logger = logging.getLogger(name)
         saved[name] = logger.level
         logger.setLevel(logging.CRITICAL)
