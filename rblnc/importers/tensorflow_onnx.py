@@ -13,10 +13,6 @@ import onnx.defs
 from ..errors import ModelImportError, UnsupportedOpError
 from ..ir.graph import CANONICAL_OPSET
 
-# tf2onnx's public `from_graph_def` runs its ONNX optimisers with catch_errors=True, which
-# deep-copies the whole graph before each of the ~12 optimisers in every round: 60-70% of the
-# conversion time on the Keras zoo (docs/tensorflow.md). We run the optimisers without the
-# copies and, only if one raises, convert again the safe way.
 # tf2onnx logs every unmapped op and optimiser statistic (rblnc reports the unmapped ops as
 # errors instead); TF logs deprecation notices for the TF1 graph APIs tf2onnx calls.
 _CHATTY_LOGGERS = ("tf2onnx", "tensorflow")
@@ -35,28 +31,30 @@ def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str]
     except ImportError:
         raise ModelImportError("compiling TensorFlow models needs tf2onnx: pip install 'rblnc[tf]'") from None
 
+    def convert(optimized):
+        with tf.Graph().as_default() as tf_graph:
+            tf.import_graph_def(optimized, name="")
+            return process_tf_graph(
+                tf_graph, continue_on_error=False, opset=CANONICAL_OPSET,
+                input_names=list(input_names), output_names=list(output_names),
+                tensors_to_rename=dict(renames),
+            )
+
     with quiet_tensorflow():
-        with tf.Graph().as_default():
-            optimized = tf_loader.tf_optimize(list(input_names), list(output_names), graph_def)
-
-        def convert():
-            with tf.Graph().as_default() as tf_graph:
-                tf.import_graph_def(optimized, name="")
-                return process_tf_graph(
-                    tf_graph, continue_on_error=False, opset=CANONICAL_OPSET,
-                    input_names=list(input_names), output_names=list(output_names),
-                    tensors_to_rename=dict(renames),
-                )
-
         try:
-            onnx_graph = convert()
-        except Exception as exc:  # tf2onnx re-raises its op handlers' own errors
+            with tf.Graph().as_default():  # grappler: constant folding, function inlining
+                optimized = tf_loader.tf_optimize(list(input_names), list(output_names), graph_def)
+            onnx_graph = convert(optimized)
+        except Exception as exc:  # grappler's and the op handlers' own errors
             raise ModelImportError(f"{origin}: tf2onnx could not convert the graph: {_short(exc)}") from None
         _refuse_unmapped_ops(onnx_graph, origin)
+        # tf2onnx's public from_graph_def runs the optimisers with catch_errors=True, which
+        # deep-copies the whole graph before each of the 12 optimisers in every round: 35-70%
+        # of the conversion time on the Keras zoo (docs/tensorflow.md).
         try:
             onnx_graph = optimizer.optimize_graph(onnx_graph, catch_errors=False)
         except Exception:  # an optimiser failed half-way: start again with tf2onnx's rollbacks
-            onnx_graph = optimizer.optimize_graph(convert(), catch_errors=True)
+            onnx_graph = optimizer.optimize_graph(convert(optimized), catch_errors=True)
         return onnx_graph.make_model(f"converted from {origin}")
 
 
@@ -86,15 +84,6 @@ def _all_nodes(onnx_graph) -> Iterator:
         yield node
         for body in (node.get_body_graphs() or {}).values():
             yield from _all_nodes(body)
-
-
-def mapped_tf_ops() -> set[str]:
-    """The TF op types tf2onnx converts at the canonical opset (besides the patterns its
-    rewriters replace first, such as LSTM cells and Keras' dilated convolutions)."""
-    from tf2onnx import handler
-    from tf2onnx import tfonnx  # noqa: F401 - registers the op handlers
-
-    return set(handler.tf_op.create_mapping(CANONICAL_OPSET, []))
 
 
 @contextlib.contextmanager
