@@ -75,6 +75,20 @@ def test_keras_model_without_input_info_names_the_dynamic_batch(unet):
         rblnc.compile_from_tf_function(unet, dtype="fp32")
 
 
+def test_keras_model_with_two_inputs_and_two_heads():
+    import keras
+
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    hidden = keras.layers.Concatenate()([keras.layers.Dense(5)(a), b])
+    model = keras.Model([a, b], [keras.layers.Dense(2, name="head1")(hidden), keras.layers.Dense(1, name="head2")(hidden)])
+    compiled = rblnc.compile_from_tf_function(model, input_info=[("a", [2, 4], "float32"), ("b", [2, 3], "float32")],
+                                              dtype="fp32")
+    assert compiled.input_names == ["a", "b"] and compiled.output_names == ["head1", "head2"]
+    xa, xb = np.random.default_rng(0).random((2, 4), np.float32), np.random.default_rng(1).random((2, 3), np.float32)
+    for actual, expected in zip(run(compiled, xa, xb), model([xa, xb])):
+        np.testing.assert_allclose(actual, np.asarray(expected), **FP32)
+
+
 def test_graph_def_proto_and_pb_path(unet_io, saved_unet):
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString((saved_unet / "unet.pb").read_bytes())
