@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from .. import dtypes
 from ..errors import DynamicShapeError, ModelImportError
 from ..ir.graph import Graph
