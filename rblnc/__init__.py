@@ -17,6 +17,9 @@ from .errors import (
 _LAZY = {
     "RBLNCompiledModel": "rblnc.api",
     "compile_from_onnx": "rblnc.api",
+    "compile_from_tf_function": "rblnc.api",
+    "compile_from_tf_graph_def": "rblnc.api",
+    "compile_from_tf_saved_model": "rblnc.api",
     "Runtime": "rblnc.runtime",
     "AsyncRuntime": "rblnc.runtime",
 }

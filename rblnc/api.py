@@ -78,3 +78,39 @@ def compile_from_onnx(model: str | os.PathLike | bytes | Any, input_info: Sequen
     graph = import_onnx(model, input_info)
     artifact, report = compile_graph(graph, options, "onnx")
     return RBLNCompiledModel(artifact, report=report)
+
+
+def compile_from_tf_function(func: Any, input_info: Sequence | None = None, outputs: Sequence[str] | None = None,
+                             layout: str | None = "NHWC", **compile_options: Any) -> RBLNCompiledModel:
+    """Compile a tf.function (or a Keras model, or a ConcreteFunction). `input_info` =
+    [(name, shape, dtype)] in call order, e.g. [("x", [1, 512, 512, 3], np.float32)];
+    `outputs` picks graph tensors instead of the returned ones; `layout` tags 4-D inputs."""
+    from .importers.tensorflow_importer import import_tf_function
+
+    options = _options(compile_options, "compile_from_tf_function")
+    graph = import_tf_function(func, input_info, outputs, layout)
+    artifact, report = compile_graph(graph, options, "tensorflow")
+    return RBLNCompiledModel(artifact, report=report)
+
+
+def compile_from_tf_graph_def(graph_def: Any, outputs: Sequence[str] | None = None, layout: str | None = "NHWC",
+                              input_info: Sequence | None = None, **compile_options: Any) -> RBLNCompiledModel:
+    """Compile a frozen TF GraphDef (proto, bytes or .pb path); its Placeholders are the inputs."""
+    from .importers.tensorflow_importer import import_tf_graph_def
+
+    options = _options(compile_options, "compile_from_tf_graph_def")
+    graph = import_tf_graph_def(graph_def, outputs, layout, input_info)
+    artifact, report = compile_graph(graph, options, "tensorflow")
+    return RBLNCompiledModel(artifact, report=report)
+
+
+def compile_from_tf_saved_model(path: str | os.PathLike, input_info: Sequence | None = None,
+                                outputs: Sequence[str] | None = None, layout: str | None = "NHWC",
+                                signature: str = "serving_default", **compile_options: Any) -> RBLNCompiledModel:
+    """Compile a SavedModel directory (through `signature`) or a model file saved by Keras (.keras, .h5)."""
+    from .importers.tensorflow_importer import import_tf_saved_model
+
+    options = _options(compile_options, "compile_from_tf_saved_model")
+    graph = import_tf_saved_model(path, input_info, outputs, layout, signature)
+    artifact, report = compile_graph(graph, options, "tensorflow")
+    return RBLNCompiledModel(artifact, report=report)

@@ -37,7 +37,30 @@ def main() -> None:
 def _detect_framework(path: Path) -> str:
     if path.suffix.lower() == ".onnx":
         return "onnx"
-    raise click.UsageError(f"{path}: cannot tell the model's framework from its name (expected .onnx)")
+    if _is_tensorflow_model(path):
+        return "tensorflow"
+    raise click.UsageError(f"{path}: cannot tell the model's framework from its name (expected .onnx, "
+                           "a SavedModel directory, .keras/.h5 or a frozen GraphDef .pb)")
+
+
+# Keras model files, frozen GraphDefs, and SavedModel directories (tf.saved_model.save, model.export).
+_TENSORFLOW_SUFFIXES = (".keras", ".h5", ".hdf5", ".pb")
+
+
+def _is_tensorflow_model(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+    return path.suffix.lower() in _TENSORFLOW_SUFFIXES
+
+
+def _compile_tensorflow(path: Path, input_info, options: dict):
+    from .api import compile_from_tf_graph_def, compile_from_tf_saved_model
+
+    if path.name == "saved_model.pb":  # the SavedModel's own file names its directory
+        path = path.parent
+    if path.is_file() and path.suffix.lower() == ".pb":
+        return compile_from_tf_graph_def(path, input_info=input_info, **options)
+    return compile_from_tf_saved_model(path, input_info, **options)
 
 
 @main.command()
@@ -55,7 +78,7 @@ def _detect_framework(path: Path) -> str:
 @click.option("--pass-stats", is_flag=True, help="Print what each pass changed and its time.")
 def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_each, dump_ir_after,
             disable_passes, pass_stats) -> None:
-    """Compile MODEL (.onnx) into a .rbln file."""
+    """Compile MODEL (.onnx, a TF SavedModel directory, .keras/.h5, a frozen .pb) into a .rbln file."""
     from .api import compile_from_onnx
 
     framework = _detect_framework(model)
@@ -68,7 +91,10 @@ def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
     click.echo(f"compiling {model} ({framework})", err=True)
-    compiled = compile_from_onnx(model, input_info, **options)
+    if framework == "tensorflow":
+        compiled = _compile_tensorflow(model, input_info, options)
+    else:
+        compiled = compile_from_onnx(model, input_info, **options)
     compiled.save(output)
     seconds = time.perf_counter() - start
     if pass_stats and compiled.report and compiled.report.passes:

@@ -54,6 +54,8 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
         "partitions": partitions,
         "nodes_before_passes": artifact.nodes_before_passes,
         "nodes_after_passes": artifact.nodes_after_passes,
+        # Layout changes left after the passes (NHWC models imported into NCHW ops need some).
+        "transposes": sum(1 for p in partitions for op in p["ops"] if op["op_type"] == "Transpose"),
         "constant_bytes": artifact.constant_bytes(),
         "dma_bytes_per_inference": {
             "h2d": sum(t.bytes for p in artifact.partitions for t in p.transfers
@@ -112,6 +114,7 @@ def render_text(report: dict[str, Any], *, max_ops: int = 12) -> str:
     lines += [
         "",
         f"nodes: {report['nodes_before_passes']} before passes, {report['nodes_after_passes']} after",
+        f"transposes: {report['transposes']} left after the passes",
         f"constants: {_bytes(report['constant_bytes'])}",
         f"DMA per inference: {_bytes(dma['h2d'])} host->device, {_bytes(dma['d2h'])} device->host",
     ]

@@ -1,0 +1,113 @@
+"""A frozen TensorFlow GraphDef becomes an ONNX model through tf2onnx's stages, without its slow safety copies."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from typing import Iterator
+
+import onnx
+import onnx.defs
+
+from ..errors import ModelImportError, UnsupportedOpError
+from ..ir.graph import CANONICAL_OPSET
+
+# tf2onnx logs every unmapped op and optimiser statistic (rblnc reports the unmapped ops as
+# errors instead); TF logs deprecation notices for the TF1 graph APIs tf2onnx calls.
+_CHATTY_LOGGERS = ("tf2onnx", "tensorflow")
+
+
+def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str],
+                      renames: dict[str, str], origin: str) -> onnx.ModelProto:
+    """Convert a frozen GraphDef whose inputs are `input_names` ("node:0") and outputs
+    `output_names` to an ONNX model at the canonical opset; `renames` maps TF tensor names
+    to the names the ONNX model's inputs and outputs get."""
+    import tensorflow as tf
+
+    try:
+        from tf2onnx import optimizer, tf_loader
+        from tf2onnx.tfonnx import process_tf_graph
+    except ImportError:
+        raise ModelImportError("compiling TensorFlow models needs tf2onnx: pip install 'rblnc[tf]'") from None
+
+    def convert(optimized):
+        with tf.Graph().as_default() as tf_graph:
+            tf.import_graph_def(optimized, name="")
+            return process_tf_graph(
+                tf_graph, continue_on_error=False, opset=CANONICAL_OPSET,
+                input_names=list(input_names), output_names=list(output_names),
+                tensors_to_rename=dict(renames),
+            )
+
+    with quiet_tensorflow():
+        try:
+            with tf.Graph().as_default():  # grappler: constant folding, function inlining
+                optimized = tf_loader.tf_optimize(list(input_names), list(output_names), graph_def)
+            onnx_graph = convert(optimized)
+        except Exception as exc:  # grappler's and the op handlers' own errors
+            raise ModelImportError(f"{origin}: tf2onnx could not convert the graph: {_short(exc)}") from None
+        _refuse_unmapped_ops(onnx_graph, origin)
+        # tf2onnx's public from_graph_def runs the optimisers with catch_errors=True, which
+        # deep-copies the whole graph before each of the 12 optimisers in every round: 35-70%
+        # of the conversion time on the Keras zoo (docs/tensorflow.md).
+        try:
+            onnx_graph = optimizer.optimize_graph(onnx_graph, catch_errors=False)
+        except Exception:  # an optimiser failed half-way: start again with tf2onnx's rollbacks
+            onnx_graph = optimizer.optimize_graph(convert(optimized), catch_errors=True)
+        return onnx_graph.make_model(f"converted from {origin}")
+
+
+def _refuse_unmapped_ops(onnx_graph, origin: str) -> None:
+    """tf2onnx leaves a TF op it has no handler for in the graph (it only logs it)."""
+    unmapped: dict[str, list[str]] = defaultdict(list)
+    for node in _all_nodes(onnx_graph):
+        if node.is_const() or node.is_graph_input():  # become initializers and inputs in make_model
+            continue
+        if not onnx.defs.has(node.type, node.domain or ""):
+            unmapped[node.type].append(node.name)
+    if not unmapped:
+        return
+    ops = "; ".join(
+        f"{op} (node{'s' if len(names) > 1 else ''} {', '.join(map(repr, names[:3]))}"
+        f"{f' and {len(names) - 3} more' if len(names) > 3 else ''})"
+        for op, names in sorted(unmapped.items())
+    )
+    raise UnsupportedOpError(
+        f"{origin}: TensorFlow op{'s' if len(unmapped) > 1 else ''} with no ONNX mapping in tf2onnx "
+        f"{_tf2onnx_version()} at opset {CANONICAL_OPSET}: {ops}"
+    )
+
+
+def _all_nodes(onnx_graph) -> Iterator:
+    for node in onnx_graph.get_nodes():
+        yield node
+        for body in (node.get_body_graphs() or {}).values():
+            yield from _all_nodes(body)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow():
+    """Silence tf2onnx's and TF's Python loggers below CRITICAL for the duration."""
+    saved = {}
+    for name in _CHATTY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = logger.level
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _tf2onnx_version() -> str:
+    import tf2onnx
+
+    return tf2onnx.__version__
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
