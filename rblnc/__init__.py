@@ -11,12 +11,15 @@ from .errors import (
     InputNameError, InputShapeError, ModelImportError, RBLNError, RuntimeClosedError,
     UnsupportedOpError,
 )
+from .errors import DataDependentError
 
 # Public names from modules that import torch or onnxruntime are loaded on first use, so
 # `rblnc inspect` and `import rblnc` stay quick.
 _LAZY = {
     "RBLNCompiledModel": "rblnc.api",
     "compile_from_onnx": "rblnc.api",
+    "compile_from_torchscript": "rblnc.api",
+    "compile_from_torch": "rblnc.api",
     "Runtime": "rblnc.runtime",
 }
 
@@ -26,6 +29,7 @@ __all__ = [
     "InputError", "InputNameError", "InputShapeError", "ModelImportError", "RBLNError",
     "RuntimeClosedError", "UnsupportedOpError",
 ]
+__all__ += ["DataDependentError"]
 
 
 def __getattr__(name: str) -> Any:

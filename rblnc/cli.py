@@ -34,10 +34,24 @@ def main() -> None:
     """Compile models for the NPU, inspect .rbln artifacts, run them."""
 
 
+_TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
+
+
 def _detect_framework(path: Path) -> str:
     if path.suffix.lower() == ".onnx":
         return "onnx"
-    raise click.UsageError(f"{path}: cannot tell the model's framework from its name (expected .onnx)")
+    if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
+        return "torchscript"
+    raise click.UsageError(
+        f"{path}: cannot tell the model's framework from its name "
+        f"(expected .onnx, or {'/'.join(_TORCHSCRIPT_SUFFIXES)} for a saved TorchScript module)"
+    )
+
+
+def _compile_function(framework: str):
+    from . import api
+
+    return {"onnx": api.compile_from_onnx, "torchscript": api.compile_from_torchscript}[framework]
 
 
 @main.command()
@@ -55,9 +69,7 @@ def _detect_framework(path: Path) -> str:
 @click.option("--pass-stats", is_flag=True, help="Print what each pass changed and its time.")
 def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_each, dump_ir_after,
             disable_passes, pass_stats) -> None:
-    """Compile MODEL (.onnx) into a .rbln file."""
-    from .api import compile_from_onnx
-
+    """Compile MODEL (.onnx, or TorchScript .pt/.pth/.ts) into a .rbln file."""
     framework = _detect_framework(model)
     input_info = [parse_input_option(text) for text in inputs] or None
     start = time.perf_counter()
@@ -68,7 +80,7 @@ def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
     click.echo(f"compiling {model} ({framework})", err=True)
-    compiled = compile_from_onnx(model, input_info, **options)
+    compiled = _compile_function(framework)(model, input_info=input_info, **options)
     compiled.save(output)
     seconds = time.perf_counter() - start
     if pass_stats and compiled.report and compiled.report.passes:
