@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from .. import dtypes
 from ..errors import DataDependentError, DynamicShapeError, ModelImportError, UnsupportedOpError
 from ..ir.graph import CANONICAL_OPSET, Graph, TensorInfo
 from .input_info import InputSpec, parse_input_info
@@ -180,7 +178,7 @@ class _Importer:
         self.graph = Graph(name=Path(origin).stem if os.sep in origin else origin, opset=CANONICAL_OPSET)
         self.emit = Emitter(self.graph)
         self.values: dict[int, Any] = {}
-        self.view_base: dict[int, int] = {}
+        self.view_base: dict[int, torch._C.Value] = {}
         self.problems: list[_Problem] = []
         self._schemas: dict[str, list[str] | None] = {}
 
@@ -332,15 +330,15 @@ class _Importer:
     def _convert_op(self, node: torch._C.Node, kind: str, inputs: list[Any]) -> None:
         converter = CONVERTERS.get(kind)
         in_place = converter is None and kind.endswith("_") and not kind.endswith("__")
+        if in_place and node.inputsSize() and self._writes_into_live_view(node):
+            self._problem(node, "writes in place into a view of another tensor (x[...] = y or x[...] += y); "
+                                "write it out of place (torch.cat, torch.where, masked_fill)")
+            self._poison(node, inputs, reported=True)
+            return
         if in_place:
             converter = CONVERTERS.get(kind[:-1])
         if converter is None:
             self._problem(node, "")
-            self._poison(node, inputs, reported=True)
-            return
-        if in_place and node.inputsSize() and node.inputsAt(0).unique() in self.view_base:
-            self._problem(node, "writes in place into a view of another tensor (x[...] op= y); "
-                                "write it out of place (x = torch.cat(...), torch.where(...))")
             self._poison(node, inputs, reported=True)
             return
         self.emit.begin(kind, self._node_prefix(node, kind), _location(node))
@@ -354,13 +352,34 @@ class _Importer:
             self._problem(node, str(exc))
             self._poison(node, inputs, reported=True)
             return
+        except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
+            # A use of the op the converter does not expect (an overload it does not know):
+            # still reported like any other problem, with the user's line, not as a crash.
+            self._problem(node, f"cannot convert this use of it ({type(exc).__name__}: {_first_line(exc)})")
+            self._poison(node, inputs, reported=True)
+            return
         self._set_outputs(node, result)
         if in_place and node.inputsSize():
             self.values[node.inputsAt(0).unique()] = self._value(node.output())
         if kind in _VIEW_OPS and node.inputsSize():
-            base = node.inputsAt(0).unique()
+            base = node.inputsAt(0)
+            base = self.view_base.get(base.unique(), base)
             for out in node.outputs():
-                self.view_base[out.unique()] = self.view_base.get(base, base)
+                self.view_base[out.unique()] = base
+
+    def _writes_into_live_view(self, node: torch._C.Node) -> bool:
+        """An in-place op on a view whose base is read afterwards: rebinding the view alone
+        would hide the write from those reads."""
+        base = self.view_base.get(node.inputsAt(0).unique())
+        if base is None:
+            return False
+        for use in base.uses():
+            try:
+                if use.user.isAfter(node):
+                    return True
+            except RuntimeError:  # in another block: assume the worst
+                return True
+        return any(base.unique() == o.unique() for o in self.ts.outputs())
 
     def _named(self, node: torch._C.Node, inputs: list[Any]) -> dict[str, Any]:
         text = node.schema()
@@ -446,10 +465,9 @@ class _Importer:
     def _if(self, node, inputs) -> None:
         condition = inputs[0]
         if isinstance(condition, Poisoned):
-            if condition.reason or condition.data_dependent:
-                self._problem(node, "branches on a value computed from the inputs at run time "
-                                    f"({condition.reason or 'a data-dependent value'}); rblnc compiles static "
-                                    "graphs: make the condition depend on shapes or constants only",
+            if condition.data_dependent:
+                self._problem(node, "branches on a value computed from the inputs at run time: "
+                                    f"{condition.reason}; make the condition depend on shapes or constants only",
                               data_dependent=True)
             self._poison(node, inputs, reported=True)
             return
@@ -466,9 +484,11 @@ class _Importer:
 
     def _loop(self, node, inputs) -> None:
         trip_count, condition, *carried = inputs
-        if any(isinstance(v, Poisoned) for v in (trip_count, condition)):
-            self._problem(node, "loops a number of times computed from the inputs at run time; rblnc "
-                                "compiles static graphs: loop over constants or shapes only", data_dependent=True)
+        poisoned = next((v for v in (trip_count, condition) if isinstance(v, Poisoned)), None)
+        if poisoned is not None:
+            if poisoned.data_dependent:
+                self._problem(node, "loops a number of times computed from the inputs at run time: "
+                                    f"{poisoned.reason}; loop over constants or shapes only", data_dependent=True)
             self._poison(node, inputs, reported=True)
             return
         block = list(node.blocks())[0]
@@ -487,8 +507,9 @@ class _Importer:
             if isinstance(condition, torch.Tensor):
                 condition = bool(condition)
             if isinstance(condition, Poisoned):
-                self._problem(node, "stops on a condition computed from the inputs at run time; rblnc "
-                                    "compiles static graphs", data_dependent=True)
+                if condition.data_dependent:
+                    self._problem(node, f"stops on a condition computed from the inputs at run time: "
+                                        f"{condition.reason}", data_dependent=True)
                 self._poison(node, inputs, reported=True)
                 return
             iteration += 1

@@ -60,9 +60,9 @@ def _ints(value: Any, rank: int | None = None, name: str = "argument") -> list[i
 @converts("aten::contiguous", "aten::clone", "aten::detach", "aten::alias", "aten::lift_fresh",
           "aten::dropout", "aten::feature_dropout", "aten::alpha_dropout", "aten::feature_alpha_dropout",
           "aten::positive", "aten::resolve_conj", "aten::resolve_neg", "prim::unchecked_cast")
-def identity(e: Emitter, self=None, input=None, **_):
+def identity(e: Emitter, **args):
     """No op: the value passes through (dropout is the identity at inference)."""
-    return self if input is None else input
+    return next(iter(args.values()))  # the first argument, whatever the schema calls it
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -82,10 +82,10 @@ def _scaled(e: Emitter, value: Any, alpha: Any) -> Any:
 
 
 @converts("aten::add")
-def add(e: Emitter, self, other, alpha=1, **_):
+def add(e: Emitter, self=None, other=None, alpha=1, a=None, b=None, **_):
     """Add (other scaled by alpha first); list + list concatenates."""
-    if isinstance(self, list):
-        return self + list(other)
+    if isinstance(a, list):
+        return a + list(b)
     return _binary(e, "Add", self, _scaled(e, other, alpha))
 
 
@@ -157,10 +157,8 @@ def fmod(e: Emitter, self, other, **_):
 @converts("aten::pow")
 def pow_(e: Emitter, self, exponent, **_):
     """Pow (x ** 2 becomes Mul)."""
-    if exponent == 2 and isinstance(self, TensorRef):
-        return e.op("Mul", [self, self])
-    if exponent == 1 and isinstance(self, TensorRef):
-        return self
+    if isinstance(self, TensorRef) and isinstance(exponent, (int, float)) and exponent in (1, 2):
+        return self if exponent == 1 else e.op("Mul", [self, self])
     return _binary(e, "Pow", self, exponent)
 
 
@@ -504,17 +502,19 @@ def prim_is_device(e: Emitter, a):
 
 
 @converts("aten::len")
-def len_(e: Emitter, a=None, self=None, **_):
+def len_(e: Emitter, a=None, t=None, self=None, **_):
     """A compile-time integer (the length of a list, or of a tensor's first dimension)."""
-    value = a if a is not None else self
+    value = next(v for v in (a, t, self) if v is not None)
     return len(value) if isinstance(value, list) else e.shape(value)[0]
 
 
 @converts("aten::Int", "aten::Float", "aten::Bool", "aten::IntImplicit", "aten::FloatImplicit",
           "aten::ScalarImplicit", "aten::item", "aten::__bool__", "aten::is_nonzero")
 def scalar_of_tensor(e: Emitter, a=None, self=None, **_):
-    """Only when the tensor is a constant; a computed tensor read as a number makes the graph data-dependent."""
-    raise DataDependent("a tensor computed from the inputs is read as a Python number")
+    """Only when the tensor is a constant; a computed tensor read as a number makes its users data-dependent."""
+    where = f" at {e.source_location}" if e.source_location else ""
+    return Poisoned(f"the value of a tensor computed from the inputs is read as a Python number "
+                    f"({e.source_op}{where})", data_dependent=True)
 
 
 @converts("aten::__is__", "aten::__isnot__")
@@ -528,11 +528,13 @@ def is_(e: Emitter, self, obj, **_):
 
 
 @converts("aten::__getitem__")
-def getitem(e: Emitter, self, idx, **_):
-    """Python indexing of a list of tensors."""
-    if not isinstance(self, list):
-        raise Unsupported(f"indexing a {type(self).__name__}")
-    return self[idx]
+def getitem(e: Emitter, **args):
+    """Python indexing of a list (or dict) holding tensors."""
+    container = args["list"] if "list" in args else args.get("self")
+    index = args["idx"] if "idx" in args else args.get("key")
+    if not isinstance(container, (tuple, list, dict)):
+        raise Unsupported(f"indexing a {type(container).__name__}")
+    return container[index]
 
 
 @converts("aten::append")
@@ -1187,7 +1189,7 @@ def convolution(e: Emitter, input, weight, bias, stride, padding, dilation, tran
     return _conv(e, input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
 
 
-@converts("aten::conv1d", "aten::conv2d", "aten::conv3d")
+@converts("aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution_mode")
 def conv(e: Emitter, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, **_):
     """Conv (padding may be 'same' or 'valid')."""
     return _conv(e, input, weight, bias, stride, padding, dilation, False, 0, groups)
