@@ -253,6 +253,12 @@ def test_input_info_of_the_wrong_length_names_the_arguments():
         import_torchscript(traced, [("x", [1, 3, 4, 4], "float32")])
 
 
+def test_input_info_dtype_must_match_the_trace():
+    traced = _traced(TwoInputs(), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 1, 1))
+    with pytest.raises(ModelImportError, match="input 'a' was traced as float32, input_info says float16"):
+        import_torchscript(traced, [("a", [1, 3, 4, 4], "float16"), ("b", [1, 3, 1, 1], "float32")])
+
+
 def test_input_names_that_disagree_with_input_info_are_refused():
     traced = _traced(TwoInputs(), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 1, 1))
     with pytest.raises(ModelImportError, match="disagree"):
@@ -280,14 +286,19 @@ def test_saved_module_loads_from_a_path_and_keeps_its_numbers(tmp_path):
 def test_outputs_that_are_inputs_or_constants_still_come_out():
     class PassThrough(nn.Module):
         def forward(self, x):
-            return x, torch.ones(2), x
+            doubled = x * 2
+            return x, torch.ones(2), x, doubled, doubled + 1, doubled
 
     compiled = rblnc.compile_from_torchscript(_traced(PassThrough(), torch.rand(2)), dtype="fp32")
+    assert compiled.output_names == [f"output{i}" for i in range(6)]
     x = np.array([1.5, -2.0], np.float32)
-    first, constant, again = _run(compiled, x)
+    first, constant, again, doubled, plus_one, doubled_again = _run(compiled, x)
     np.testing.assert_array_equal(first, x)
     np.testing.assert_array_equal(constant, np.ones(2, np.float32))
     np.testing.assert_array_equal(again, x)
+    np.testing.assert_array_equal(doubled, 2 * x)
+    np.testing.assert_array_equal(plus_one, 2 * x + 1)
+    np.testing.assert_array_equal(doubled_again, 2 * x)
 
 
 def test_training_mode_module_is_compiled_for_inference_and_left_as_it_was():

@@ -115,7 +115,15 @@ class Emitter:
         self.source_location = ""
         self._prefix = ""
         self._constants: dict[int, tuple[torch.Tensor, str]] = {}
+        self._constant_names: dict[int, tuple[torch.Tensor, str]] = {}
         self._scalars: dict[tuple, str] = {}
+
+    def name_constant(self, tensor: torch.Tensor, name: str) -> None:
+        """The name `tensor` gets in the IR if a node reads it (the source model's name)."""
+        self._constant_names[id(tensor)] = (tensor, name)
+
+    def constant_name(self, tensor: torch.Tensor) -> str:
+        return self._constant_names.get(id(tensor), (None, "const"))[1]
 
     def begin(self, source_op: str, prefix: str, source_location: str) -> None:
         self.source_op, self._prefix, self.source_location = source_op, prefix, source_location
@@ -183,7 +191,8 @@ class Emitter:
         if isinstance(value, torch.Tensor):
             key = id(value)
             if key not in self._constants:
-                name = self.graph.add_constant(self.graph.unique_name(name_hint or "const"), to_numpy(value))
+                hint = self._constant_names.get(key, (None, name_hint or "const"))[1]
+                name = self.graph.add_constant(self.graph.unique_name(hint), to_numpy(value))
                 self._constants[key] = (value, name)  # keeps the tensor alive so ids stay unique
             ref = TensorRef(self._constants[key][1])
             if dtype is not None and self.dtype(ref) != dtype:

@@ -207,7 +207,7 @@ class _Importer:
         tensor_args = [(v, a) for v, a in zip(args, arguments) if _is_tensor_type(v.type())]
         for value, argument in zip(args, arguments):
             if not _is_tensor_type(value.type()):
-                if argument.default_value is None and not str(argument.type).startswith("Optional"):
+                if not argument.has_default_value():
                     raise ModelImportError(
                         f"{self.origin}: forward argument {argument.name!r} is a {argument.type}, not a tensor, "
                         "and has no default; rblnc compiles tensor inputs only"
@@ -247,6 +247,12 @@ class _Importer:
             )
         if input_names:
             chosen = [InputSpec(n, s.shape, s.dtype) for n, s in zip(input_names, chosen)]
+        for spec, traced in zip(chosen, recorded or []):
+            if spec.dtype != traced.dtype:
+                raise ModelImportError(
+                    f"{self.origin}: input {spec.name!r} was traced as {traced.dtype.name}, input_info says "
+                    f"{spec.dtype.name}; trace the module with inputs of the type it will run on"
+                )
         names = [s.name for s in chosen]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -271,23 +277,20 @@ class _Importer:
     def _bind_outputs(self, outputs: list[Any]) -> None:
         names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
         self.emit.begin("prim::Return", "output", "")
+        renamed: dict[str, str] = {}
         for name, value in zip(names, outputs):
             if value is None or isinstance(value, (str, torch.device)):
                 raise ModelImportError(f"{self.origin}: the model returns {value!r}, which is not a tensor")
             ref = self.emit.tensor(value, name_hint=f"{name}_value")
-            producer = self.graph.producer(ref.name)
-            if producer is None or ref.name in self.graph.outputs:
+            ref = TensorRef(renamed.get(ref.name, ref.name))
+            if self.graph.producer(ref.name) is None or ref.name in self.graph.outputs:
                 ref = self.emit.op("Identity", [ref])  # a graph output must be produced by a node
-                producer = self.graph.producer(ref.name)
-            self._rename_output(producer, ref.name, name)
+            if name in self.graph.tensors and name != ref.name:  # an inner tensor has the name: move it aside
+                _rename_tensor(self.graph, name, self.graph.unique_name(name + "_inner"))
+            if ref.name != name:
+                _rename_tensor(self.graph, ref.name, name)
+                renamed[ref.name] = name
             self.graph.outputs.append(name)
-
-    def _rename_output(self, producer, old: str, new: str) -> None:
-        if old == new:
-            return
-        if new in self.graph.tensors:  # an inner tensor has the name: move it aside
-            _rename_tensor(self.graph, new, self.graph.unique_name(new + "_inner"))
-        _rename_tensor(self.graph, old, new)
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -301,7 +304,10 @@ class _Importer:
     def _convert_node(self, node: torch._C.Node) -> None:
         kind = node.kind()
         if kind == "prim::Constant":
-            self._set(node.output(), _constant_value(node))
+            value = _constant_value(node)
+            if isinstance(value, torch.Tensor):  # frozen weights keep their names: self.fc.weight -> fc.weight
+                self.emit.name_constant(value, node.output().debugName().removeprefix("self."))
+            self._set(node.output(), value)
             return
         if kind in _IGNORED:
             return
@@ -321,7 +327,10 @@ class _Importer:
             return
         if not contains(inputs, TensorRef) and kind not in _NEVER_EVALUATE and not node.isNondeterministic():
             try:
-                self._set_outputs(node, self._evaluate(node, inputs))
+                result = self._evaluate(node, inputs)
+                self._set_outputs(node, result)
+                if "!" in node.schema() and node.inputsSize() and isinstance(inputs[0], torch.Tensor):
+                    self._set(node.inputsAt(0), result)  # an in-place op on a constant
                 return
             except Exception:  # noqa: BLE001 - torch could not run it: convert it as a run-time op
                 pass
@@ -459,9 +468,6 @@ class _Importer:
     def _uninitialized(self, node, inputs) -> None:
         self._set(node.output(), None)
 
-    def _number_to_tensor(self, node, inputs) -> None:
-        self._set(node.output(), torch.tensor(inputs[0]))
-
     def _if(self, node, inputs) -> None:
         condition = inputs[0]
         if isinstance(condition, Poisoned):
@@ -555,17 +561,18 @@ def _rename_tensor(graph: Graph, old: str, new: str) -> None:
     """Give a node output another name (the IR has no rename: re-add the nodes around it)."""
     producer = graph.producer(old)
     consumers = graph.consumers(old)
-    infos = {o: graph.tensors[o] for o in producer.outputs if o}
+    # Removing a node forgets the types of its outputs nobody reads: keep them all.
+    infos = {o: graph.tensors[o] for node in [producer, *consumers] for o in node.outputs if o}
     for node in consumers:
         graph.remove_node(node.name)
     graph.remove_node(producer.name)
     producer.outputs = [new if o == old else o for o in producer.outputs]
     graph.add_node(producer)
-    for out, info in infos.items():
-        graph.tensors[new if out == old else out] = info
     for node in consumers:
         node.inputs = [new if i == old else i for i in node.inputs]
         graph.add_node(node)
+    for out, info in infos.items():
+        graph.tensors[new if out == old else out] = info
     graph.outputs = [new if o == old else o for o in graph.outputs]
 
 
@@ -587,7 +594,6 @@ _STRUCTURAL = {
     "prim::GetAttr": _Importer._get_attr,
     "prim::RaiseException": _Importer._raise_exception,
     "prim::Uninitialized": _Importer._uninitialized,
-    "prim::NumToTensor": _Importer._number_to_tensor,
     "prim::If": _Importer._if,
     "prim::Loop": _Importer._loop,
 }
@@ -597,9 +603,7 @@ _STRUCTURAL = {
 
 
 def _is_tensor_type(t) -> bool:
-    text = str(t)
-    return text == "Tensor" or text.startswith("Tensor(") or text == "Optional[Tensor]" or t.kind() == "TensorType" \
-        or (t.kind() == "OptionalType" and t.getElementType().kind() == "TensorType")
+    return t.kind() == "TensorType" or (t.kind() == "OptionalType" and t.getElementType().kind() == "TensorType")
 
 
 def _is_optional(t) -> bool:
@@ -623,17 +627,16 @@ _SCRIPT_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
 def _module_path(node: torch._C.Node) -> tuple[str, str]:
-    """("layers.0.attn.q", "Linear") from the inlined module hierarchy."""
-    hierarchy = node.getModuleHierarchy()
-    if not hierarchy:
-        return "", ""
+    """("layers.0.attn.q", "Linear"): the path from the tracer's scope (which names the
+    containers too), else from the inlined call hierarchy; the type from the hierarchy."""
     names, types = [], []
-    for part in re.findall(r"([^.()]+)\(([^()]*)\)", hierarchy):
-        if part[0] == "SELF":
-            continue
-        names.append(part[0])
-        types.append(part[1])
-    return ".".join(names), types[-1] if types else ""
+    for name, module_type in re.findall(r"([^.()]+)\(([^()]*)\)", node.getModuleHierarchy()):
+        if name != "SELF":
+            names.append(name)
+            types.append(module_type)
+    scope = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module.")
+    path = scope if scope and not scope.startswith("__module") else ".".join(names)
+    return path, types[-1] if types and path else ""
 
 
 def _source_line(node: torch._C.Node) -> str:

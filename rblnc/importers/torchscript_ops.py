@@ -1092,12 +1092,12 @@ def linear(e: Emitter, input, weight, bias=None, **_):
     """Gemm (transB) for 2-D inputs; MatMul with the transposed weight (+ Add of the bias) otherwise."""
     x = e.tensor(input)
     if e.rank(x) == 2 and e.rank(weight) == 2:
-        inputs = [x, e.tensor(weight, name_hint=e._prefix + ".weight")]
+        inputs = [x, e.tensor(weight)]
         if bias is not None:
             inputs.append(e.tensor(bias))
         return e.op("Gemm", inputs, {"transB": 1})
     if isinstance(weight, torch.Tensor):
-        w = e.tensor(weight.t().contiguous() if weight.dim() == 2 else weight, name_hint="weight_t")
+        w = e.tensor(weight.t().contiguous() if weight.dim() == 2 else weight, name_hint=e.constant_name(weight) + "_t")
     else:
         w = t(e, weight)
     y = e.op("MatMul", [x, w])
@@ -1177,9 +1177,9 @@ def _conv(e: Emitter, input, weight, bias, stride, padding, dilation, transposed
         out_pad = _ints(output_padding, spatial, "output_padding")
         if any(out_pad):
             attrs["output_padding"] = out_pad
-    inputs = [x, e.tensor(weight, name_hint=e._prefix + ".weight")]
+    inputs = [x, e.tensor(weight)]
     if bias is not None:
-        inputs.append(e.tensor(bias, name_hint=e._prefix + ".bias"))
+        inputs.append(e.tensor(bias))
     return e.op("ConvTranspose" if transposed else "Conv", inputs, attrs)
 
 
