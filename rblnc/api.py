@@ -74,7 +74,7 @@ def compile_from_torchscript(mod: Any, input_names: Sequence[str] | None = None,
     `input_info` = [(name, shape, dtype)], one per tensor argument of forward in order; its
     names become the compiled model's input names. A live traced module needs none (its
     example inputs' shapes are used); a scripted or loaded one does. Options as compile_from_onnx."""
-    from .importers.torchscript_importer import import_torchscript
+    from .importers.torchscript import import_torchscript
 
     options = _options(compile_options, "compile_from_torchscript")
     graph = import_torchscript(mod, input_info, input_names)
@@ -85,7 +85,7 @@ def compile_from_torchscript(mod: Any, input_names: Sequence[str] | None = None,
 def compile_from_torch(module: Any, input_info: Sequence, **compile_options: Any) -> RBLNCompiledModel:
     """Compile a plain torch.nn.Module: it is traced (in eval mode) on inputs of the shapes in
     `input_info` = [(name, shape, dtype)], then compiled as compile_from_torchscript does."""
-    from .importers.torchscript_importer import import_torchscript, trace_module
+    from .importers.torchscript import import_torchscript, trace_module
 
     options = _options(compile_options, "compile_from_torch")
     graph = import_torchscript(trace_module(module, input_info), input_info)

@@ -15,8 +15,7 @@ from torch import nn
 
 import rblnc
 from rblnc.errors import DataDependentError, DynamicShapeError, ModelImportError, UnsupportedOpError
-from rblnc.importers.torchscript_importer import import_torchscript
-from rblnc.importers.torchscript_ops import supported_ops_markdown
+from rblnc.importers.torchscript import import_torchscript, supported_ops_markdown
 
 HERE = os.path.relpath(__file__)  # as the importer shows paths: relative to the working directory
 DOCS = Path(__file__).parent.parent / "docs" / "torch_ops.md"
@@ -210,6 +209,22 @@ def test_control_flow_on_data_is_refused_clearly(model, where, says):
     assert message.count("\n  ") == 1  # one problem: the consumers of the bad value stay silent
 
 
+class ChecksItsInput(nn.Module):
+    def forward(self, x):
+        if x.shape[1] != 4:
+            raise ValueError("expected 4 features")
+        return x * 2
+
+
+def test_a_model_that_raises_for_the_given_shapes_says_so():
+    scripted = torch.jit.script(ChecksItsInput())
+    graph = import_torchscript(scripted, [("x", [2, 4], "float32")])
+    assert [n.op_type for n in graph.nodes] == ["Mul"]
+    location = f"{HERE}:{_line_of(ChecksItsInput.forward, 'raise ValueError')}"
+    with pytest.raises(ModelImportError, match=f"ChecksItsInput: the model raises .*expected 4 features.* at {location}"):
+        import_torchscript(scripted, [("x", [2, 3], "float32")])
+
+
 def test_trace_of_data_dependent_code_is_static_and_compiles():
     """Tracing records the branch taken: the importer compiles what was traced."""
     traced = _traced(BranchOnData(), torch.ones(2, 4))
@@ -353,5 +368,5 @@ def test_files_that_are_not_torchscript_are_refused(tmp_path):
 
 
 def test_supported_ops_doc_is_current():
-    """Regenerate with: python -m rblnc.importers.torchscript_ops > docs/torch_ops.md"""
+    """Regenerate with: python -m rblnc.importers.torchscript > docs/torch_ops.md"""
     assert DOCS.read_text() == supported_ops_markdown()

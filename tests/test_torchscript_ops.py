@@ -101,7 +101,8 @@ CASES = {
     "like_constants": (lambda x: torch.zeros_like(x) + torch.ones_like(x) * 2 + torch.full_like(x, 3.0)
                        + x.new_ones(x.shape[-1]) + x, [X], []),
     # reductions
-    "sum_mean_prod": (lambda x: x.sum((1, 3)) + x.mean(-1).mean(1) * x.prod(1, keepdim=True)[:, 0, 0], [floats(2, 3, 4, 4, low=0.5, high=1.5)], []),
+    "sum_mean_prod": (lambda x: x.sum((1, 3)) + x.mean(-1).mean(1) * x.prod(1, keepdim=True)[:, 0, 0],
+                      [floats(2, 3, 4, 4, low=0.5, high=1.5)], []),
     "amax_amin": (lambda x: x.amax((2, 3)) - x.amin(1).mean((1, 2))[:, None], [X], []),
     "max_min_dim": (lambda x: x.max(1)[0] + x.max(1)[1].float() + x.min(-1, keepdim=True)[0].mean(1)
                     + x.max() + x.min(), [V], []),
@@ -119,7 +120,8 @@ CASES = {
     "linear_no_bias_2d": (lambda x, m: m(x), [floats(3, 6)], [nn.Linear(6, 4, bias=False)]),
     "matmul_bmm": (lambda a, b: torch.matmul(a, b) + torch.bmm(a, b), [floats(2, 3, 4), floats(2, 4, 5)], []),
     "addmm_baddbmm": (lambda c, a, b: torch.addmm(c, a, b, beta=0.5, alpha=2.0)
-                      + torch.baddbmm(c[None], a[None], b[None], alpha=0.3)[0], [floats(3, 5), floats(3, 4), floats(4, 5)], []),
+                      + torch.baddbmm(c[None], a[None], b[None], alpha=0.3)[0],
+                      [floats(3, 5), floats(3, 4), floats(4, 5)], []),
     "einsum": (lambda a, b: torch.einsum("bij,bjk->bik", a, b), [floats(2, 3, 4), floats(2, 4, 5)], []),
     "sdpa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
              + F.scaled_dot_product_attention(q, k, v, is_causal=True), [floats(1, 2, 5, 8)] * 3, []),
@@ -135,9 +137,11 @@ CASES = {
     "max_pool_ceil": (lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True) * 1, [X], []),
     "max_pool1d_padded": (lambda x: F.max_pool1d(x, 3, 1, 1), [V], []),
     "avg_pool": (lambda x: F.avg_pool2d(x, 3, 2, 1) + F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), [X], []),
-    "adaptive_avg_pool": (lambda x: F.adaptive_avg_pool2d(x, 3).sum((2, 3)) + F.adaptive_avg_pool2d(x, (4, 2)).sum((2, 3)),
+    "adaptive_avg_pool": (lambda x: F.adaptive_avg_pool2d(x, 3).sum((2, 3))
+                          + F.adaptive_avg_pool2d(x, (4, 2)).sum((2, 3)),
                           [X], []),
-    "adaptive_max_pool": (lambda x: F.adaptive_max_pool2d(x, 1) + F.adaptive_max_pool2d(x, 2).amax((2, 3), keepdim=True), [X], []),
+    "adaptive_max_pool": (lambda x: F.adaptive_max_pool2d(x, 1)
+                          + F.adaptive_max_pool2d(x, 2).amax((2, 3), keepdim=True), [X], []),
     "batch_norm_alone": (lambda x, m: m(x), [X], [nn.BatchNorm2d(3)]),
     "layer_norm_no_affine": (lambda x: F.layer_norm(x, (6,)) + F.layer_norm(x, (5, 6), eps=1e-3), [V], []),
     "group_norm": (lambda x, m: m(x), [floats(2, 4, 5, 5)], [nn.GroupNorm(2, 4)]),

@@ -92,7 +92,8 @@ def test_saved_yolov8n_compiles_from_the_command_line_at_640(tmp_path):
     """The seed's example: a traced YOLOv8n saved to .pt, compiled by the CLI, run, matched."""
     zoo.trace("yolov8n").save(str(tmp_path / "yolov8n.pt"))
     result = subprocess.run(
-        [sys.executable, "-m", "rblnc.cli", "compile", str(tmp_path / "yolov8n.pt"), "-o", str(tmp_path / "yolov8n.rbln"),
+        [sys.executable, "-m", "rblnc.cli", "compile", str(tmp_path / "yolov8n.pt"),
+         "-o", str(tmp_path / "yolov8n.rbln"),
          "--input", "images:1x3x640x640:float32", "--dtype", "fp32"],
         capture_output=True, text=True,
     )

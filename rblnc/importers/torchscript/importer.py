@@ -4,7 +4,7 @@ The module is frozen (weights become constants), calls are inlined, and the grap
 once with static input shapes. Every TorchScript value maps to a Python value: a
 `TensorRef` for tensors computed at run time, a `torch.Tensor` for constants, or a plain
 Python number/list/None. Ops whose inputs are all known are run by torch at compile time;
-the others go through the converter table in `torchscript_ops`. Control flow whose
+the others go through the converter table (`registry.CONVERTERS`). Control flow whose
 condition is known is resolved (If) or unrolled (Loop). Problems are collected and reported
 together, each with the user's module and source line.
 """
@@ -20,13 +20,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import DataDependentError, DynamicShapeError, ModelImportError, UnsupportedOpError
-from ..ir.graph import CANONICAL_OPSET, Graph, TensorInfo
-from .input_info import InputSpec, parse_input_info
-from .torchscript_emit import (
+from ...errors import DataDependentError, DynamicShapeError, ModelImportError, UnsupportedOpError
+from ...ir.graph import CANONICAL_OPSET, Graph, TensorInfo
+from ..input_info import InputSpec, parse_input_info
+from .emit import (
     DataDependent, Emitter, Poisoned, TensorRef, Unsupported, contains, numpy_dtype, torch_dtype,
 )
-from .torchscript_ops import CONVERTERS
+from .registry import CONVERTERS
 
 # Ops never run at compile time even with constant inputs: their result is random, or they
 # have effects beyond their outputs.
@@ -71,7 +71,8 @@ def import_torchscript(model: Any, input_info: Sequence | None = None,
     recorded = _recorded_inputs(module)
     with torch.no_grad():
         graph_ts, schema = _frozen_graph(module, origin)
-        return _Importer(graph_ts, schema, origin).run(specs, recorded, input_names)
+        name = Path(origin).stem if isinstance(model, (str, os.PathLike)) else origin
+        return _Importer(graph_ts, schema, origin, name).run(specs, recorded, input_names)
 
 
 def trace_module(module: Any, input_info: Sequence | None) -> torch.jit.ScriptModule:
@@ -120,7 +121,9 @@ def _load(model: Any) -> tuple[torch.jit.ScriptModule, str]:
             "torch.jit.trace(module, example_inputs)"
         )
     if not isinstance(model, (str, os.PathLike)):
-        raise ModelImportError(f"expected a torch.jit.ScriptModule or a path to a saved one, got {type(model).__name__}")
+        raise ModelImportError(
+            f"expected a torch.jit.ScriptModule or a path to a saved one, got {type(model).__name__}"
+        )
     path = Path(model)
     if not path.is_file():
         raise ModelImportError(f"{path}: no such file")
@@ -171,11 +174,11 @@ def _frozen_graph(module: torch.jit.ScriptModule, origin: str):
 
 
 class _Importer:
-    def __init__(self, graph_ts: torch._C.Graph, schema: torch._C.FunctionSchema, origin: str):
+    def __init__(self, graph_ts: torch._C.Graph, schema: torch._C.FunctionSchema, origin: str, name: str):
         self.ts = graph_ts
         self.schema = schema
         self.origin = origin
-        self.graph = Graph(name=Path(origin).stem if os.sep in origin else origin, opset=CANONICAL_OPSET)
+        self.graph = Graph(name=name, opset=CANONICAL_OPSET)
         self.emit = Emitter(self.graph)
         self.values: dict[int, Any] = {}
         self.view_base: dict[int, torch._C.Value] = {}
@@ -463,7 +466,9 @@ class _Importer:
 
     def _raise_exception(self, node, inputs) -> None:
         message = inputs[0] if inputs and isinstance(inputs[0], str) else "an exception"
-        raise ModelImportError(f"{self.origin}: the model raises {message!r} at {_location(node)} for these input shapes")
+        raise ModelImportError(
+            f"{self.origin}: the model raises {message!r} at {_location(node)} for these input shapes"
+        )
 
     def _uninitialized(self, node, inputs) -> None:
         self._set(node.output(), None)

@@ -8,9 +8,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .. import dtypes
-from ..ir.graph import Graph, Node, TensorInfo
-from ..ir.shape_inference import ShapeInferenceError, infer_node
+from ... import dtypes
+from ...ir.graph import Graph, Node, TensorInfo
+from ...ir.shape_inference import ShapeInferenceError, infer_node
 
 
 @dataclass(frozen=True)
