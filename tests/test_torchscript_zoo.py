@@ -62,6 +62,22 @@ def test_zoo_model_matches_torch_at_small_size(name):
         assert any(p.device == Device.NPU for p in compiled.artifact.partitions)
 
 
+# torch.jit.script takes these as written (the others define functions inside forward).
+SCRIPTABLE = ["efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small", "resnet50", "unet"]
+
+
+@pytest.mark.parametrize("name", SCRIPTABLE)
+def test_scripted_zoo_model_matches_torch(name):
+    entry = zoo.get(name)
+    inputs = entry.example_inputs(small=True)
+    model = entry.build(seed=0)
+    info = [(n, list(x.shape), x.dtype) for n, x in zip(entry.input_names, inputs)]
+    compiled = rblnc.compile_from_torchscript(torch.jit.script(model), input_info=info, dtype="fp32")
+    with torch.no_grad():
+        expected = model(*[torch.from_numpy(x) for x in inputs]).numpy()
+    assert_matches_torch(name, compiled.create_runtime().run(*inputs), expected)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_zoo_model_matches_torch_at_full_size(name):

@@ -122,6 +122,20 @@ def extend(e: Emitter, self, other, **_):
     self.extend(other)
 
 
+@converts("aten::pop")
+def pop(e: Emitter, self, idx=-1, **_):
+    """Removes and returns an item of the list in place."""
+    if not isinstance(self, list):
+        raise Unsupported(f"pop from a {type(self).__name__}")
+    return self.pop(idx)
+
+
+@converts("aten::reverse")
+def reverse(e: Emitter, self, **_):
+    """Reverses the list in place."""
+    self.reverse()
+
+
 @converts("aten::list")
 def list_(e: Emitter, l=None, self=None, **_):
     """A copy of the list."""
