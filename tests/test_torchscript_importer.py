@@ -17,6 +17,11 @@ import rblnc
 from rblnc.errors import DataDependentError, DynamicShapeError, ModelImportError, UnsupportedOpError
 from rblnc.importers.torchscript import import_torchscript, supported_ops_markdown
 
+# Tracing and scripting are what these tests exercise; torch's deprecation notices and the
+# tracer's warnings about Python values are expected here.
+pytestmark = [pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated"),
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+
 HERE = os.path.relpath(__file__)  # as the importer shows paths: relative to the working directory
 DOCS = Path(__file__).parent.parent / "docs" / "torch_ops.md"
 

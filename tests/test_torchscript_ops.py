@@ -10,6 +10,11 @@ from torch import nn
 
 import rblnc
 
+# Tracing and scripting are what these tests exercise; torch's deprecation notices and the
+# tracer's warnings about Python values are expected here.
+pytestmark = [pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated"),
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+
 RNG = np.random.default_rng(0)
 
 

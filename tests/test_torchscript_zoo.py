@@ -15,6 +15,11 @@ from rblnc import zoo
 from rblnc.compiler import SUPPORTED_PRECISIONS
 from rblnc.format.artifact import Device
 
+# Tracing and scripting are what these tests exercise; torch's deprecation notices and the
+# tracer's warnings about Python values are expected here.
+pytestmark = [pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated"),
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+
 NAMES = sorted(zoo.TORCH_ZOO)
 # YOLOv8n's box rows are pixel coordinates (up to ~1000); their absolute error scales with the
 # image, so boxes get 1e-4 of the 640-pixel image, as the zoo's own export test allows.

@@ -128,7 +128,9 @@ def _load(model: Any) -> tuple[torch.jit.ScriptModule, str]:
     if not path.is_file():
         raise ModelImportError(f"{path}: no such file")
     try:
-        return torch.jit.load(str(path), map_location="cpu"), str(path)
+        with warnings.catch_warnings():  # the user asked rblnc to read the file: torch's advice is not for them
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated")
+            return torch.jit.load(str(path), map_location="cpu"), str(path)
     except Exception as exc:  # torch raises RuntimeError/ValueError/pickle errors for foreign files
         raise ModelImportError(
             f"{path}: not a TorchScript module ({_first_line(exc)}); save one with "
