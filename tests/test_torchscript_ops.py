@@ -145,6 +145,9 @@ CASES = {
     "adaptive_avg_pool": (lambda x: F.adaptive_avg_pool2d(x, 3).sum((2, 3))
                           + F.adaptive_avg_pool2d(x, (4, 2)).sum((2, 3)),
                           [X], []),
+    "adaptive_avg_pool_keep_dim": (lambda x: F.adaptive_avg_pool2d(x, (None, 3)), [X], []),
+    "upsample_size_and_scale": (lambda x: F.interpolate(x, scale_factor=2.5)
+                                + torch.ops.aten.upsample_nearest2d(x, [20, 20], 2.5, 2.5), [X], []),
     "adaptive_max_pool": (lambda x: F.adaptive_max_pool2d(x, 1)
                           + F.adaptive_max_pool2d(x, 2).amax((2, 3), keepdim=True), [X], []),
     "batch_norm_alone": (lambda x, m: m(x), [X], [nn.BatchNorm2d(3)]),

@@ -182,7 +182,9 @@ def adaptive_avg_pool(e: Emitter, self, output_size, **_):
     """GlobalAveragePool (output 1), AveragePool (sizes divide), else MatMul by bin-averaging matrices."""
     shape = e.shape(self)
     spatial = len(shape) - 2
-    out = [s if o is None else o for o, s in zip(int_list(output_size, spatial, "output_size"), shape[2:])]
+    if isinstance(output_size, (list, tuple)):  # None keeps that dimension's size
+        output_size = [s if o is None else o for o, s in zip(output_size, shape[2:])]
+    out = int_list(output_size, spatial, "output_size")
     x = e.tensor(self)
     if list(shape[2:]) == out:
         return x
@@ -273,21 +275,18 @@ def instance_norm(e: Emitter, input, weight, bias, running_mean, running_var, us
 # ----------------------------------------------------------------------------- resampling
 
 
-def _output_size(e: Emitter, shape, output_size, scales) -> tuple[list[int], list[float] | None]:
-    spatial = len(shape) - 2
-    if output_size is not None:
-        return int_list(output_size, spatial, "output_size"), None
-    factors = [float(s) for s in (scales if isinstance(scales, (list, tuple)) else [scales] * spatial)]
-    return [int(math.floor(s * f)) for s, f in zip(shape[2:], factors)], factors
-
-
 def _resize(e: Emitter, input, output_size, scales, mode: str, coordinates: str, **extra) -> TensorRef:
     shape = list(e.shape(input))
-    size, factors = _output_size(e, shape, output_size, scales)
+    spatial = len(shape) - 2
     attrs = {"mode": mode, "coordinate_transformation_mode": coordinates, **extra}
-    if factors is not None:  # torch then maps coordinates by 1/scale, as ONNX does with `scales`
-        scales_input = e.constant(np.asarray([1.0, 1.0] + factors, dtype=np.float32), "scales")
+    factors = scales if isinstance(scales, (list, tuple)) else [scales] * spatial
+    if len(factors) == spatial and all(f is not None for f in factors):
+        # Given scales, torch maps output to input coordinates by 1/scale, as ONNX does with `scales`.
+        scales_input = e.constant(np.asarray([1.0, 1.0] + [float(f) for f in factors], dtype=np.float32), "scales")
         return e.op("Resize", [e.tensor(input), None, scales_input], attrs)
+    if output_size is None:
+        raise Unsupported("resampling with neither output_size nor scale factors")
+    size = int_list(output_size, spatial, "output_size")
     return e.op("Resize", [e.tensor(input), None, None, e.int64s(shape[:2] + size)], attrs)
 
 
