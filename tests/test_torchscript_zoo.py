@@ -40,7 +40,9 @@ def _compile_and_run(name: str, small: bool, dtype: str = "fp32"):
 
 
 def assert_matches_torch(name: str, actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-3,
-                         atol: float = 1e-4, box_atol: float = YOLO_BOX_ATOL) -> None:
+                         atol: float = 1e-4, box_atol: float = YOLO_BOX_ATOL, top_overlap: float = 1.0) -> None:
+    """Outputs within tolerance; for YOLOv8n also the same top-scoring anchors (all of the top
+    TOP_BOXES, with the same classes, at top_overlap 1; that fraction of them otherwise)."""
     assert actual.shape == expected.shape and actual.dtype == expected.dtype
     if name == "yolov8n":
         np.testing.assert_allclose(actual[:, :4], expected[:, :4], rtol=rtol, atol=box_atol)
@@ -49,8 +51,10 @@ def assert_matches_torch(name: str, actual: np.ndarray, expected: np.ndarray, rt
         # Detection keeps the best-scoring anchors: the same ones must come out on top.
         best, expected_best = scores.max(1)[0], expected_scores.max(1)[0]
         top = np.argsort(-expected_best)[:TOP_BOXES]
-        assert set(np.argsort(-best)[:TOP_BOXES]) == set(top)
-        np.testing.assert_array_equal(scores.argmax(1)[0][top], expected_scores.argmax(1)[0][top])
+        shared = set(np.argsort(-best)[:TOP_BOXES]) & set(top)
+        assert len(shared) >= top_overlap * TOP_BOXES, f"only {len(shared)} of the top {TOP_BOXES} anchors agree"
+        if top_overlap == 1.0:
+            np.testing.assert_array_equal(scores.argmax(1)[0][top], expected_scores.argmax(1)[0][top])
         return
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
@@ -91,7 +95,8 @@ def test_zoo_model_matches_torch_at_full_size(name):
 
 
 # The emulator documents no bound for reduced precisions yet; until it does, outputs must be
-# within 5e-2 of the output's scale (max |expected|), relative and absolute.
+# within 5e-2 of the output's scale (max |expected|), relative and absolute, and YOLOv8n must
+# keep 80% of its top-scoring anchors.
 REDUCED_TOLERANCE = 5e-2
 
 
@@ -102,11 +107,11 @@ def test_zoo_model_at_reduced_precision(name, precision):
         pytest.skip(f"the emulator does not run {precision} yet (SUPPORTED_PRECISIONS={SUPPORTED_PRECISIONS})")
     _, actual, expected = _compile_and_run(name, small=True, dtype=precision)
     scale = float(np.abs(expected).max())
-    if name == "yolov8n":
-        scale = float(np.abs(expected[:, 4:]).max())  # scores; boxes are scaled by the image size
-    tolerance = REDUCED_TOLERANCE * scale
-    assert_matches_torch(name, actual.astype(np.float32), expected, rtol=REDUCED_TOLERANCE, atol=tolerance,
-                         box_atol=REDUCED_TOLERANCE * 640)
+    box_scale = scale
+    if name == "yolov8n":  # boxes (pixels) and scores (0..1) have scales of their own
+        box_scale, scale = float(np.abs(expected[:, :4]).max()), float(np.abs(expected[:, 4:]).max())
+    assert_matches_torch(name, actual.astype(np.float32), expected, rtol=REDUCED_TOLERANCE,
+                         atol=REDUCED_TOLERANCE * scale, box_atol=REDUCED_TOLERANCE * box_scale, top_overlap=0.8)
 
 
 def test_saved_yolov8n_compiles_from_the_command_line_at_640(tmp_path):
