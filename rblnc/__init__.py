@@ -11,6 +11,7 @@ from .errors import (
     InputNameError, InputShapeError, ModelImportError, RBLNError, RuntimeClosedError,
     UnsupportedOpError,
 )
+from .errors import DataDependentError
 
 # Public names from modules that import torch or onnxruntime are loaded on first use, so
 # `rblnc inspect` and `import rblnc` stay quick.
@@ -20,6 +21,8 @@ _LAZY = {
     "compile_from_tf_function": "rblnc.api",
     "compile_from_tf_graph_def": "rblnc.api",
     "compile_from_tf_saved_model": "rblnc.api",
+    "compile_from_torchscript": "rblnc.api",
+    "compile_from_torch": "rblnc.api",
     "Runtime": "rblnc.runtime",
     "AsyncRuntime": "rblnc.runtime",
 }
@@ -30,6 +33,7 @@ __all__ = [
     "InputError", "InputNameError", "InputShapeError", "ModelImportError", "RBLNError",
     "RuntimeClosedError", "UnsupportedOpError",
 ]
+__all__ += ["DataDependentError"]
 
 
 def __getattr__(name: str) -> Any:

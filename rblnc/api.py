@@ -114,3 +114,29 @@ def compile_from_tf_saved_model(path: str | os.PathLike, input_info: Sequence | 
     graph = import_tf_saved_model(path, input_info, outputs, layout, signature)
     artifact, report = compile_graph(graph, options, "tensorflow")
     return RBLNCompiledModel(artifact, report=report)
+
+
+def compile_from_torchscript(mod: Any, input_names: Sequence[str] | None = None, input_info: Sequence | None = None,
+                             **compile_options: Any) -> RBLNCompiledModel:
+    """Compile a torch.jit.ScriptModule (traced or scripted) or a saved TorchScript file.
+
+    `input_info` = [(name, shape, dtype)], one per tensor argument of forward in order; its
+    names become the compiled model's input names. A live traced module needs none (its
+    example inputs' shapes are used); a scripted or loaded one does. Options as compile_from_onnx."""
+    from .importers.torchscript import import_torchscript
+
+    options = _options(compile_options, "compile_from_torchscript")
+    graph = import_torchscript(mod, input_info, input_names)
+    artifact, report = compile_graph(graph, options, "torchscript")
+    return RBLNCompiledModel(artifact, report=report)
+
+
+def compile_from_torch(module: Any, input_info: Sequence, **compile_options: Any) -> RBLNCompiledModel:
+    """Compile a plain torch.nn.Module: it is traced (in eval mode) on inputs of the shapes in
+    `input_info` = [(name, shape, dtype)], then compiled as compile_from_torchscript does."""
+    from .importers.torchscript import import_torchscript, trace_module
+
+    options = _options(compile_options, "compile_from_torch")
+    graph = import_torchscript(trace_module(module, input_info), input_info)
+    artifact, report = compile_graph(graph, options, "torchscript")
+    return RBLNCompiledModel(artifact, report=report)

@@ -34,13 +34,21 @@ def main() -> None:
     """Compile models for the NPU, inspect .rbln artifacts, run them."""
 
 
+_TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
+
+
 def _detect_framework(path: Path) -> str:
     if path.suffix.lower() == ".onnx":
         return "onnx"
+    if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
+        return "torchscript"
     if _is_tensorflow_model(path):
         return "tensorflow"
-    raise click.UsageError(f"{path}: cannot tell the model's framework from its name (expected .onnx, "
-                           "a SavedModel directory, .keras/.h5 or a frozen GraphDef .pb)")
+    raise click.UsageError(
+        f"{path}: cannot tell the model's framework from its name (expected .onnx, "
+        f"{'/'.join(_TORCHSCRIPT_SUFFIXES)} for a saved TorchScript module, a TF SavedModel directory, "
+        ".keras/.h5 or a frozen GraphDef .pb)"
+    )
 
 
 # Keras model files, frozen GraphDefs, and SavedModel directories (tf.saved_model.save, model.export).
@@ -53,14 +61,17 @@ def _is_tensorflow_model(path: Path) -> bool:
     return path.suffix.lower() in _TENSORFLOW_SUFFIXES
 
 
-def _compile_tensorflow(path: Path, input_info, options: dict):
-    from .api import compile_from_tf_graph_def, compile_from_tf_saved_model
+def _compile_model(framework: str, path: Path, input_info, options: dict):
+    from . import api
 
-    if path.name == "saved_model.pb":  # the SavedModel's own file names its directory
-        path = path.parent
-    if path.is_file() and path.suffix.lower() == ".pb":
-        return compile_from_tf_graph_def(path, input_info=input_info, **options)
-    return compile_from_tf_saved_model(path, input_info, **options)
+    if framework == "tensorflow":
+        if path.name == "saved_model.pb":  # the SavedModel's own file names its directory
+            path = path.parent
+        if path.is_file() and path.suffix.lower() == ".pb":
+            return api.compile_from_tf_graph_def(path, input_info=input_info, **options)
+        return api.compile_from_tf_saved_model(path, input_info, **options)
+    compile_function = {"onnx": api.compile_from_onnx, "torchscript": api.compile_from_torchscript}[framework]
+    return compile_function(path, input_info=input_info, **options)
 
 
 @main.command()
@@ -78,9 +89,8 @@ def _compile_tensorflow(path: Path, input_info, options: dict):
 @click.option("--pass-stats", is_flag=True, help="Print what each pass changed and its time.")
 def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_each, dump_ir_after,
             disable_passes, pass_stats) -> None:
-    """Compile MODEL (.onnx, a TF SavedModel directory, .keras/.h5, a frozen .pb) into a .rbln file."""
-    from .api import compile_from_onnx
-
+    """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
+    frozen .pb) into a .rbln file."""
     framework = _detect_framework(model)
     input_info = [parse_input_option(text) for text in inputs] or None
     start = time.perf_counter()
@@ -91,10 +101,7 @@ def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
     click.echo(f"compiling {model} ({framework})", err=True)
-    if framework == "tensorflow":
-        compiled = _compile_tensorflow(model, input_info, options)
-    else:
-        compiled = compile_from_onnx(model, input_info, **options)
+    compiled = _compile_model(framework, model, input_info, options)
     compiled.save(output)
     seconds = time.perf_counter() - start
     if pass_stats and compiled.report and compiled.report.passes:

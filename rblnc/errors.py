@@ -28,6 +28,11 @@ class UnsupportedOpError(ModelImportError):
     """Ops of the source model that no importer mapping or host fallback can take."""
 
 
+class DataDependentError(ModelImportError):
+    """Control flow or a size in the source model depends on input values, so it has no
+    static graph (a branch on a tensor's value, `tensor.item()` used as a size)."""
+
+
 class CompileError(RBLNError, ValueError):
     """The model was imported but cannot be compiled for the target."""
 
