@@ -336,6 +336,10 @@ class Engine:
                 self._record(request, step, lane, began, failed_at, failed_at - began, failed=True)
                 with self._lock:
                     request.running = False
+                    # Cancelled while this step ran: cancel() left the device slot to the step.
+                    granted = self._return_device(request, failed_at) if request.done else None
+                if granted is not None:
+                    self._queues[self.steps[granted.position].resource].put(granted)
                 _identify(exc, request, step)
                 self._end(request, RequestState.FAILED, error=exc)
                 continue
