@@ -229,11 +229,18 @@ class Request:
             event = self._event
         if event is not None:
             event.set()
+        interrupt = None
         for fn in callbacks or ():
             try:
                 fn(self)
-            except Exception:  # a caller's callback must not stop the lane that finished the request
+            except BaseException as exc:  # a caller's callback must not stop the lane that finished the request
                 log.exception("completion callback of request %d raised", self.id)
+                if not isinstance(exc, Exception) and interrupt is None:
+                    interrupt = exc
+        # Ctrl-C only ever reaches the main thread; there (a task.cancel() that ran the callbacks)
+        # it still stops the caller. On a lane it would only end the lane's thread.
+        if interrupt is not None and threading.current_thread() is threading.main_thread():
+            raise interrupt
 
 
 _EVENT_LOCK = threading.Lock()
