@@ -18,6 +18,7 @@ from .executor import ModelExecutor, run_partition
 
 clock = time.perf_counter
 log = logging.getLogger("rblnc.runtime")
+STOP_GRACE_S = 1.0  # close(timeout=...): how long past the timeout an idle lane may take to stop
 
 
 class Resource(enum.Enum):
@@ -454,6 +455,7 @@ class Engine:
         if self.owns_current_thread():
             raise RuntimeError("a runtime cannot be closed from its own completion callback "
                                "(its threads would wait for themselves); close it from another thread")
+        deadline = None if timeout is None else clock() + timeout
         with self._lock:
             if self._shut:
                 return
@@ -471,7 +473,13 @@ class Engine:
         current = threading.current_thread()
         for thread, _ in self._threads:
             if thread is not current:
-                thread.join()
+                # With a timeout, a lane stuck in a step is not waited for: it reads its stop sign
+                # and ends when the step returns. Idle lanes end at once (the grace is for a busy host).
+                thread.join(None if deadline is None else max(deadline - clock(), 0.0) + STOP_GRACE_S)
+        stuck = [thread.name for thread, _ in self._threads if thread is not current and thread.is_alive()]
+        if stuck:
+            log.warning("closed after %s s with a step still running on %s; its thread ends when the step returns",
+                        timeout, ", ".join(stuck))
 
     def owns_current_thread(self) -> bool:
         current = threading.current_thread()
