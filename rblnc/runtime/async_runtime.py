@@ -99,7 +99,11 @@ class _Slots:
                 return
             waiter = _ThreadWaiter()
             self._waiters.append(waiter)
-        waiter.event.wait()
+        try:
+            waiter.event.wait()
+        except BaseException:  # Ctrl-C in the waiting thread: withdraw, or pass on a slot just granted
+            self._withdraw(waiter)
+            raise
         if not waiter.granted:
             raise RuntimeClosedError("the runtime was closed while this request waited to be admitted")
 
@@ -115,13 +119,17 @@ class _Slots:
         try:
             await waiter.future
         except asyncio.CancelledError:
-            with self._lock:
-                handed_over = waiter.granted
-                if not handed_over and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            if handed_over:
-                self.release()  # the slot reached a caller that is gone: pass it on
+            self._withdraw(waiter)
             raise
+
+    def _withdraw(self, waiter: "_Waiter") -> None:
+        """A caller stopped waiting: takes it out of the queue, or passes on the slot it was given."""
+        with self._lock:
+            handed_over = waiter.granted
+            if not handed_over and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        if handed_over:
+            self.release()  # the slot reached a caller that is gone: pass it on
 
     def release(self) -> None:
         with self._lock:
