@@ -12,6 +12,8 @@ import contextlib
 import gc
 import logging
 import signal
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -148,6 +150,28 @@ def test_onnxruntime_failing_in_a_host_partition_fails_only_those_requests_from_
                 good += 1
     assert (good, bad) == (512, 88)
     assert stats["completed"] == 512 and stats["failed"] == 88 and stats["cancelled"] == 0
+
+
+def test_a_failing_host_partition_prints_nothing_itself(capfd, tmp_path):
+    """The failure is the request's error, and only that: onnxruntime used to print it on stderr
+    too (once per failed request, in red), and `rblnc run` gave two lines for one error."""
+    compiled = rblnc.compile_from_onnx(gather_model(), dtype="fp32")
+    bad = np.array([[1, 12.5, 2, 3]], np.float32)
+    with no_thread_left():
+        with rblnc.AsyncRuntime(compiled) as runtime:
+            tasks = [runtime.run(bad) for _ in range(5)]
+            for task in tasks:
+                with pytest.raises(ExecutionError, match="indices element out of data bounds"):
+                    task.wait(timeout=30)
+    with pytest.raises(ExecutionError):
+        rblnc.Runtime(compiled).run(bad)
+    assert capfd.readouterr() == ("", "")
+    compiled.save(tmp_path / "gather.rbln")
+    np.savez(tmp_path / "bad.npz", x=bad)
+    cli = subprocess.run([sys.executable, "-m", "rblnc.cli", "run", str(tmp_path / "gather.rbln"),
+                          str(tmp_path / "bad.npz")], capture_output=True, text=True)
+    assert cli.returncode == 1 and cli.stdout == ""
+    assert cli.stderr.startswith("error: partition p1_host (host) failed: ") and cli.stderr.count("\n") == 1, cli.stderr
 
 
 @pytest.mark.parametrize("error", [ValueError, MemoryError, KeyboardInterrupt, SystemExit])

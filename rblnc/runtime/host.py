@@ -12,7 +12,9 @@ class HostSubgraphRunner:
     def __init__(self, onnx_bytes, name: str = "host", threads: int | None = None):
         self.name = name
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # Fatal only: an op failing on a request's values (an index out of range) is raised as
+        # ExecutionError; at ERROR onnxruntime also printed it on stderr, once per failed request.
+        options.log_severity_level = 4
         if threads:
             options.intra_op_num_threads = threads
         # No fallback: on a failure onnxruntime would print an "EP Error" banner to stdout and
