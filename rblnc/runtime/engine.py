@@ -328,6 +328,9 @@ class Engine:
 
     def _serve(self, queue: SimpleQueue, lane: Lane) -> None:
         while True:
+            # An idle lane holds no request: a failed one's error carries a traceback through the
+            # frame of whoever waited for it, and would keep that frame's objects alive meanwhile.
+            request = granted = None
             request = queue.get()
             if request is None:
                 return
