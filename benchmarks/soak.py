@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import gc
 import json
+import os
 import sys
 import threading
 import time
@@ -30,8 +31,8 @@ BAD_FRACTION = 0.05     # requests whose input indexes past the host partition's
 CANCEL_FRACTION = 0.05  # thread-client requests cancelled as soon as they are submitted
 THREAD_FRACTION = 0.4   # requests run from two threads with run() + wait(); the rest with async_run
 
-# Where growth is looked for when memory grew (snapshots at the baseline and the end): not the
-# runtime's are tracemalloc's own bookkeeping and asyncio's registry of tasks.
+# Left out of the snapshots (at the baseline and the end) that name where traced memory grew:
+# tracemalloc's own bookkeeping and asyncio's registry of tasks are not the runtime's.
 NOT_OURS = ("*/asyncio/*", "*/_weakrefset.py", "*/tracemalloc.py", "*/linecache.py")
 
 
@@ -59,10 +60,9 @@ def rss_bytes() -> int:
     """Resident set size now (Linux /proc; elsewhere the peak, from getrusage)."""
     try:
         with open("/proc/self/statm") as f:
-            import os
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        import resource
+        import resource  # POSIX only
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -87,6 +87,7 @@ class Sample:
     traced_bytes: int
     python_threads: int
     os_threads: int
+    tracemalloc_bytes: int = 0  # tracemalloc's own tables, part of the RSS
 
 
 @dataclass
@@ -276,7 +277,7 @@ def soak(requests: int, *, round_size: int = 1000, warmup: int = 5000, sample_ev
                 # Python memory now (get_traced_memory is cheap; a snapshot of every trace at every
                 # sample would itself fragment the heap and make RSS creep).
                 sample = Sample(done, time.perf_counter() - started, rss_bytes(), tracemalloc.get_traced_memory()[0],
-                                threading.active_count(), os_thread_count())
+                                threading.active_count(), os_thread_count(), tracemalloc.get_tracemalloc_memory())
                 result.samples.append(sample)
                 if progress:
                     progress(sample)
@@ -326,7 +327,7 @@ def verdict(result: SoakResult, *, rss_limit: int, traced_limit: int) -> list[st
 def print_sample(sample: Sample) -> None:
     print(f"{sample.requests:>9,} {sample.seconds:>8.1f} {sample.requests / sample.seconds:>8.0f} "
           f"{sample.rss_bytes / 2**20:>9.1f} {sample.traced_bytes / 1024:>11.1f} "
-          f"{sample.python_threads:>7} {sample.os_threads:>7}", flush=True)
+          f"{sample.python_threads:>7} {sample.os_threads:>7} {sample.tracemalloc_bytes / 2**20:>10.1f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {args.requests:,} requests through AsyncRuntime (NPU -> host -> NPU), rounds of {args.round}: "
           f"{1 - THREAD_FRACTION:.0%} async_run, {THREAD_FRACTION:.0%} run()+wait() from 2 threads "
           f"({CANCEL_FRACTION:.0%} cancelled at once), {BAD_FRACTION:.0%} inputs the host partition fails on")
-    print(f"{'requests':>9} {'seconds':>8} {'req/s':>8} {'RSS MiB':>9} {'traced KiB':>11} {'py thr':>7} {'os thr':>7}")
+    print(f"{'requests':>9} {'seconds':>8} {'req/s':>8} {'RSS MiB':>9} {'traced KiB':>11} {'py thr':>7} {'os thr':>7} {'tm own MiB':>10}")
     result = soak(args.requests, round_size=args.round, warmup=args.warmup, sample_every=args.sample_every,
                   seed=args.seed, progress=print_sample)
     problems = verdict(result, rss_limit=int(args.rss_limit_mib * 2**20), traced_limit=int(args.traced_limit_kib * 1024))
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'wrong':<36}{len(result.wrong):>10,}")
     print(f"{'lost':<36}{result.lost:>10,}")
     print(f"{'RSS growth after warm-up':<36}{result.growth('rss_bytes') / 2**20:>10.2f} MiB "
-          f"(limit {args.rss_limit_mib} MiB)")
+          f"(limit {args.rss_limit_mib} MiB; of which tracemalloc's own tables "
+          f"{result.growth('tracemalloc_bytes') / 2**20:.2f} MiB)")
     print(f"{'traced growth after warm-up':<36}{result.growth('traced_bytes') / 1024:>10.1f} KiB "
           f"(limit {args.traced_limit_kib} KiB)")
     print(f"{'Python / OS threads after warm-up':<36}{sorted(result.thread_counts('python_threads'))} / "

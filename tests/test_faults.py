@@ -98,6 +98,17 @@ class StepGate:
 
         monkeypatch.setattr(engine, "run_step", gated)
 
+    def release_when_draining(self, monkeypatch) -> None:
+        """Releases the gate when close() starts waiting for what is in flight: admission is
+        closed by then, and with cancel=True every request has been cancelled."""
+        real = engine.Engine.drain
+
+        def drain(engine_self, timeout=None):
+            self.release.set()
+            return real(engine_self, timeout)
+
+        monkeypatch.setattr(engine.Engine, "drain", drain)
+
 
 # -- a step that raises, for some requests only ----------------------------------------------------
 
@@ -305,14 +316,11 @@ def test_close_with_a_thousand_requests_in_flight(monkeypatch, mixed, sync, how)
             gate.release.set()
             runtime.close()
         elif how == "cancel":
-            threading.Timer(0.05, gate.release.set).start()
+            gate.release_when_draining(monkeypatch)
             runtime.close(cancel=True)
         else:
             gate.release.set()
             runtime.close(timeout=0.02)
-        for thread in threading.enumerate():
-            if isinstance(thread, threading.Timer):
-                thread.join()
     assert all(t.done() for t in tasks) and runtime.inflight() == 0
     completed, cancelled = _assert_each_completed_or_cancelled(samples, [_outcome(t, 0) for t in tasks], sync)
     assert completed + cancelled == 1000
@@ -321,7 +329,7 @@ def test_close_with_a_thousand_requests_in_flight(monkeypatch, mixed, sync, how)
     if how == "graceful":
         assert completed == 1000
     if how == "cancel":
-        assert cancelled >= 990  # the gated one runs to its end; at most a few got through first
+        assert cancelled == 1000  # the gated step ran to its end, but its request was cancelled first
     with pytest.raises(RuntimeClosedError, match="is closed"):
         runtime.run(samples[0])
 
@@ -336,12 +344,15 @@ def test_close_with_a_thousand_async_runs_pending(monkeypatch, mixed, sync, canc
     with no_thread_left():
         runtime = rblnc.AsyncRuntime(mixed, max_inflight=256)
 
+        gate.release_when_draining(monkeypatch)
+        seen = []
+
         def closer():
-            assert gate.entered.wait(timeout=30)
+            gate.entered.wait(timeout=30)
             deadline = time.monotonic() + 30
             while runtime.waiting() < 1000 - 256 and time.monotonic() < deadline:
-                time.sleep(0.005)
-            threading.Timer(0.02, gate.release.set).start()
+                time.sleep(0.005)  # polling a condition, not waiting for time to pass
+            seen.append((runtime.inflight(), runtime.waiting()))
             runtime.close(cancel=cancel)
 
         async def main():
@@ -352,46 +363,53 @@ def test_close_with_a_thousand_async_runs_pending(monkeypatch, mixed, sync, canc
             return outcomes
 
         outcomes = asyncio.run(asyncio.wait_for(main(), timeout=120))
-        for thread in threading.enumerate():
-            if isinstance(thread, threading.Timer):
-                thread.join()
+    assert seen == [(256, 1000 - 256)]  # at close: 256 admitted (held by the gate), 744 waiting
     refused = [o for o in outcomes if isinstance(o, RuntimeClosedError)]
     assert len(refused) == 1000 - 256
     assert all("closed while this request waited to be admitted" in str(o) for o in refused)
     admitted = [(x, o) for x, o in zip(samples, outcomes) if not isinstance(o, RuntimeClosedError)]
     completed, cancelled = _assert_each_completed_or_cancelled(*zip(*admitted), sync)
     assert completed + cancelled == 256
-    assert (completed == 256) if not cancel else (cancelled >= 250)
+    assert (completed, cancelled) == ((0, 256) if cancel else (256, 0))
     assert runtime.inflight() == 0 and runtime.waiting() == 0
 
 
 # -- the event loop closed under pending calls -------------------------------------------------------
 
-def test_event_loop_closed_under_pending_async_runs(mixed, sync):
+def test_event_loop_closed_under_pending_async_runs(monkeypatch, mixed, sync):
     """A loop is closed (not run to completion, tasks not cancelled) with 300 async_run calls
-    pending: 64 admitted and in the engine, the rest waiting for admission. The engine cannot
-    deliver to it; it must not crash, hang or keep the loop alive, and must go on serving."""
-    compiled = paced_model(npu_ms=2, dma_ms=0.5, host_ms=0.5)
-    loop_ref = []
+    pending: 64 admitted and in the engine (held behind a gated NPU step), the rest waiting for
+    admission. The engine cannot deliver to it; it must not crash, hang or keep the loop alive,
+    and must go on serving."""
+    gate = StepGate(monkeypatch, Resource.NPU)
+    loop_ref, pending_at_close = [], []
     with no_thread_left():
-        runtime = rblnc.AsyncRuntime(compiled, pace=True, max_inflight=64)
+        runtime = rblnc.AsyncRuntime(mixed, max_inflight=64)
 
         def abandoning_client():
             loop = asyncio.new_event_loop()
             loop_ref.append(weakref.ref(loop))
             for x in _samples(300, seed=7):
                 loop.create_task(runtime.async_run(x))
-            loop.run_until_complete(asyncio.sleep(0.05))
-            assert runtime.inflight() > 0 and runtime.waiting() > 0
+
+            async def all_started():
+                deadline = time.monotonic() + 30
+                while runtime.waiting() < 300 - 64 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.001)  # polling a condition
+
+            loop.run_until_complete(all_started())
+            pending_at_close.append((runtime.inflight(), runtime.waiting()))
             loop.close()
 
         client = threading.Thread(target=abandoning_client)
         client.start()
-        client.join(timeout=30)
+        client.join(timeout=60)
+        assert pending_at_close == [(64, 300 - 64)]
+        gate.release.set()
         gc.collect()  # destroys the abandoned tasks ("Task was destroyed but it is pending!")
         deadline = time.monotonic() + 30
         while (runtime.inflight() or runtime.waiting()) and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.01)  # polling a condition
         assert runtime.inflight() == 0 and runtime.waiting() == 0
         gc.collect()
         assert loop_ref[0]() is None, "the runtime keeps the closed loop alive"
@@ -412,16 +430,16 @@ def test_event_loop_closed_under_pending_async_runs(mixed, sync):
 
 @pytest.mark.parametrize("error", [ZeroDivisionError("in a callback"), KeyboardInterrupt(), SystemExit(2)],
                          ids=lambda e: type(e).__name__)
-def test_a_raising_done_callback_does_not_stop_the_lane(mixed, sync, caplog, error):
+def test_a_raising_done_callback_does_not_stop_the_lane(monkeypatch, mixed, sync, caplog, error):
     """Callbacks run on the lane that finished the request. One that raises — even a
     BaseException, which used to end the lane's thread, so the next request waited forever —
     is logged; the request's other callbacks still run, and later requests complete."""
-    compiled = paced_model(npu_ms=20)  # paced, so the callbacks are added long before the request ends
+    gate = StepGate(monkeypatch, Resource.NPU)  # holds the request, so the callbacks are added before it ends
     samples = _samples(6, seed=9)
     after = []
     caplog.set_level(logging.ERROR, logger="rblnc.runtime")
     with no_thread_left():
-        with rblnc.AsyncRuntime(compiled, pace=True) as runtime:
+        with rblnc.AsyncRuntime(mixed) as runtime:
             first = runtime.run(samples[0])
 
             def raising(_task):
@@ -429,6 +447,8 @@ def test_a_raising_done_callback_does_not_stop_the_lane(mixed, sync, caplog, err
 
             first.add_done_callback(raising)
             first.add_done_callback(lambda task: after.append(task.request_id))
+            assert not first.done()
+            gate.release.set()
             np.testing.assert_array_equal(first.wait(timeout=30), sync(samples[0]))
             rest = [runtime.run(x) for x in samples[1:]]
             for x, task in zip(samples[1:], rest):
@@ -441,44 +461,56 @@ def test_a_raising_done_callback_does_not_stop_the_lane(mixed, sync, caplog, err
 # -- Ctrl-C in a waiting thread ------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def sigint_after(seconds: float):
-    """Delivers a real SIGINT to the main thread after `seconds` (Python raises KeyboardInterrupt
-    in it, interrupting a blocking wait), as a user pressing Ctrl-C would."""
+def sigint_once_blocked(function: str = "wait", file: str = "threading.py"):
+    """Delivers a real SIGINT to the main thread (Python raises KeyboardInterrupt in it,
+    interrupting a blocking wait), as a user pressing Ctrl-C would, once the main thread is
+    blocked in `function` of `file`, so it never lands halfway through the call being tested."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     main = threading.main_thread().ident
-    timer = threading.Timer(seconds, signal.pthread_kill, args=(main, signal.SIGINT))
-    timer.start()
+    stop = threading.Event()
+
+    def deliver() -> None:
+        while not stop.wait(0.002):
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_name == function and frame.f_code.co_filename.endswith(file):
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+
+    sender = threading.Thread(target=deliver, name="sigint-sender")
+    sender.start()
     try:
         yield
     finally:
-        timer.cancel()
-        timer.join()
+        stop.set()
+        sender.join()
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_while_waiting_for_a_result_leaves_the_request_running(sync):
-    compiled = paced_model(npu_ms=150)
+def test_ctrl_c_while_waiting_for_a_result_leaves_the_request_running(monkeypatch, mixed, sync):
+    gate = StepGate(monkeypatch, Resource.NPU)  # the request cannot finish before the Ctrl-C
     x = _samples(1, seed=10)[0]
     with no_thread_left():
-        with rblnc.AsyncRuntime(compiled, pace=True) as runtime:
+        with rblnc.AsyncRuntime(mixed) as runtime:
             task = runtime.run(x)
-            with pytest.raises(KeyboardInterrupt), sigint_after(0.05):
+            with pytest.raises(KeyboardInterrupt), sigint_once_blocked():
                 task.wait()
             assert not task.done()
+            gate.release.set()
             np.testing.assert_array_equal(task.wait(timeout=30), sync(x))
 
 
-def test_ctrl_c_while_waiting_for_admission_gives_the_slot_back(sync):
+def test_ctrl_c_while_waiting_for_admission_gives_the_slot_back(monkeypatch, mixed, sync):
     """run() blocked on max_inflight=1 is interrupted. Before the fix its place in the queue
     stayed, the freed slot went to it, and every later call waited forever."""
-    compiled = paced_model(npu_ms=100)
+    gate = StepGate(monkeypatch, Resource.NPU)  # the first request holds the only slot until the Ctrl-C
     samples = _samples(3, seed=11)
     with no_thread_left():
-        with rblnc.AsyncRuntime(compiled, pace=True, max_inflight=1) as runtime:
+        with rblnc.AsyncRuntime(mixed, max_inflight=1) as runtime:
             first = runtime.run(samples[0])
-            with pytest.raises(KeyboardInterrupt), sigint_after(0.05):
+            with pytest.raises(KeyboardInterrupt), sigint_once_blocked():
                 runtime.run(samples[1])
             assert runtime.waiting() == 0
+            gate.release.set()
             np.testing.assert_array_equal(first.wait(timeout=30), sync(samples[0]))
             outcome = []
             later = threading.Thread(target=lambda: outcome.append(runtime.run(samples[2]).wait(timeout=30)))
@@ -489,46 +521,47 @@ def test_ctrl_c_while_waiting_for_admission_gives_the_slot_back(sync):
     assert runtime.stats()["completed"] == 2
 
 
-def test_ctrl_c_during_a_graceful_close_then_close_again(sync):
+def test_ctrl_c_during_a_graceful_close_then_close_again(monkeypatch, mixed, sync):
     """close() waits for the requests in flight; Ctrl-C interrupts it. A second close (here
     with cancel=True) must still stop the threads — it used to return at once, leaving them."""
-    compiled = paced_model(npu_ms=100)
+    gate = StepGate(monkeypatch, Resource.NPU)  # nothing finishes before the Ctrl-C
     samples = _samples(6, seed=12)
     with no_thread_left():
-        runtime = rblnc.AsyncRuntime(compiled, pace=True, parallel=1)
+        runtime = rblnc.AsyncRuntime(mixed, parallel=1)
         tasks = [runtime.run(x) for x in samples]
-        with pytest.raises(KeyboardInterrupt), sigint_after(0.1):
+        with pytest.raises(KeyboardInterrupt), sigint_once_blocked():
             runtime.close()
-        assert runtime.closed
+        assert runtime.closed and runtime.inflight() == 6
+        gate.release_when_draining(monkeypatch)
         runtime.close(cancel=True)
     completed, cancelled = _assert_each_completed_or_cancelled(samples, [_outcome(t, 0) for t in tasks], sync)
-    assert completed + cancelled == 6 and cancelled >= 1
+    assert (completed, cancelled) == (0, 6)
 
 
-def test_ctrl_c_in_asyncio_run_cancels_the_pending_requests(sync):
+def test_ctrl_c_in_asyncio_run_cancels_the_pending_requests(monkeypatch, mixed, sync):
     """asyncio.run turns Ctrl-C into cancelling its main task: the awaiting calls are
-    cancelled, and so are their requests; nothing stays in flight."""
-    compiled = paced_model(npu_ms=50)
+    cancelled, and so are their requests (8 admitted, the other 32 waiting); nothing stays
+    in flight."""
+    gate = StepGate(monkeypatch, Resource.NPU)  # nothing finishes before the Ctrl-C
     samples = _samples(40, seed=13)
     with no_thread_left():
-        with rblnc.AsyncRuntime(compiled, pace=True, max_inflight=8) as runtime:
+        with rblnc.AsyncRuntime(mixed, max_inflight=8) as runtime:
             async def main():
                 return await asyncio.gather(*(runtime.async_run(x) for x in samples))
 
-            with pytest.raises(KeyboardInterrupt), sigint_after(0.2):
+            with pytest.raises(KeyboardInterrupt), sigint_once_blocked("select", "selectors.py"):
                 asyncio.run(main())
-            deadline = time.monotonic() + 30
-            while (runtime.inflight() or runtime.waiting()) and time.monotonic() < deadline:
-                time.sleep(0.01)
             assert runtime.inflight() == 0 and runtime.waiting() == 0
+            gate.release.set()
             stats = runtime.stats()
-            assert stats["cancelled"] >= 1 and stats["completed"] + stats["cancelled"] <= 40
+            assert (stats["completed"], stats["cancelled"]) == (0, 8)
             np.testing.assert_array_equal(runtime.run(samples[0]).wait(timeout=30), sync(samples[0]))
 
 
 # -- waits that expire ---------------------------------------------------------------------------------
 
-def test_expiring_waits_leave_requests_running_and_wait_for_cancels_them(sync):
+def test_expiring_waits_leave_requests_running_and_wait_for_cancels_them(monkeypatch, sync):
+    gate = StepGate(monkeypatch, Resource.NPU)  # the first waits expire for certain
     compiled = paced_model(npu_ms=10)
     samples = _samples(30, seed=14)
     with no_thread_left():
@@ -537,6 +570,7 @@ def test_expiring_waits_leave_requests_running_and_wait_for_cancels_them(sync):
             for task in tasks:
                 with pytest.raises(TimeoutError, match=f"request {task.request_id} did not finish within 0.001 s"):
                     task.wait(timeout=0.001)
+            gate.release.set()
             for x, task in zip(samples, tasks):
                 np.testing.assert_array_equal(task.wait(timeout=30), sync(x))
 
@@ -552,7 +586,7 @@ def test_expiring_waits_leave_requests_running_and_wait_for_cancels_them(sync):
                 np.testing.assert_array_equal(y, sync(x))
             deadline = time.monotonic() + 30
             while runtime.inflight() and time.monotonic() < deadline:
-                time.sleep(0.01)
+                time.sleep(0.01)  # polling a condition
             assert runtime.inflight() == 0 and runtime.waiting() == 0
 
 
@@ -594,10 +628,11 @@ def test_many_event_loops_in_threads_at_once(mixed, sync):
 def test_close_with_timeout_returns_even_if_a_step_hangs(monkeypatch, mixed, sync):
     """A host step hangs. close(timeout=...) cancels its request and returns instead of waiting
     for the step; the lane's thread ends by itself once the step returns."""
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     real_run = HostSubgraphRunner.run
 
     def hangs(self, inputs):
+        entered.set()
         release.wait(timeout=60)
         return real_run(self, inputs)
 
@@ -605,6 +640,7 @@ def test_close_with_timeout_returns_even_if_a_step_hangs(monkeypatch, mixed, syn
     with no_thread_left():
         runtime = rblnc.AsyncRuntime(mixed, host_workers=1)
         task = runtime.run(_samples(1, seed=16)[0])
+        assert entered.wait(timeout=30)
         unhang = threading.Timer(10, release.set)  # a close that waited for the step would end only then
         unhang.start()
         runtime.close(timeout=0.2)
