@@ -1,4 +1,14 @@
-"""Executes an NPU program command by command, the way the device would, with torch kernels."""
+"""Executes an NPU program command by command with the device's numerics, on torch kernels.
+
+Numerics (docs/precision.md): float tensors are held in the program's precision (fp32, fp16
+or bf16), so every command's outputs are rounded to it; inside a command, arithmetic is fp32
+(oneDNN accumulates bf16 convolutions and matrix products in fp32; a kernel without a native
+low-precision path computes on fp32 copies of its inputs and rounds its outputs once).
+
+Speed: each command is prepared once per loaded program into a closure (`prepared.py`: weights
+prepacked for oneDNN, channels-last activations, in-place updates where the memory plan put
+the output in the input's bytes); commands without a fast path call the registered kernel.
+"""
 
 from __future__ import annotations
 
@@ -8,66 +18,208 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..format.artifact import CommandKind, NpuProgram, TensorKind
-from .kernels import KERNELS
+from ..format.artifact import CommandKind, MemoryRegion, NpuProgram, TensorKind
+from . import prepared as _fast_paths  # noqa: F401  (registers the fast paths)
+from .kernels import KERNELS, CommandContext, Prepared, prepare_command, torch_dtype
 
 
 class EmulatorError(RuntimeError):
     pass
 
 
-def _as_torch(array: np.ndarray) -> torch.Tensor:
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a numpy array (bfloat16 from ml_dtypes through its bits)."""
+    array = np.ascontiguousarray(array)
     with warnings.catch_warnings():
         # Constants are read-only views of the memory-mapped file; kernels never write to them.
         warnings.simplefilter("ignore", UserWarning)
+        if array.dtype.name == "bfloat16":
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(array)
 
 
-class NpuProgramRunner:
-    """Prepared once per loaded artifact; `run` may be called from one thread at a time per
-    request (it keeps no per-request state on self)."""
+def to_numpy(tensor: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
+    """A numpy array of `dtype` (default: bfloat16 and float16 results come back as float32)."""
+    tensor = tensor.contiguous()
+    if dtype is not None and np.dtype(dtype).name == "bfloat16":
+        return tensor.to(torch.bfloat16).view(torch.int16).numpy().view(np.dtype(dtype))
+    if dtype is not None:
+        return tensor.to(torch_dtype(np.dtype(dtype))).numpy()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy()
 
-    def __init__(self, program: NpuProgram, name: str = "npu"):
+
+class NpuProgramRunner:
+    """Prepared once per loaded artifact; `run` may be called from several threads at once
+    (it keeps no per-request state on self)."""
+
+    def __init__(self, program: NpuProgram, name: str = "npu",
+                 host_dtypes: Mapping[str, np.dtype] | None = None):
         self.name = name
         self.program = program
-        self._constants = {
-            i: _as_torch(t.data) for i, t in enumerate(program.tensors) if t.kind == TensorKind.CONSTANT
-        }
-        self._inputs = {t.name: i for i, t in enumerate(program.tensors) if t.kind == TensorKind.PROGRAM_INPUT}
-        self._outputs = {t.name: i for i, t in enumerate(program.tensors) if t.kind == TensorKind.PROGRAM_OUTPUT}
-        self._steps = []
+        tensors = program.tensors
+        self._host_dtypes = dict(host_dtypes or {})
+        self._initial: list[torch.Tensor | None] = [None] * len(tensors)
+        for i, t in enumerate(tensors):
+            if t.kind == TensorKind.CONSTANT:
+                self._initial[i] = to_torch(t.data)
+        self._inputs = [(t.name, i, torch_dtype(t.dtype)) for i, t in enumerate(tensors)
+                        if t.kind == TensorKind.PROGRAM_INPUT]
+        self._outputs = [(t.name, i) for i, t in enumerate(tensors) if t.kind == TensorKind.PROGRAM_OUTPUT]
+
         last_use: dict[int, int] = {}
         for step, command in enumerate(program.commands):
-            if command.kind != CommandKind.KERNEL:
-                continue  # DMA between device memories moves no values in a functional run
-            fn = KERNELS.get(command.op_type) if not command.domain else KERNELS.get(f"{command.domain}::{command.op_type}")
-            if fn is None:
-                raise EmulatorError(f"{name}: no emulator kernel for {command.op_type} (command {command.name})")
-            self._steps.append((fn, command))
             for i in command.inputs:
-                last_use[i] = step
-        # Activations are dropped after their last reader, as the memory plan reuses them.
-        self._release_after = {}
+                if i >= 0:
+                    last_use[i] = step
+        release: dict[int, list[int]] = {}
         for index, step in last_use.items():
-            if program.tensors[index].kind == TensorKind.ACTIVATION:
-                self._release_after.setdefault(step, []).append(index)
+            if tensors[index].kind == TensorKind.ACTIVATION:
+                release.setdefault(step, []).append(index)
+
+        # A tensor the runner may update in place: made by a kernel into fresh storage, or in
+        # place on such a tensor. Program inputs (the caller's memory), constants, reloaded
+        # spill copies and views the plan did not alias are not.
+        owned = [False] * len(tensors)
+        self._steps: list[tuple[Prepared, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+        self._commands = []
+        float_type = _program_float_type(program)
+        consumers: dict[int, int] = {}
+        for command in program.commands:
+            for i in command.inputs:
+                if i >= 0:
+                    consumers[i] = consumers.get(i, 0) + 1
+        absorbed: set[int] = set()  # steps applied as another command's post-op
+        for step, command in enumerate(program.commands):
+            ins, outs = tuple(command.inputs), tuple(command.outputs)
+            if command.kind == CommandKind.DMA or step in absorbed:
+                fn = _copy_between_memories
+                if step in absorbed:
+                    owned[outs[0]] = owned[ins[0]]
+            else:
+                qualified = f"{command.domain}::{command.op_type}" if command.domain else command.op_type
+                if qualified not in KERNELS:
+                    raise EmulatorError(f"{name}: no emulator kernel for {qualified} (command {command.name})")
+                inplace = self._inplace_input(command, owned)
+                context = CommandContext(
+                    op_type=command.op_type, domain=command.domain, attrs=command.attributes,
+                    constants=[self._initial[i] if i >= 0 and tensors[i].kind == TensorKind.CONSTANT else None
+                               for i in ins],
+                    input_shapes=[tuple(tensors[i].shape) if i >= 0 else None for i in ins],
+                    output_shapes=[tuple(tensors[i].shape) if i >= 0 else () for i in outs],
+                    float_type=float_type, inplace=inplace,
+                    activation=self._fusable_activation(step, consumers),
+                )
+                try:
+                    fn = prepare_command(context)
+                except Exception as exc:
+                    raise EmulatorError(f"{name}: cannot prepare command {command.name} "
+                                        f"({qualified}): {exc}") from exc
+                if context.fused:
+                    absorbed.add(step + 1)
+                fresh = inplace is not None or not _may_return_view(command)
+                for o in outs:
+                    if o >= 0:
+                        owned[o] = fresh and (inplace is None or owned[ins[inplace]])
+            self._steps.append((fn, ins, outs, tuple(release.get(step, ()))))
+            self._commands.append(command)
+
+    def _fusable_activation(self, step: int, consumers: dict[int, int]) -> str | None:
+        """'relu' or 'relu6' when the next command applies it in place to this command's only
+        use: rounding commutes with these (monotone, representable bounds), so applying them
+        before the rounding gives the same bits."""
+        commands, tensors = self.program.commands, self.program.tensors
+        if step + 1 >= len(commands) or not commands[step].outputs:
+            return None
+        produced, following = commands[step].outputs[0], commands[step + 1]
+        if (produced < 0 or consumers.get(produced) != 1 or following.kind != CommandKind.KERNEL
+                or following.domain or not following.inputs or following.inputs[0] != produced):
+            return None
+        result, source = tensors[following.outputs[0]], tensors[produced]
+        if not (source.kind == result.kind == TensorKind.ACTIVATION and source.region == result.region
+                and source.offset == result.offset):
+            return None
+        if following.op_type == "Relu":
+            return "relu"
+        if following.op_type == "Clip" and len(following.inputs) == 3:
+            bounds = [tensors[i].data if i >= 0 and tensors[i].kind == TensorKind.CONSTANT else None
+                      for i in following.inputs[1:]]
+            if all(b is not None for b in bounds) and [float(b) for b in bounds] == [0.0, 6.0]:
+                return "relu6"
+        return None
+
+    def _inplace_input(self, command, owned: list[bool]) -> int | None:
+        """The input position whose bytes the memory plan gave to the first output, if the
+        runner may overwrite that input's storage."""
+        tensors = self.program.tensors
+        if not command.outputs or command.outputs[0] < 0:
+            return None
+        out = tensors[command.outputs[0]]
+        if out.kind != TensorKind.ACTIVATION:
+            return None
+        for position, i in enumerate(command.inputs):
+            if i < 0 or not owned[i]:
+                continue
+            source = tensors[i]
+            if (source.kind == TensorKind.ACTIVATION and source.region == out.region
+                    and source.offset == out.offset and source.size == out.size):
+                return position
+        return None
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        slots: dict[int, torch.Tensor] = dict(self._constants)
-        for name, index in self._inputs.items():
-            slots[index] = _as_torch(np.ascontiguousarray(inputs[name]))
-        with torch.inference_mode():
-            for step, (fn, command) in enumerate(self._steps):
-                args = [slots[i] if i >= 0 else None for i in command.inputs]
-                try:
-                    results = fn(args, command.attributes)
-                except Exception as exc:
-                    raise EmulatorError(
-                        f"{self.name}: command {command.name} ({command.op_type}) failed: {exc}"
-                    ) from exc
-                for index, value in zip(command.outputs, results):
-                    if index >= 0:
-                        slots[index] = value
-                for index in self._release_after.get(step, ()):
-                    slots.pop(index, None)
-        return {name: slots[index].contiguous().numpy() for name, index in self._outputs.items()}
+        slots = list(self._initial)
+        for name, index, dtype in self._inputs:
+            value = to_torch(inputs[name])
+            slots[index] = value if value.dtype == dtype or not value.is_floating_point() else value.to(dtype)
+        step = 0
+        try:
+            with torch.inference_mode():
+                for step, (fn, ins, outs, release) in enumerate(self._steps):
+                    results = fn([slots[i] if i >= 0 else None for i in ins])
+                    for index, value in zip(outs, results):
+                        if index >= 0:
+                            slots[index] = value
+                    for index in release:
+                        slots[index] = None
+                return {name: to_numpy(slots[index], self._host_dtypes.get(name))
+                        for name, index in self._outputs}
+        except Exception as exc:
+            command = self._commands[step]
+            raise EmulatorError(
+                f"{self.name}: command {command.name} ({command.op_type}) failed: {exc}"
+            ) from exc
+
+
+def _copy_between_memories(args):
+    """A Spill or Reload DMA: the value is unchanged, only its place on the device moves."""
+    return [args[0]]
+
+
+def _program_float_type(program: NpuProgram) -> torch.dtype:
+    for tensor in program.tensors:
+        if tensor.kind != TensorKind.CONSTANT and np.dtype(tensor.dtype).kind in "fV":
+            return torch_dtype(tensor.dtype)
+    return torch.float32
+
+
+_VIEW_KERNELS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose",
+                           "Slice", "Split", "Expand", "Dropout"})
+
+
+def _may_return_view(command) -> bool:
+    """Kernels other than ours, and ours that return torch views, may share an input's storage."""
+    return bool(command.domain) or command.op_type in _VIEW_KERNELS or command.op_type not in _FRESH
+
+
+# Registered standard kernels known to return new storage (checked by tests/test_emulator.py).
+_FRESH = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min",
+    "Sigmoid", "Tanh", "Clip", "Softmax", "BatchNormalization", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "Concat", "LeakyRelu", "HardSigmoid", "HardSwish", "Exp",
+    "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Elu", "Selu", "Softplus", "PRelu", "Pow", "Resize",
+    "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum", "ReduceMax",
+    "ReduceMin", "Pad", "Gelu", "Mish", "Erf", "Sign",
+})
+
+__all__ = ["EmulatorError", "NpuProgramRunner", "to_torch", "to_numpy", "MemoryRegion"]

@@ -21,7 +21,8 @@ class ModelExecutor:
         self.stages: list[tuple[Partition, NpuProgramRunner | HostSubgraphRunner]] = []
         for partition in artifact.partitions:
             if partition.device == Device.NPU:
-                runner = NpuProgramRunner(partition.npu_program, partition.name)
+                runner = NpuProgramRunner(partition.npu_program, partition.name,
+                                          host_dtypes={v.name: v.dtype for v in partition.outputs})
             else:
                 runner = HostSubgraphRunner(partition.host_onnx, partition.name, host_threads)
             self.stages.append((partition, runner))
