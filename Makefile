@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	mkdir -p $(DEMO)
 	$(PY) examples/demo.py prepare $(DEMO)
-	$(RBLNC) compile $(DEMO)/model.onnx -o $(DEMO)/model.rbln
+	$(RBLNC) compile $(DEMO)/model.onnx -o $(DEMO)/model.rbln --dtype fp32
 	$(RBLNC) inspect $(DEMO)/model.rbln
 	$(RBLNC) run $(DEMO)/model.rbln $(DEMO)/inputs.npz -o $(DEMO)/outputs.npz
 	$(PY) examples/demo.py check $(DEMO)

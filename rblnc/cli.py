@@ -46,7 +46,8 @@ def _detect_framework(path: Path) -> str:
               help="Where to write the .rbln file.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:1x3x224x224[:float32]",
               help="Shape and dtype of an input (repeat for several); required where the model's are dynamic.")
-@click.option("--dtype", default="fp32", show_default=True, help="Precision of NPU compute.")
+@click.option("--dtype", default="bf16", show_default=True,
+              help="Precision of NPU compute: bf16, fp16 or fp32 (docs/precision.md).")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--target", default=None, help="Target preset name or a .toml/.json spec file.")
 @click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")
