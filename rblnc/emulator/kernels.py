@@ -184,21 +184,43 @@ def max_pool(inputs, attrs):
 
 @kernel("AveragePool")
 def average_pool(inputs, attrs):
+    """ONNX's AveragePool as its reference evaluates it, dilations and ceil_mode included: a
+    depthwise convolution with ones sums each window, another counts the cells that count."""
     x = inputs[0]
     kernel_shape = list(attrs["kernel_shape"])
-    strides, _, pads = _window(attrs, x, kernel_shape)
+    rank = len(kernel_shape)
+    strides, dilations, pads = _window(attrs, x, kernel_shape)
     include_pad = bool(attrs.get("count_include_pad", 0))
-    ceil_mode = bool(attrs.get("ceil_mode", 0))
-    pool = _AVG_POOL[len(kernel_shape)]
-    padding = _symmetric(pads)
-    if padding is not None and all(p <= k // 2 for p, k in zip(padding, kernel_shape)):
-        return [pool(x, kernel_shape, strides, padding, ceil_mode=ceil_mode, count_include_pad=include_pad)]
-    padded = F.pad(x, _torch_pad_order(pads))
-    summed = pool(padded, kernel_shape, strides, 0, ceil_mode=ceil_mode)
+    ceil_mode = bool(attrs.get("ceil_mode", 0)) and attrs.get("auto_pad", "NOTSET") == "NOTSET"
+    spatial = list(x.shape[2:])
+    begins, ends = list(pads[:rank]), list(pads[rank:])
+    counted = [n + b + e for n, b, e in zip(spatial, begins, ends)]  # window cells past this do not count
+    if ceil_mode:
+        for axis, (n, k, s, d) in enumerate(zip(spatial, kernel_shape, strides, dilations)):
+            window = d * (k - 1) + 1
+            out = math.ceil((n + begins[axis] + ends[axis] - window) / s + 1)
+            if (out - 1) * s >= n + begins[axis]:
+                out -= 1
+            extra = (out - 1) * s + window - n - begins[axis] - ends[axis]
+            if extra > 0:  # the reference pads the shortfall half before, half after
+                begins[axis] += extra // 2
+                ends[axis] += extra - extra // 2
+    padded = F.pad(x, _torch_pad_order(begins + ends))
+    mask = torch.zeros([1, 1] + list(padded.shape[2:]), dtype=x.dtype)
+    region = [slice(None), slice(None)]
+    for axis in range(rank):
+        low = 0 if include_pad else begins[axis]
+        high = counted[axis] if include_pad else min(begins[axis] + spatial[axis], counted[axis])
+        region.append(slice(low, high))
+    mask[tuple(region)] = 1
     if include_pad:
-        return [summed]
-    ones = F.pad(torch.ones_like(x[:1, :1]), _torch_pad_order(pads))
-    return [summed / pool(ones, kernel_shape, strides, 0, ceil_mode=ceil_mode)]
+        padded = padded * mask
+    channels = x.shape[1]
+    conv = _CONV[rank]
+    ones = torch.ones([channels, 1] + kernel_shape, dtype=x.dtype)
+    summed = conv(padded, ones, None, strides, 0, dilations, channels)
+    count = conv(mask, torch.ones([1, 1] + kernel_shape, dtype=x.dtype), None, strides, 0, dilations)
+    return [summed / count]
 
 
 @kernel("GlobalAveragePool")
@@ -598,12 +620,13 @@ def pad(inputs, attrs):
 
 def _source_coordinates(out_size: int, in_size: int, scale: float, mode: str) -> torch.Tensor:
     x = torch.arange(out_size, dtype=torch.float64)
+    resized = in_size * scale  # ONNX's length_resized: not rounded when scales are given
     if mode == "half_pixel":
         return (x + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out_size > 1 else torch.zeros_like(x)
+        return (x + 0.5) / scale - 0.5 if resized > 1 else torch.zeros_like(x)
     if mode == "align_corners":
-        return x * (in_size - 1) / (out_size - 1) if out_size > 1 else torch.zeros_like(x)
+        return x * (in_size - 1) / (resized - 1) if resized != 1 else torch.zeros_like(x)
     if mode == "asymmetric":
         return x / scale
     if mode == "tf_half_pixel_for_nn":
@@ -680,32 +703,30 @@ def conv_transpose(inputs, attrs):
     groups = attrs.get("group", 1)
     spatial = x.shape[2:]
     full = [(n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(spatial, strides, kernel_shape, dilations)]
-    output_shape = attrs.get("output_shape")
+    output_shape = list(attrs.get("output_shape") or [])[-rank:] if attrs.get("output_shape") else None
     auto_pad = attrs.get("auto_pad", "NOTSET")
-    if output_shape:
-        output_shape = list(output_shape)[-rank:]
-        totals = [f + op - o for f, op, o in zip(full, output_padding, output_shape)]
-        upper = auto_pad != "SAME_LOWER"
-        begins = [t // 2 if upper else t - t // 2 for t in totals]
-        ends = [t - b for t, b in zip(totals, begins)]
-    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        targets = [n * s for n, s in zip(spatial, strides)]
-        totals = [max(0, f + op - o) for f, op, o in zip(full, output_padding, targets)]
+    # As onnx's reference evaluates it: with SAME_* the padding makes the output `output_shape`
+    # (default input * stride); otherwise the pads apply and `output_shape`, when given, cuts or
+    # extends the output at its end.
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        lengths = output_shape or [n * s for n, s in zip(spatial, strides)]
+        totals = [f + op - o for f, op, o in zip(full, output_padding, lengths)]
         begins = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
         ends = [t - b for t, b in zip(totals, begins)]
     else:
         pads = list(attrs.get("pads") or [0] * (2 * rank))
         begins, ends = pads[:rank], pads[rank:]
+        lengths = output_shape or [f + op - b - e for f, op, b, e in zip(full, output_padding, begins, ends)]
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[rank]
-    if begins == ends and all(op < max(s, d) for op, s, d in zip(output_padding, strides, dilations)):
+    if (begins == ends and output_shape is None and auto_pad == "NOTSET"
+            and all(op < max(s, d) for op, s, d in zip(output_padding, strides, dilations))):
         return [fn(x, w, bias, strides, begins, output_padding, groups, dilations)]
     y = fn(x, w, None, strides, 0, 0, groups, dilations)
-    for axis, (f, op, b, e) in enumerate(zip(full, output_padding, begins, ends)):
-        length = f + op - b - e
-        if b + length > f:
-            y = F.pad(y, _torch_pad_order([0] * axis + [0] + [0] * (rank - axis - 1)
-                                          + [0] * axis + [b + length - f] + [0] * (rank - axis - 1)))
-        y = y.narrow(2 + axis, b, length)
+    around = []
+    for f, b, length in zip(full, begins, lengths):
+        around.append((-b, b + length - f))  # negative amounts cut
+    order = [amount for before_after in reversed(around) for amount in before_after]
+    y = F.pad(y, order)
     if bias is not None:
         y = y + bias.reshape([1, -1] + [1] * rank)
     return [y.contiguous()]

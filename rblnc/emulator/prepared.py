@@ -147,10 +147,13 @@ def prepare_average_pool(ctx: CommandContext):
     pads = _spatial_pads(torch.empty(ctx.input_shapes[0], device="meta"), ctx.attrs, kernel_shape,
                          strides, [1] * rank)
     padding = _symmetric(pads)
-    if padding is None or any(p > k // 2 for p, k in zip(padding, kernel_shape)):
-        return None  # the general path divides by a second pooling: compute it in fp32
-    fn = KERNELS["AveragePool"]
-    return lambda args, attrs=ctx.attrs: fn(args, attrs)
+    if (padding is None or any(p > k // 2 for p, k in zip(padding, kernel_shape))
+            or ctx.attrs.get("ceil_mode", 0) or any(d != 1 for d in ctx.attrs.get("dilations", [1] * rank))
+            or rank > 3):
+        return None  # the general path: two convolutions, computed in fp32
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+    include_pad = bool(ctx.attrs.get("count_include_pad", 0))
+    return lambda args: [pool(args[0], kernel_shape, strides, padding, count_include_pad=include_pad)]
 
 
 @prepare("GlobalAveragePool")
