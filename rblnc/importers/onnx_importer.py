@@ -78,7 +78,23 @@ def _convert_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto,
         converted = version_converter.convert_version(proto, CANONICAL_OPSET)
     except Exception:  # the converter raises bare RuntimeErrors/C++ errors for missing adapters
         return proto, opset
+    if not _nodes_valid(converted, CANONICAL_OPSET):  # e.g. a newer attribute it failed to drop
+        return proto, opset
     return converted, CANONICAL_OPSET
+
+
+def _nodes_valid(proto: onnx.ModelProto, opset: int) -> bool:
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = proto.ir_version
+    context.opset_imports = {e.domain: e.version for e in proto.opset_import}
+    lexical = onnx.checker.C.LexicalScopeContext()
+    try:
+        for node in proto.graph.node:
+            if node.domain in _DEFAULT_DOMAINS:
+                onnx.checker.check_node(node, context, lexical)
+    except onnx.checker.ValidationError:
+        return False
+    return True
 
 
 def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) -> None:
@@ -121,7 +137,7 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
                 f"input_info=[({name!r}, [...], 'float32')] or --input {name}:1x3x224x224:float32"
             )
         for axis, d in enumerate(tensor_type.shape.dim):
-            if not d.HasField("dim_value") or d.dim_value <= 0:
+            if not d.HasField("dim_value") or d.dim_value < 0:  # 0 is a static, empty dimension
                 label = d.dim_param or "?"
                 shape = [x.dim_value if x.HasField("dim_value") else (x.dim_param or "?")
                          for x in tensor_type.shape.dim]

@@ -7,7 +7,7 @@ from ..format.artifact import (
     Artifact, CompileOptions, Device, FallbackReason, Partition, Transfer, TransferDirection,
     ValueInfo,
 )
-from ..ir.graph import Graph
+from ..ir.graph import Graph, Node
 from ..partition.partitioner import PlannedPartition
 from ..target import TargetSpec
 from .estimates import estimate_program
@@ -75,6 +75,18 @@ def lower_graph(graph: Graph, plan: list[PlannedPartition], target: TargetSpec,
         for transfer in partition.transfers:
             transfer.est_time_ns = transfer_time_ns(transfer.bytes, target)
         partitions.append(partition)
+    constant_outputs = list(dict.fromkeys(n for n in graph.outputs if graph.is_constant(n)))
+    if constant_outputs:  # outputs no op computes: a host partition hands them out
+        name = f"p{len(partitions)}_host"
+        nodes = [Node(f"{name}_constant_{i}", "Constant", [], [n], {"value": graph.constants[n]})
+                 for i, n in enumerate(constant_outputs)]
+        partitions.append(Partition(
+            name=name, device=Device.HOST, inputs=[],
+            outputs=[_value_info(graph, n) for n in constant_outputs],
+            host_onnx=lower_host_subgraph(graph, nodes, [], constant_outputs, name),
+            fallback_reasons=[FallbackReason(n.name, "Constant", "a model output that no op computes")
+                              for n in nodes],
+        ))
     npu = [(p.name, p.npu_program) for p in partitions if p.npu_program is not None]
     plan_model_memory(npu, target)
     for partition in partitions:
