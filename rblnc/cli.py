@@ -120,10 +120,21 @@ def run(artifact: Path, inputs: Path, output: Path | None) -> None:
         stats = (f"min {value.min():.4g} max {value.max():.4g} mean {value.mean():.4g}"
                  if value.size and value.dtype.kind in "fiu" else "")
         click.echo(f"{name}: {dtypes.name(value.dtype)}[{'x'.join(map(str, value.shape))}] {stats}")
-    click.echo(f"1 inference in {seconds * 1e3:.1f} ms (wall)")
+    click.echo(f"1 inference in {seconds * 1e3:.1f} ms (wall, emulated)")
+    click.echo(_modelled_line(runtime.artifact))
     if output is not None:
         np.savez(output, **dict(zip(runtime.output_names, results)))
         click.echo(f"wrote {output}")
+
+
+def _modelled_line(artifact) -> str:
+    from .report import format_time, modelled_time
+
+    timing = modelled_time(artifact)
+    if not timing["total"]:
+        return "modelled device time: not estimated in this artifact"
+    stages = ", ".join(f"{stage} {format_time(timing[stage])}" for stage in ("h2d", "npu", "host", "d2h"))
+    return f"modelled time on {artifact.target.name}: {format_time(timing['total'])} per inference ({stages})"
 
 
 def _load_inputs(path: Path, names: list[str]):

@@ -145,7 +145,8 @@ class NpuProgramRunner:
         if following.op_type == "Clip" and len(following.inputs) == 3:
             bounds = [tensors[i].data if i >= 0 and tensors[i].kind == TensorKind.CONSTANT else None
                       for i in following.inputs[1:]]
-            if all(b is not None for b in bounds) and [float(b) for b in bounds] == [0.0, 6.0]:
+            if all(b is not None and b.size == 1 for b in bounds) and \
+                    [float(b.reshape(-1)[0]) for b in bounds] == [0.0, 6.0]:
                 return "relu6"
         return None
 
