@@ -12,7 +12,7 @@ DEMO   := build/demo
 SCHEMA_OUT  ?= rblnc/format
 FLATC_FLAGS := --python --gen-object-api --python-typing --python-decode-obj-api-strings --gen-onefile
 
-.PHONY: install demo test test-full schema bench clean
+.PHONY: install demo test test-full schema bench conformance clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ schema: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The ONNX backend node tests through compile + run: passed / failed / not applicable, with reasons.
+conformance: install
+	$(PY) tools/conformance.py
 
 clean:
 	rm -rf build .pytest_cache

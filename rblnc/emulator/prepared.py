@@ -62,6 +62,8 @@ def prepare_resize(ctx: CommandContext):
     scales = ctx.constants[2] if len(ctx.constants) > 2 else None
     scales = scales.tolist() if scales is not None and scales.numel() else None
     steps = resize_plan(ctx.attrs, ctx.input_shapes[0], ctx.output_shapes[0], scales)
+    if not steps:
+        return lambda args: [args[0].clone()]
     return lambda args: [apply_resize(args[0], steps).contiguous()]
 
 
