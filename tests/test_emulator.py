@@ -151,3 +151,34 @@ def test_spill_and_reload_commands_pass_values_through(tmp_path):
     x = np.array([-1.0, 0.0, 1.0, 2.0], np.float32)
     y = NpuProgramRunner(NpuProgram(tensors, commands)).run({"x": x})["y"]
     np.testing.assert_allclose(y, 1 / (1 + np.exp(-np.maximum(x, 0))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("residual_used_later", [False, True])
+def test_fp32_conv_epilogue_folds_batch_norm_and_residual_exactly(residual_used_later):
+    """A ResNet block tail, Conv -> BatchNormalization -> Add(residual) -> Relu, runs as one oneDNN
+    convolution in fp32 (the runner skips the three others) and matches onnxruntime."""
+    rng = np.random.default_rng(4)
+    c = 8
+    w = rng.standard_normal((c, c, 3, 3)).astype(np.float32) * 0.2
+    bn = [rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32),
+          rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)]
+    nodes = [helper.make_node("Sigmoid", ["x"], ["res"]),
+             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], epsilon=1e-3),
+             helper.make_node("Add", ["n", "res"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    outputs = [("y", [1, c, 6, 6])]
+    if residual_used_later:
+        nodes.append(helper.make_node("Mul", ["y", "res"], ["z"]))
+        outputs = [("z", [1, c, 6, 6])]
+    model = make_onnx(nodes, [("x", [1, c, 6, 6])], outputs,
+                      [("w", w), ("s", bn[0]), ("b", bn[1]), ("m", bn[2]), ("v", bn[3])])
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
+    x = rng.standard_normal((1, c, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(runtime.run(x), _reference(model, x=x)[0], rtol=1e-5, atol=1e-5)
+    runner = runtime._executor.stages[0][1]
+    skipped = [cmd.op_type for (fn, *_), cmd in zip(runner._steps, runner._commands)
+               if getattr(fn, "__qualname__", "").startswith("_pass_on")]
+    assert skipped == ["BatchNormalization", "Add", "Relu"]
+    bf16 = rblnc.compile_from_onnx(model, dtype="bf16").create_runtime()._executor.stages[0][1]
+    assert not any(getattr(fn, "__qualname__", "").startswith("_pass_on") for fn, *_ in bf16._steps)

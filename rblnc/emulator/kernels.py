@@ -35,6 +35,18 @@ def kernel(*op_types: str) -> Callable[[Kernel], Kernel]:
 
 
 @dataclass
+class Epilogue:
+    """Commands right after a convolution that its fast path may apply before writing the result
+    (the runner then skips them): exact where rounding commutes (ReLU, ReLU6), and in fp32, where
+    rounding to the program's type is the identity, also BatchNormalization and a residual Add."""
+
+    batch_norm: tuple | None = None     # (scale, bias, mean, var, epsilon), constants
+    residual: bool = False              # the last argument is a tensor added to the result
+    residual_inplace: bool = False      # ... whose storage the result may take
+    activation: str | None = None       # "relu" or "relu6", after the rest
+
+
+@dataclass
 class CommandContext:
     """What a fast path may specialise on: everything about a command but its run-time inputs."""
 
@@ -48,9 +60,9 @@ class CommandContext:
     # Position of the input whose storage the first output may take (the memory plan put the
     # output in its bytes and the runner owns them), or None.
     inplace: int | None = None
-    # The next command is a Relu (or Clip to [0, 6]) in place on this command's only use: a
-    # fast path may apply it as a post-op ("relu" / "relu6") and report so through `fused`.
-    activation: str | None = None
+    # Commands that follow this one and that a fast path may apply itself (see Epilogue); it
+    # reports doing so by setting `fused`.
+    epilogue: Epilogue | None = None
     fused: bool = False
 
     @property

@@ -18,9 +18,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..format.artifact import CommandKind, MemoryRegion, NpuProgram, TensorKind
+from ..format.artifact import Command, CommandKind, MemoryRegion, NpuProgram, TensorKind
 from . import prepared as _fast_paths  # noqa: F401  (registers the fast paths)
-from .kernels import KERNELS, CommandContext, Prepared, prepare_command, torch_dtype
+from .kernels import KERNELS, CommandContext, Epilogue, Prepared, prepare_command, torch_dtype
 
 
 class EmulatorError(RuntimeError):
@@ -90,26 +90,27 @@ class NpuProgramRunner:
             for i in command.inputs:
                 if i >= 0:
                     consumers[i] = consumers.get(i, 0) + 1
-        absorbed: set[int] = set()  # steps applied as another command's post-op
+        absorbed: dict[int, int] = {}  # step applied by an earlier command -> input it passes on
         for step, command in enumerate(program.commands):
             ins, outs = tuple(command.inputs), tuple(command.outputs)
-            if command.kind == CommandKind.DMA or step in absorbed:
+            if step in absorbed:
+                fn = _pass_on(absorbed[step])
+                owned[outs[0]] = owned[ins[absorbed[step]]]
+            elif command.kind == CommandKind.DMA:
                 fn = _copy_between_memories
-                if step in absorbed:
-                    owned[outs[0]] = owned[ins[0]]
             else:
                 qualified = f"{command.domain}::{command.op_type}" if command.domain else command.op_type
                 if qualified not in KERNELS:
                     raise EmulatorError(f"{name}: no emulator kernel for {qualified} (command {command.name})")
                 inplace = self._inplace_input(command, owned)
+                epilogue, following, extra = self._conv_epilogue(step, consumers, float_type, owned)
                 context = CommandContext(
                     op_type=command.op_type, domain=command.domain, attrs=command.attributes,
                     constants=[self._initial[i] if i >= 0 and tensors[i].kind == TensorKind.CONSTANT else None
                                for i in ins],
                     input_shapes=[tuple(tensors[i].shape) if i >= 0 else None for i in ins],
                     output_shapes=[tuple(tensors[i].shape) if i >= 0 else () for i in outs],
-                    float_type=float_type, inplace=inplace,
-                    activation=self._fusable_activation(step, consumers),
+                    float_type=float_type, inplace=inplace, epilogue=epilogue,
                 )
                 try:
                     fn = prepare_command(context)
@@ -117,7 +118,8 @@ class NpuProgramRunner:
                     raise EmulatorError(f"{name}: cannot prepare command {command.name} "
                                         f"({qualified}): {exc}") from exc
                 if context.fused:
-                    absorbed.add(step + 1)
+                    absorbed.update(following)
+                    ins = ins + extra
                 fresh = inplace is not None or not _may_return_view(command)
                 for o in outs:
                     if o >= 0:
@@ -125,26 +127,65 @@ class NpuProgramRunner:
             self._steps.append((fn, ins, outs, tuple(release.get(step, ()))))
             self._commands.append(command)
 
-    def _fusable_activation(self, step: int, consumers: dict[int, int]) -> str | None:
-        """'relu' or 'relu6' when the next command applies it in place to this command's only
-        use: rounding commutes with these (monotone, representable bounds), so applying them
-        before the rounding gives the same bits."""
+    def _conv_epilogue(self, step: int, consumers: dict[int, int], float_type: torch.dtype,
+                       owned: list[bool]) -> tuple[Epilogue | None, dict[int, int], tuple[int, ...]]:
+        """What of the commands right after a convolution its fast path may apply: the epilogue,
+        the steps it replaces (-> the input each passes on), and extra inputs it then reads."""
         commands, tensors = self.program.commands, self.program.tensors
-        if step + 1 >= len(commands) or not commands[step].outputs:
-            return None
-        produced, following = commands[step].outputs[0], commands[step + 1]
-        if (produced < 0 or consumers.get(produced) != 1 or following.kind != CommandKind.KERNEL
-                or following.domain or not following.inputs or following.inputs[0] != produced):
-            return None
-        result, source = tensors[following.outputs[0]], tensors[produced]
-        if not (source.kind == result.kind == TensorKind.ACTIVATION and source.region == result.region
-                and source.offset == result.offset):
-            return None
-        if following.op_type == "Relu":
+        conv = commands[step]
+        if conv.op_type != "Conv" or conv.domain or conv.kind != CommandKind.KERNEL or not conv.outputs:
+            return None, {}, ()
+        exact_in_fp32 = float_type == torch.float32
+        epilogue, following, extra = Epilogue(), {}, ()
+        value, k = conv.outputs[0], step + 1
+
+        def next_reads_value() -> Command | None:
+            if (k >= len(commands) or value < 0 or consumers.get(value) != 1
+                    or tensors[value].kind != TensorKind.ACTIVATION):
+                return None
+            command = commands[k]
+            if command.kind != CommandKind.KERNEL or command.domain or value not in command.inputs:
+                return None
+            return command
+
+        command = next_reads_value()
+        if exact_in_fp32 and command is not None and command.op_type == "BatchNormalization" \
+                and command.inputs[0] == value and not command.attributes.get("training_mode", 0):
+            params = [self._initial[i] if i >= 0 else None for i in command.inputs[1:5]]
+            if len(params) == 4 and all(p is not None for p in params):
+                epilogue.batch_norm = (*params, command.attributes.get("epsilon", 1e-5))
+                following[k], value, k = 0, command.outputs[0], k + 1
+                command = next_reads_value()
+        if exact_in_fp32 and command is not None and command.op_type == "Add" and len(command.inputs) == 2:
+            position = command.inputs.index(value)
+            other = command.inputs[1 - position]
+            if other >= 0 and other != value and tuple(tensors[other].shape) == tuple(tensors[value].shape):
+                result = tensors[command.outputs[0]]
+                epilogue.residual = True
+                epilogue.residual_inplace = (owned[other] and tensors[other].kind == TensorKind.ACTIVATION
+                                             and result.kind == TensorKind.ACTIVATION
+                                             and (tensors[other].region, tensors[other].offset)
+                                             == (result.region, result.offset))
+                following[k], extra, value, k = position, (other,), command.outputs[0], k + 1
+                command = next_reads_value()
+        if command is not None and command.inputs[0] == value:
+            activation = self._activation_of(command)
+            if activation:
+                epilogue.activation = activation
+                following[k] = 0
+        if not following:
+            return None, {}, ()
+        return epilogue, following, extra
+
+    def _activation_of(self, command) -> str | None:
+        """'relu' or 'relu6' for a Relu or a Clip to [0, 6]: rounding commutes with these
+        (monotone, representable bounds), so applying them before the rounding gives the same bits."""
+        tensors = self.program.tensors
+        if command.op_type == "Relu":
             return "relu"
-        if following.op_type == "Clip" and len(following.inputs) == 3:
+        if command.op_type == "Clip" and len(command.inputs) == 3:
             bounds = [tensors[i].data if i >= 0 and tensors[i].kind == TensorKind.CONSTANT else None
-                      for i in following.inputs[1:]]
+                      for i in command.inputs[1:]]
             if all(b is not None and b.size == 1 for b in bounds) and \
                     [float(b.reshape(-1)[0]) for b in bounds] == [0.0, 6.0]:
                 return "relu6"
@@ -195,6 +236,11 @@ class NpuProgramRunner:
 def _copy_between_memories(args):
     """A Spill or Reload DMA: the value is unchanged, only its place on the device moves."""
     return [args[0]]
+
+
+def _pass_on(position: int):
+    """A command an earlier command already applied: its result is that input."""
+    return lambda args: [args[position]]
 
 
 def _program_float_type(program: NpuProgram) -> torch.dtype:

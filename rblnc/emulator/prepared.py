@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import (
-    KERNELS, CommandContext, _spatial_pads, _symmetric, _torch_pad_order, apply_resize, prepare,
+    KERNELS, CommandContext, Epilogue, _spatial_pads, _symmetric, _torch_pad_order, apply_resize, prepare,
     resize_plan,
 )
 
@@ -183,10 +183,20 @@ def prepare_conv(ctx: CommandContext):
     weight = ctx.constants[1]
     has_bias = len(ctx.input_shapes) > 2 and ctx.input_shapes[2] is not None
     bias = ctx.constants[2] if has_bias else None
-    x_shape = ctx.input_shapes[0]
-    if not _MKLDNN or weight is None or (has_bias and bias is None) or len(x_shape) != 4:
+    if weight is None or (has_bias and bias is None) or len(ctx.input_shapes[0]) != 4:
         return None
-    attrs = ctx.attrs
+    return conv2d_closure(ctx, weight, bias, ctx.attrs, ctx.epilogue)
+
+
+def conv2d_closure(ctx: CommandContext, weight: torch.Tensor, bias: torch.Tensor | None, attrs: dict,
+                   epilogue: Epilogue | None = None):
+    """A 2-D convolution on oneDNN with its weights reordered once for channels-last inputs, and
+    the epilogue (folded batch norm, residual add, ReLU/ReLU6) as oneDNN post-ops. Fused
+    convolution kernels of domain ai.rblnc can build their fast path with it. Reads args[0]
+    (the input) and, with a residual, args[-1]; returns None when oneDNN is unavailable."""
+    x_shape = ctx.input_shapes[0]
+    if not _MKLDNN:
+        return None
     kernel_shape = list(attrs.get("kernel_shape", weight.shape[2:]))
     strides = list(attrs.get("strides", [1, 1]))
     dilations = list(attrs.get("dilations", [1, 1]))
@@ -201,27 +211,59 @@ def prepare_conv(ctx: CommandContext):
         padded_shape[3] += pads[1] + pads[3]
         padding = [0, 0]
     compute = _compute_type(ctx)
-    w = weight.to(compute).contiguous()
-    b = None if bias is None else bias.to(compute).contiguous()
+    w, b = weight.double(), None if bias is None else bias.double()
+    if epilogue is not None and epilogue.batch_norm is not None:
+        # fp32 only (the runner asks only then): conv then BN is one affine map per channel.
+        scale, shift, mean, var, eps = (t.double() if isinstance(t, torch.Tensor) else t for t in epilogue.batch_norm)
+        factor = scale / torch.sqrt(var + eps)
+        w = w * factor.reshape(-1, 1, 1, 1)
+        b = ((b if b is not None else torch.zeros_like(mean)) - mean) * factor + shift
+    w = w.to(compute).contiguous()
+    b = None if b is None else b.to(compute).contiguous()
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, groups, padded_shape)
-    post, scalars = "none", []
-    if ctx.activation == "relu":
-        post, ctx.fused = "relu", True
-    elif ctx.activation == "relu6":
-        post, scalars, ctx.fused = "hardtanh", [0.0, 6.0], True
-    conv = torch.ops.mkldnn._convolution_pointwise
+    unary, scalars = "none", []
+    if epilogue is not None and epilogue.activation == "relu":
+        unary = "relu"
+    elif epilogue is not None and epilogue.activation == "relu6":
+        unary, scalars = "hardtanh", [0.0, 6.0]
+    residual = epilogue is not None and epilogue.residual
+    if epilogue is not None:
+        ctx.fused = True
     round_out = _rounder(ctx, compute)
 
-    def run(args):
-        x = args[0]
+    def prepare_input(x):
         if x.dtype != compute:
             x = x.to(compute)
         if pre_pad is not None:
             x = F.pad(x, pre_pad)
-        x = x.contiguous(memory_format=_CHANNELS_LAST)
-        return [round_out(conv(x, packed, b, padding, strides, dilations, groups, post, scalars, ""))]
+        return x.contiguous(memory_format=_CHANNELS_LAST)
 
-    return run
+    if not residual:
+        conv = torch.ops.mkldnn._convolution_pointwise
+
+        def run(args):
+            return [round_out(conv(prepare_input(args[0]), packed, b, padding, strides, dilations, groups,
+                                   unary, scalars, ""))]
+
+        return run
+    post = None if unary == "none" else unary
+    if epilogue.residual_inplace:
+        conv_into = torch.ops.mkldnn._convolution_pointwise_.binary
+
+        def run_into(args):
+            other = args[-1]
+            if not other.is_contiguous(memory_format=_CHANNELS_LAST):
+                return run_beside(args)
+            return [conv_into(other, prepare_input(args[0]), packed, b, padding, strides, dilations, groups,
+                              "add", 1.0, post, scalars, "")]
+    conv_beside = torch.ops.mkldnn._convolution_pointwise.binary
+
+    def run_beside(args):
+        other = args[-1].contiguous(memory_format=_CHANNELS_LAST)
+        return [conv_beside(prepare_input(args[0]), other, packed, b, padding, strides, dilations, groups,
+                            "add", 1.0, post, scalars, "")]
+
+    return run_into if epilogue.residual_inplace else run_beside
 
 
 @prepare("Gemm")
