@@ -182,3 +182,23 @@ def test_fp32_conv_epilogue_folds_batch_norm_and_residual_exactly(residual_used_
     assert skipped == ["BatchNormalization", "Add", "Relu"]
     bf16 = rblnc.compile_from_onnx(model, dtype="bf16").create_runtime()._executor.stages[0][1]
     assert not any(getattr(fn, "__qualname__", "").startswith("_pass_on") for fn, *_ in bf16._steps)
+
+
+def test_fp32_conv_epilogue_applies_silu():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.3
+    bn = [rng.standard_normal(8).astype(np.float32) for _ in range(3)] + [rng.uniform(0.5, 2, 8).astype(np.float32)]
+    model = make_onnx(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+         helper.make_node("Sigmoid", ["n"], ["g"]), helper.make_node("Mul", ["g", "n"], ["y"])],
+        [("x", [1, 4, 6, 6])], [("y", [1, 8, 6, 6])],
+        [("w", w), ("s", bn[0]), ("b", bn[1]), ("m", bn[2]), ("v", bn[3])],
+    )
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(runtime.run(x), _reference(model, x=x)[0], rtol=1e-5, atol=1e-5)
+    runner = runtime._executor.stages[0][1]
+    skipped = [cmd.op_type for (fn, *_), cmd in zip(runner._steps, runner._commands)
+               if getattr(fn, "__qualname__", "").startswith("_pass_on")]
+    assert skipped == ["BatchNormalization", "Sigmoid", "Mul"]

@@ -43,7 +43,7 @@ class Epilogue:
     batch_norm: tuple | None = None     # (scale, bias, mean, var, epsilon), constants
     residual: bool = False              # the last argument is a tensor added to the result
     residual_inplace: bool = False      # ... whose storage the result may take
-    activation: str | None = None       # "relu" or "relu6", after the rest
+    activation: str | None = None       # "relu" or "relu6", after the rest; "silu" (x * sigmoid(x)) in fp32
 
 
 @dataclass

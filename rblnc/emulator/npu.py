@@ -173,6 +173,14 @@ class NpuProgramRunner:
             if activation:
                 epilogue.activation = activation
                 following[k] = 0
+        elif exact_in_fp32 and k + 1 < len(commands) and value >= 0 and consumers.get(value) == 2:
+            sigmoid, product = commands[k], commands[k + 1]  # x * sigmoid(x): SiLU
+            if (sigmoid.kind == product.kind == CommandKind.KERNEL and not sigmoid.domain and not product.domain
+                    and sigmoid.op_type == "Sigmoid" and sigmoid.inputs == [value]
+                    and product.op_type == "Mul" and sorted(product.inputs) == sorted([value, sigmoid.outputs[0]])
+                    and consumers.get(sigmoid.outputs[0]) == 1 and tensors[value].kind == TensorKind.ACTIVATION):
+                epilogue.activation = "silu"
+                following[k], following[k + 1] = 0, product.inputs.index(value)
         if not following:
             return None, {}, ()
         return epilogue, following, extra

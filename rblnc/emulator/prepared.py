@@ -226,6 +226,8 @@ def conv2d_closure(ctx: CommandContext, weight: torch.Tensor, bias: torch.Tensor
         unary = "relu"
     elif epilogue is not None and epilogue.activation == "relu6":
         unary, scalars = "hardtanh", [0.0, 6.0]
+    elif epilogue is not None and epilogue.activation == "silu":
+        unary = "swish"
     residual = epilogue is not None and epilogue.residual
     if epilogue is not None:
         ctx.fused = True
