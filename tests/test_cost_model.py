@@ -108,3 +108,27 @@ def test_precision_halves_the_link_bytes_and_speeds_up_compute():
 
     expected = rblnc.Runtime(fp32).run(x).astype(bfloat16).astype(np.float32)
     assert np.array_equal(rblnc.Runtime(bf16).run(x), expected)
+
+
+def test_cli_run_prints_the_modelled_time_beside_the_wall_time(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+
+    onnx.save(mixed_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", x=np.ones((1, 3, 8, 8), np.float32))
+    cli = [sys.executable, "-m", "rblnc.cli"]
+    subprocess.run(cli + ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.rbln")], check=True,
+                   capture_output=True)
+    out = subprocess.run(cli + ["run", str(tmp_path / "m.rbln"), str(tmp_path / "in.npz")],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    artifact = rblnc.RBLNCompiledModel(tmp_path / "m.rbln").artifact
+    from rblnc.report import format_time, modelled_time
+
+    timing = modelled_time(artifact)
+    assert timing["total"] == pytest.approx(sum(timing[s] for s in ("h2d", "npu", "host", "d2h")))
+    assert out[-2].startswith("1 inference in ") and out[-2].endswith(" ms (wall, emulated)")
+    assert out[-1] == (f"modelled time on rbln-ca12: {format_time(timing['total'])} per inference "
+                       f"(h2d {format_time(timing['h2d'])}, npu {format_time(timing['npu'])}, "
+                       f"host {format_time(timing['host'])}, d2h {format_time(timing['d2h'])})")
