@@ -3,16 +3,18 @@
     python benchmarks/emulator_vs_onnxruntime.py [--models resnet50,yolov8n,unet] [--rounds 5]
 
 Models come from rblnc.zoo at full size (ResNet-50 224x224, YOLOv8n 640x640, UNet 256x256),
-exported once to build/bench/. Each configuration is timed in blocks that alternate between
-the runtimes (so a neighbour's load on a shared machine hits them alike); the table shows the
-median per inference and the ratio emulator / onnxruntime (lower is better for rblnc). The
-`modelled` column is the target's modelled device time, for scale; `max err` compares the
-emulator's output with onnxruntime's (max |diff| / max |onnxruntime|).
+exported once to build/bench/. Each runtime lives in its own worker process (as a user would run
+it: their thread pools never compete), and the workers are timed in blocks that alternate, so a
+neighbour's load on a shared machine hits them alike; the table shows the median per inference
+and the ratio emulator / onnxruntime (lower is better for rblnc). The `modelled` column is the
+target's modelled device time, for scale; `max err` compares the emulator's output with
+onnxruntime's (max |diff| / max |onnxruntime|).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
@@ -39,61 +41,98 @@ def export(name: str, fold_batchnorm: bool = False) -> Path:
     return path
 
 
-def timed_blocks(runners: dict[str, callable], rounds: int, per_block: int) -> dict[str, float]:
-    """Median seconds per call of each runner, measured in alternating blocks."""
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for fn in runners.values():  # warm-up: caches, oneDNN primitive creation, thread pools
-        fn()
-        fn()
-    for _ in range(rounds):
-        for key, fn in runners.items():
-            for _ in range(per_block):
+def _worker(connection, kind: str, path: str, name: str, precision: str | None) -> None:
+    """Loads one runtime, then answers ("time", n) with n timings and ("output",) with its output."""
+    (x,) = zoo.get(name).example_inputs()
+    if kind == "onnxruntime":
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        run = lambda: session.run(None, feed)[0]  # noqa: E731
+        info = {}
+    else:
+        runtime = rblnc.compile_from_onnx(path, dtype=precision).create_runtime()
+        run = lambda: runtime.run(x)  # noqa: E731
+        info = {"modelled_ns": modelled_time(runtime.artifact)["total"],
+                "host_partitions": sum(1 for p in runtime.artifact.partitions if p.device.name == "HOST")}
+    run()
+    run()  # warm-up: caches, oneDNN primitive creation, thread pools
+    connection.send(("ready", info))
+    while True:
+        message = connection.recv()
+        if message[0] == "time":
+            times = []
+            for _ in range(message[1]):
                 start = time.perf_counter()
-                fn()
-                samples[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in samples.items()}
+                run()
+                times.append(time.perf_counter() - start)
+            connection.send(times)
+        elif message[0] == "output":
+            connection.send(run())
+        else:
+            return
+
+
+class Worker:
+    def __init__(self, kind: str, path: Path, name: str, precision: str | None = None):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(child, kind, str(path), name, precision), daemon=True)
+        self.process.start()
+        status, self.info = self.connection.recv()
+        assert status == "ready"
+
+    def time(self, n: int) -> list[float]:
+        self.connection.send(("time", n))
+        return self.connection.recv()
+
+    def output(self):
+        self.connection.send(("output",))
+        return self.connection.recv()
+
+    def close(self) -> None:
+        self.connection.send(("stop",))
+        self.process.join(timeout=30)
 
 
 def bench_model(name: str, label: str, path: Path, precisions: list[str], rounds: int, per_block: int) -> list[dict]:
-    entry = zoo.get(name)
-    (x,) = entry.example_inputs()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
-    expected = session.run(None, feed)[0]
-    runtimes = {}
-    for precision in precisions:
-        compiled = rblnc.compile_from_onnx(str(path), dtype=precision)
-        runtimes[precision] = compiled.create_runtime()
-    runners = {"onnxruntime": lambda: session.run(None, feed)}
-    runners.update({p: (lambda rt=rt: rt.run(x)) for p, rt in runtimes.items()})
-    medians = timed_blocks(runners, rounds, per_block)
-    rows = []
-    for precision, runtime in runtimes.items():
-        actual = runtime.run(x)
-        error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
-        rows.append({
-            "model": label, "precision": precision, "onnxruntime_s": medians["onnxruntime"],
-            "rblnc_s": medians[precision], "ratio": medians[precision] / medians["onnxruntime"],
-            "modelled_ns": modelled_time(runtime.artifact)["total"], "error": error,
-            "host_partitions": sum(1 for p in runtime.artifact.partitions if p.device.name == "HOST"),
-        })
-    return rows
+    workers = {"onnxruntime": Worker("onnxruntime", path, name)}
+    workers.update({p: Worker("rblnc", path, name, p) for p in precisions})
+    try:
+        samples: dict[str, list[float]] = {k: [] for k in workers}
+        for _ in range(rounds):
+            for key, worker in workers.items():
+                samples[key] += worker.time(per_block)
+        medians = {k: statistics.median(v) for k, v in samples.items()}
+        expected = workers["onnxruntime"].output()
+        rows = []
+        for precision in precisions:
+            actual = workers[precision].output()
+            error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
+            rows.append({
+                "model": label, "precision": precision, "onnxruntime_s": medians["onnxruntime"],
+                "rblnc_s": medians[precision], "ratio": medians[precision] / medians["onnxruntime"],
+                "error": error, **workers[precision].info,
+            })
+        return rows
+    finally:
+        for worker in workers.values():
+            worker.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,yolov8n,unet")
     parser.add_argument("--precisions", default="bf16,fp32", help="rblnc precisions (bf16 is the default)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-block", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--per-block", type=int, default=5)
     parser.add_argument("--no-folded", action="store_true",
                         help="skip the ResNet-50 exported with BatchNormalization folded (what fusion brings)")
     args = parser.parse_args(argv)
     precisions = args.precisions.split(",")
 
     print(f"emulator vs onnxruntime {ort.__version__}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
-          f"median of {args.rounds} x {args.per_block} runs, alternating blocks", flush=True)
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; each runtime in its own "
+          f"process, median of {args.rounds} x {args.per_block} runs in alternating blocks", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at start: {load:.2f} (a shared machine: compare ratios, not absolute times)\n", flush=True)
     rows = []
