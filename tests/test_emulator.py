@@ -202,3 +202,18 @@ def test_fp32_conv_epilogue_applies_silu():
     skipped = [cmd.op_type for (fn, *_), cmd in zip(runner._steps, runner._commands)
                if getattr(fn, "__qualname__", "").startswith("_pass_on")]
     assert skipped == ["BatchNormalization", "Sigmoid", "Mul"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_scalars_stay_scalars(precision):
+    # A scalar index (ViT's class token) and a scalar input: no axis may appear or vanish.
+    model = make_onnx(
+        [helper.make_node("Gather", ["x", "index"], ["g"], axis=1),
+         helper.make_node("Mul", ["g", "s"], ["y"])],
+        [("x", [1, 5, 3]), ("s", [])], [("y", [1, 3])], [("index", np.array(0, np.int64))],
+    )
+    compiled = rblnc.compile_from_onnx(model, dtype=precision)
+    assert [p.device.name for p in compiled.artifact.partitions] == ["NPU"]
+    x = np.arange(15, dtype=np.float32).reshape(1, 5, 3)
+    y = compiled.create_runtime().run(x, np.array(2, np.float32))
+    assert y.shape == (1, 3) and np.array_equal(y, x[:, 0] * 2)

@@ -29,7 +29,7 @@ class EmulatorError(RuntimeError):
 
 def to_torch(array: np.ndarray) -> torch.Tensor:
     """A torch view of a numpy array (bfloat16 from ml_dtypes through its bits)."""
-    array = np.ascontiguousarray(array)
+    array = np.require(array, requirements="C")  # ascontiguousarray would make a scalar 1-D
     with warnings.catch_warnings():
         # Constants are read-only views of the memory-mapped file; kernels never write to them.
         warnings.simplefilter("ignore", UserWarning)

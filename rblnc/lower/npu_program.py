@@ -33,7 +33,7 @@ def lower_npu_program(graph: Graph, nodes: list[Node], inputs: list[str], output
         dtype = device_float if is_float(info.dtype) and name not in parameters else np.dtype(info.dtype)
         data = None
         if kind == TensorKind.CONSTANT:
-            data = np.ascontiguousarray(graph.constants[name])
+            data = np.require(graph.constants[name], requirements="C")  # keeps scalars 0-D
             if data.dtype != dtype:
                 data = data.astype(dtype)
         index[name] = len(tensors)
