@@ -6,7 +6,9 @@ Models come from rblnc.zoo at full size (ResNet-50 224x224, YOLOv8n 640x640, UNe
 exported once to build/bench/. Each runtime lives in its own worker process (as a user would run
 it: their thread pools never compete), and the workers are timed in blocks that alternate, so a
 neighbour's load on a shared machine hits them alike; the table shows the median per inference
-and the ratio emulator / onnxruntime (lower is better for rblnc). The `modelled` column is the
+and the ratio emulator / onnxruntime (lower is better for rblnc): the median, over rounds, of the
+ratio of the two blocks of that round, so that a burst of load that hits one block of a round
+moves one ratio, not the result. The `modelled` column is the
 target's modelled device time, for scale; `max err` compares the emulator's output with
 onnxruntime's (max |diff| / max |onnxruntime|).
 """
@@ -99,9 +101,13 @@ def bench_model(name: str, label: str, path: Path, precisions: list[str], rounds
     workers.update({p: Worker("rblnc", path, name, p) for p in precisions})
     try:
         samples: dict[str, list[float]] = {k: [] for k in workers}
+        ratios: dict[str, list[float]] = {p: [] for p in precisions}
         for _ in range(rounds):
-            for key, worker in workers.items():
-                samples[key] += worker.time(per_block)
+            block = {key: statistics.median(worker.time(per_block)) for key, worker in workers.items()}
+            for key, value in block.items():
+                samples[key].append(value)
+            for precision in precisions:
+                ratios[precision].append(block[precision] / block["onnxruntime"])
         medians = {k: statistics.median(v) for k, v in samples.items()}
         expected = workers["onnxruntime"].output()
         rows = []
@@ -110,7 +116,7 @@ def bench_model(name: str, label: str, path: Path, precisions: list[str], rounds
             error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
             rows.append({
                 "model": label, "precision": precision, "onnxruntime_s": medians["onnxruntime"],
-                "rblnc_s": medians[precision], "ratio": medians[precision] / medians["onnxruntime"],
+                "rblnc_s": medians[precision], "ratio": statistics.median(ratios[precision]),
                 "error": error, **workers[precision].info,
             })
         return rows
@@ -123,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,yolov8n,unet")
     parser.add_argument("--precisions", default="bf16,fp32", help="rblnc precisions (bf16 is the default)")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--per-block", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--per-block", type=int, default=3)
     parser.add_argument("--no-folded", action="store_true",
                         help="skip the ResNet-50 exported with BatchNormalization folded (what fusion brings)")
     args = parser.parse_args(argv)
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"emulator vs onnxruntime {ort.__version__}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; each runtime in its own "
-          f"process, median of {args.rounds} x {args.per_block} runs in alternating blocks", flush=True)
+          f"process, {args.rounds} rounds of alternating blocks of {args.per_block} runs", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at start: {load:.2f} (a shared machine: compare ratios, not absolute times)\n", flush=True)
     rows = []
