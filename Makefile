@@ -12,7 +12,7 @@ DEMO   := build/demo
 SCHEMA_OUT  ?= rblnc/format
 FLATC_FLAGS := --python --gen-object-api --python-typing --python-decode-obj-api-strings --gen-onefile
 
-.PHONY: install demo test test-full schema bench conformance clean
+.PHONY: install demo test test-full schema bench clean
 
 install: $(STAMP)
 
@@ -38,15 +38,16 @@ test: install
 test-full: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# The ONNX backend node tests through compile + run: passed / failed / not applicable, with reasons.
+.PHONY: conformance
+conformance: install
+	$(PY) tools/conformance.py
+
 schema: install
 	$(VENV)/bin/flatc $(FLATC_FLAGS) -o $(SCHEMA_OUT) schemas/rbln.fbs
 
 bench: install
 	$(PY) benchmarks/run_all.py
-
-# The ONNX backend node tests through compile + run: passed / failed / not applicable, with reasons.
-conformance: install
-	$(PY) tools/conformance.py
 
 clean:
 	rm -rf build .pytest_cache

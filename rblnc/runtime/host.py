@@ -57,7 +57,10 @@ class HostSubgraphRunner:
             self._session = _ReferenceSession(model)
         else:
             try:
-                self._session = ort.InferenceSession(bytes(onnx_bytes), options, providers=["CPUExecutionProvider"])
+                # No fallback: on a failure onnxruntime would print an "EP Error" banner to stdout and
+                # retry with the same CPU provider; the caller reports the error instead.
+                self._session = ort.InferenceSession(bytes(onnx_bytes), options, providers=["CPUExecutionProvider"],
+                                                     enable_fallback=0)
             except Exception:  # an op or type onnxruntime lacks; fall back to the reference evaluator
                 try:
                     self._session = _ReferenceSession(model)
@@ -72,6 +75,14 @@ class HostSubgraphRunner:
             return
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._input_names = [i.name for i in self._session.get_inputs()]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._input_names)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, {n: inputs[n] for n in self._input_names})

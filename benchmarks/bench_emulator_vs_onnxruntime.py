@@ -1,6 +1,6 @@
 """The NPU emulator's time per inference beside onnxruntime's, on the same ONNX models, in one run.
 
-    python benchmarks/emulator_vs_onnxruntime.py [--models resnet50,yolov8n,unet] [--rounds 5]
+    python benchmarks/bench_emulator_vs_onnxruntime.py [--models resnet50,yolov8n,unet] [--rounds 5]
 
 Models come from rblnc.zoo at full size (ResNet-50 224x224, YOLOv8n 640x640, UNet 256x256),
 exported once to build/bench/. Each runtime lives in its own worker process (as a user would run
