@@ -133,6 +133,24 @@ def _variadic_flops(op: OpShape) -> int:
     return _count(op.output_shapes[0]) * max(1, len([s for s in op.input_shapes if s is not None]) - 1)
 
 
+# Our fused ops (rblnc/ir/fused_ops.py): the core op plus one FLOP per output element for each
+# epilogue step (addend, activation).
+def _epilogue_flops(op: OpShape, addend_input: int | None) -> int:
+    steps = int(bool(op.attrs.get("activation")))
+    if addend_input is not None and len(op.input_shapes) > addend_input and op.input_shapes[addend_input] is not None:
+        steps += 1
+    return steps * _count(op.output_shapes[0])
+
+
+flop_rule(f"{RBLNC_DOMAIN}::FusedConv")(lambda op: _conv_flops(op) + _epilogue_flops(op, 3))
+flop_rule(f"{RBLNC_DOMAIN}::FusedGemm")(lambda op: _gemm_flops(op) + _epilogue_flops(op, None))
+flop_rule(f"{RBLNC_DOMAIN}::FusedMatMul")(lambda op: _matmul_flops(op) + _epilogue_flops(op, 2))
+flop_rule(f"{RBLNC_DOMAIN}::SiLU")(lambda op: 5 * _count(op.output_shapes[0]))
+flop_rule(f"{RBLNC_DOMAIN}::Gelu")(lambda op: 8 * _count(op.output_shapes[0]))
+flop_rule(f"{RBLNC_DOMAIN}::FusedElementwise")(
+    lambda op: max(1, len(op.attrs.get("ops", []))) * 2 * _count(op.output_shapes[0]))
+
+
 def op_flops(op: OpShape) -> int:
     """FLOPs of one execution (a multiply-add counts 2)."""
     rule = FLOP_RULES.get(op.qualified_type)

@@ -43,7 +43,10 @@ class Epilogue:
     batch_norm: tuple | None = None     # (scale, bias, mean, var, epsilon), constants
     residual: bool = False              # the last argument is a tensor added to the result
     residual_inplace: bool = False      # ... whose storage the result may take
-    activation: str | None = None       # "relu" or "relu6", after the rest; "silu" (x * sigmoid(x)) in fp32
+    # After the rest: "relu" or "relu6"; in fp32 also "silu" (x * sigmoid(x)); for our fused ops,
+    # a name of rblnc.ir.fused_ops.ACTIVATIONS with `activation_params`.
+    activation: str | None = None
+    activation_params: tuple = ()
 
 
 @dataclass

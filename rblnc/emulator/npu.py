@@ -263,8 +263,9 @@ _VIEW_KERNELS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identi
 
 
 def _may_return_view(command) -> bool:
-    """Kernels other than ours, and ours that return torch views, may share an input's storage."""
-    return bool(command.domain) or command.op_type in _VIEW_KERNELS or command.op_type not in _FRESH
+    """Kernels not known to return new storage (views, Identity, unknown own ops) may share an input's."""
+    qualified = f"{command.domain}::{command.op_type}" if command.domain else command.op_type
+    return qualified in _VIEW_KERNELS or qualified not in _FRESH
 
 
 # Registered standard kernels known to return new storage (checked by tests/test_emulator.py).
@@ -275,6 +276,8 @@ _FRESH = frozenset({
     "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Elu", "Selu", "Softplus", "PRelu", "Pow", "Resize",
     "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum", "ReduceMax",
     "ReduceMin", "Pad", "Gelu", "Mish", "Erf", "Sign",
+    # our fused ops (rblnc/emulator/fused_kernels.py); FusedElementwise with no step returns its input
+    "ai.rblnc::FusedConv", "ai.rblnc::FusedGemm", "ai.rblnc::FusedMatMul", "ai.rblnc::Gelu", "ai.rblnc::SiLU",
 })
 
 __all__ = ["EmulatorError", "NpuProgramRunner", "to_torch", "to_numpy", "MemoryRegion"]

@@ -221,14 +221,13 @@ def conv2d_closure(ctx: CommandContext, weight: torch.Tensor, bias: torch.Tensor
     w = w.to(compute).contiguous()
     b = None if b is None else b.to(compute).contiguous()
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, groups, padded_shape)
-    unary, scalars = "none", []
-    if epilogue is not None and epilogue.activation == "relu":
-        unary = "relu"
-    elif epilogue is not None and epilogue.activation == "relu6":
-        unary, scalars = "hardtanh", [0.0, 6.0]
-    elif epilogue is not None and epilogue.activation == "silu":
-        unary = "swish"
+    post_op = onednn_unary(epilogue.activation, epilogue.activation_params) if epilogue else ("none", [], "")
+    if post_op is None:
+        return None
+    unary, scalars, algorithm = post_op
     residual = epilogue is not None and epilogue.residual
+    if residual and unary not in ("none", "relu"):
+        return None  # oneDNN applies only ReLU after a residual add
     if epilogue is not None:
         ctx.fused = True
     round_out = _rounder(ctx, compute)
@@ -245,27 +244,111 @@ def conv2d_closure(ctx: CommandContext, weight: torch.Tensor, bias: torch.Tensor
 
         def run(args):
             return [round_out(conv(prepare_input(args[0]), packed, b, padding, strides, dilations, groups,
-                                   unary, scalars, ""))]
+                                   unary, scalars, algorithm))]
 
         return run
     post = None if unary == "none" else unary
-    if epilogue.residual_inplace:
-        conv_into = torch.ops.mkldnn._convolution_pointwise_.binary
-
-        def run_into(args):
-            other = args[-1]
-            if not other.is_contiguous(memory_format=_CHANNELS_LAST):
-                return run_beside(args)
-            return [conv_into(other, prepare_input(args[0]), packed, b, padding, strides, dilations, groups,
-                              "add", 1.0, post, scalars, "")]
     conv_beside = torch.ops.mkldnn._convolution_pointwise.binary
 
     def run_beside(args):
-        other = args[-1].contiguous(memory_format=_CHANNELS_LAST)
-        return [conv_beside(prepare_input(args[0]), other, packed, b, padding, strides, dilations, groups,
-                            "add", 1.0, post, scalars, "")]
+        other = args[-1].to(compute).contiguous(memory_format=_CHANNELS_LAST)
+        return [round_out(conv_beside(prepare_input(args[0]), other, packed, b, padding, strides, dilations,
+                                      groups, "add", 1.0, post, scalars, algorithm))]
 
-    return run_into if epilogue.residual_inplace else run_beside
+    if not epilogue.residual_inplace or compute != ctx.float_type:
+        return run_beside
+    conv_into = torch.ops.mkldnn._convolution_pointwise_.binary
+
+    def run_into(args):
+        other = args[-1]
+        if not other.is_contiguous(memory_format=_CHANNELS_LAST):
+            return run_beside(args)
+        return [conv_into(other, prepare_input(args[0]), packed, b, padding, strides, dilations, groups,
+                          "add", 1.0, post, scalars, algorithm)]
+
+    return run_into
+
+
+def onednn_unary(name: str | None, params=()) -> tuple[str, list, str] | None:
+    """The oneDNN eltwise post-op (attr, scalars, algorithm) computing activation `name`, or None."""
+    params = [float(p) for p in params]
+    if not name:
+        return "none", [], ""
+    simple = {"relu": "relu", "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh",
+              "HardSwish": "hardswish", "silu": "swish", "SiLU": "swish"}
+    if name in simple:
+        return simple[name], [], ""
+    if name == "relu6":
+        return "hardtanh", [0.0, 6.0], ""
+    if name in ("Gelu", "GeluTanh"):
+        return "gelu", [], "tanh" if name == "GeluTanh" else "none"
+    if name == "Clip" and len(params) == 2:
+        return "hardtanh", params, ""
+    if name == "LeakyRelu" and len(params) == 1:
+        return "leaky_relu", params, ""
+    return None
+
+
+# -- our fused ops (rblnc/ir/fused_ops.py; their kernels are in fused_kernels.py) ------------
+
+
+@prepare("ai.rblnc::FusedConv")
+def prepare_fused_conv(ctx: CommandContext):
+    """act(Conv(X, W, B) + Z) as one oneDNN convolution with post-ops: fp32 inside, one rounding."""
+    shapes = ctx.input_shapes
+    weight = ctx.constants[1]
+    has_bias = len(shapes) > 2 and shapes[2] is not None
+    has_addend = len(shapes) > 3 and shapes[3] is not None
+    bias = ctx.constants[2] if has_bias else None
+    if (weight is None or (has_bias and bias is None) or len(shapes[0]) != 4
+            or (has_addend and (ctx.constants[3] is not None or tuple(shapes[3]) != tuple(ctx.output_shapes[0])))):
+        return None
+    attrs = {k: v for k, v in ctx.attrs.items() if k not in ("activation", "activation_params")}
+    epilogue = Epilogue(residual=has_addend, residual_inplace=has_addend and ctx.inplace == 3,
+                        activation=ctx.attrs.get("activation", ""),
+                        activation_params=tuple(ctx.attrs.get("activation_params", ())))
+    run = conv2d_closure(ctx, weight, bias, attrs, epilogue)
+    ctx.fused = False  # it applies its own epilogue; no following command is absorbed
+    return run
+
+
+@prepare("ai.rblnc::FusedGemm")
+def prepare_fused_gemm(ctx: CommandContext):
+    """act(Gemm(A, B, C)) as one oneDNN matrix product with a post-op."""
+    attrs = ctx.attrs
+    b = ctx.constants[1]
+    has_c = len(ctx.input_shapes) > 2 and ctx.input_shapes[2] is not None
+    c = ctx.constants[2] if has_c else None
+    n = ctx.output_shapes[0][-1]
+    post_op = onednn_unary(attrs.get("activation", ""), attrs.get("activation_params", ()))
+    if (b is None or post_op is None or (has_c and (c is None or c.numel() != n or attrs.get("beta", 1.0) != 1.0))
+            or attrs.get("alpha", 1.0) != 1.0 or not _MKLDNN):
+        return None
+    compute = _compute_type(ctx)
+    weight = (b if attrs.get("transB", 0) else b.t()).to(compute).contiguous()
+    bias = None if c is None else c.reshape(n).to(compute).contiguous()
+    trans_a = bool(attrs.get("transA", 0))
+    round_out = _rounder(ctx, compute)
+    linear = torch.ops.mkldnn._linear_pointwise
+    unary, scalars, algorithm = post_op
+
+    def run(args):
+        a = args[0].t() if trans_a else args[0]
+        return [round_out(linear(a.to(compute).contiguous(), weight, bias, unary, scalars, algorithm))]
+
+    return run
+
+
+@prepare("ai.rblnc::SiLU")
+def prepare_silu(ctx: CommandContext):
+    inplace = ctx.inplace == 0
+    return lambda args: [F.silu(args[0], inplace=inplace)]
+
+
+@prepare("ai.rblnc::Gelu")
+def prepare_gelu(ctx: CommandContext):
+    approximate = "tanh" if ctx.attrs.get("approximate", "none") == "tanh" else "none"
+    return lambda args: [F.gelu(args[0], approximate=approximate)]
 
 
 @prepare("Gemm")

@@ -46,6 +46,11 @@ INPLACE_OPS = frozenset({
 })
 # Ops whose output is its first input's bytes, re-shaped.
 VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+# Our own ops (domain ai.rblnc, rblnc/ir/fused_ops.py) that may write over an input: the
+# elementwise ones over any input of the output's shape, a fused convolution over its addend.
+OWN_INPLACE_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "FusedElementwise": None, "SiLU": None, "Gelu": None, "FusedConv": (3,),
+}
 SPILL, RELOAD = "Spill", "Reload"
 
 
@@ -198,12 +203,20 @@ class _ProgramPlanner:
 
     def _reusable_input(self, k: int, command: Command, out: int) -> int | None:
         """An input whose bytes the output may take: it dies here and nothing else needs them."""
-        if command.kind != CommandKind.KERNEL or command.domain:
+        if command.kind != CommandKind.KERNEL:
             return None
         tensors = self.program.tensors
-        if command.op_type in VIEW_OPS:
+        elementwise = command.op_type in INPLACE_OPS
+        if command.domain:
+            if command.domain != "ai.rblnc" or command.op_type not in OWN_INPLACE_INPUTS:
+                return None
+            positions = OWN_INPLACE_INPUTS[command.op_type]
+            candidates = command.inputs if positions is None else [command.inputs[p] for p in positions
+                                                                   if p < len(command.inputs)]
+            elementwise = True
+        elif command.op_type in VIEW_OPS:
             candidates = command.inputs[:1]
-        elif command.op_type in INPLACE_OPS:
+        elif elementwise:
             candidates = command.inputs
         else:
             return None
@@ -212,8 +225,7 @@ class _ProgramPlanner:
                 continue
             if aligned(tensors[i].size) != aligned(tensors[out].size) or command.inputs.count(i) > 1:
                 continue
-            if command.op_type not in VIEW_OPS and (tensors[i].shape != tensors[out].shape
-                                                     or tensors[i].dtype != tensors[out].dtype):
+            if elementwise and (tensors[i].shape != tensors[out].shape or tensors[i].dtype != tensors[out].dtype):
                 continue
             block = self.blocks[self.block_of[i]]
             if all(self._last_use(m) <= 2 * k for m in block.members):
