@@ -86,7 +86,7 @@ def test_in_place_updates_never_touch_the_callers_arrays_or_values_still_needed(
     )
     x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     original = x.copy()
-    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32", opt_level=0).create_runtime()  # the commands as written
     placed = {t.name: t.offset for t in runtime.artifact.partitions[0].npu_program.tensors}
     assert placed["c_relu"] == placed["c"] == placed["a"]    # the plan chains them in place...
     assert placed["m"] == placed["s"] != placed["a"]         # ...but not over a value read later
@@ -108,8 +108,8 @@ def test_relu_applied_as_a_post_op_gives_the_same_bits_in_bf16():
                           helper.make_node("Sigmoid", ["y"], ["z"])],
                          [("x", [1, 8, 10, 10])], [("z", [1, 16, 10, 10]), ("c", [1, 16, 10, 10])], [("w", w)])
     x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
-    a = rblnc.compile_from_onnx(fused, dtype="bf16").create_runtime().run(x)
-    b, _ = rblnc.compile_from_onnx(separate, dtype="bf16").create_runtime().run(x)  # c is an output: no fusion
+    a = rblnc.compile_from_onnx(fused, dtype="bf16", opt_level=0).create_runtime().run(x)
+    b, _ = rblnc.compile_from_onnx(separate, dtype="bf16", opt_level=0).create_runtime().run(x)  # c is an output
     assert np.array_equal(a, b)
 
 
@@ -173,14 +173,14 @@ def test_fp32_conv_epilogue_folds_batch_norm_and_residual_exactly(residual_used_
         outputs = [("z", [1, c, 6, 6])]
     model = make_onnx(nodes, [("x", [1, c, 6, 6])], outputs,
                       [("w", w), ("s", bn[0]), ("b", bn[1]), ("m", bn[2]), ("v", bn[3])])
-    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32", opt_level=0).create_runtime()  # unfused commands
     x = rng.standard_normal((1, c, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(runtime.run(x), _reference(model, x=x)[0], rtol=1e-5, atol=1e-5)
     runner = runtime._executor.stages[0][1]
     skipped = [cmd.op_type for (fn, *_), cmd in zip(runner._steps, runner._commands)
                if getattr(fn, "__qualname__", "").startswith("_pass_on")]
     assert skipped == ["BatchNormalization", "Add", "Relu"]
-    bf16 = rblnc.compile_from_onnx(model, dtype="bf16").create_runtime()._executor.stages[0][1]
+    bf16 = rblnc.compile_from_onnx(model, dtype="bf16", opt_level=0).create_runtime()._executor.stages[0][1]
     assert not any(getattr(fn, "__qualname__", "").startswith("_pass_on") for fn, *_ in bf16._steps)
 
 
@@ -195,7 +195,7 @@ def test_fp32_conv_epilogue_applies_silu():
         [("x", [1, 4, 6, 6])], [("y", [1, 8, 6, 6])],
         [("w", w), ("s", bn[0]), ("b", bn[1]), ("m", bn[2]), ("v", bn[3])],
     )
-    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32", opt_level=0).create_runtime()  # unfused commands
     x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(runtime.run(x), _reference(model, x=x)[0], rtol=1e-5, atol=1e-5)
     runner = runtime._executor.stages[0][1]

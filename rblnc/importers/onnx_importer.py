@@ -80,7 +80,18 @@ def _convert_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto,
         return proto, opset
     if not _nodes_valid(converted, CANONICAL_OPSET):  # e.g. a newer attribute it failed to drop
         return proto, opset
+    if not _same_shapes(proto, converted):  # an op whose meaning changed (MaxPool's ceil_mode at 19)
+        return proto, opset
     return converted, CANONICAL_OPSET
+
+
+def _same_shapes(original: onnx.ModelProto, converted: onnx.ModelProto) -> bool:
+    """Whether ONNX infers the same shape for every value before and after the conversion."""
+    initializers = {t.name: t for t in original.graph.initializer}
+    before = _infer_types(original, initializers)
+    after = _infer_types(converted, initializers, forget_declared=True)
+    return all(before[name].shape == info.shape for name, info in after.items()
+               if name in before and before[name].shape is not None and info.shape is not None)
 
 
 def _nodes_valid(proto: onnx.ModelProto, opset: int) -> bool:
@@ -149,9 +160,14 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
                 )
 
 
-def _infer_types(proto: onnx.ModelProto, initializers) -> dict[str, TensorInfo]:
-    """Types of every value ONNX's inference can work out, without copying big weights."""
+def _infer_types(proto: onnx.ModelProto, initializers, forget_declared: bool = False) -> dict[str, TensorInfo]:
+    """Types of every value ONNX's inference can work out, without copying big weights (and,
+    with `forget_declared`, without the shapes the model declares for its values)."""
     light = _copy_without_initializers(proto)
+    if forget_declared:
+        del light.graph.value_info[:]
+        for output in light.graph.output:
+            output.type.tensor_type.ClearField("shape")
     input_names = {i.name for i in light.graph.input}
     for name, tensor in initializers.items():
         if np.prod(tensor.dims, dtype=np.int64) <= _MAX_INFERENCE_CONSTANT and not tensor.external_data:
