@@ -217,3 +217,14 @@ def test_scalars_stay_scalars(precision):
     x = np.arange(15, dtype=np.float32).reshape(1, 5, 3)
     y = compiled.create_runtime().run(x, np.array(2, np.float32))
     assert y.shape == (1, 3) and np.array_equal(y, x[:, 0] * 2)
+
+
+def test_a_fast_path_that_cannot_be_built_leaves_the_kernel_to_fail_naming_the_command():
+    # A weight that contradicts the convolution (3 input channels declared, 5 stored): oneDNN
+    # refuses to reorder it; the plain kernel then fails at run time, and the error says where.
+    tensors = [Tensor("x", np.dtype(np.float32), (1, 3, 4, 4), TensorKind.PROGRAM_INPUT),
+               Tensor("w", np.dtype(np.float32), (2, 5, 1, 1), TensorKind.CONSTANT, np.ones((2, 5, 1, 1), np.float32)),
+               Tensor("y", np.dtype(np.float32), (1, 2, 4, 4), TensorKind.PROGRAM_OUTPUT)]
+    runner = NpuProgramRunner(NpuProgram(tensors, [Command("Conv", [0, 1], [2], "conv7")]), "p0_npu")
+    with pytest.raises(EmulatorError, match=r"p0_npu: command conv7 \(Conv\) failed"):
+        runner.run({"x": np.ones((1, 3, 4, 4), np.float32)})

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rblnc
 from rblnc import zoo
 from rblnc.compiler import DEFAULT_PRECISION
+from rblnc.emulator import MODEL_ERROR_BOUNDS
 from rblnc.emulator.kernels import KERNELS
 from rblnc.format.artifact import Device, TensorKind
 
@@ -21,7 +22,7 @@ STORAGE = {"bf16": bfloat16, "fp16": np.float16, "fp32": np.float32}
 
 # docs/precision.md, "Error bounds": error of the whole model against its fp32 reference,
 # as max|y - ref| / max|ref| and ||y - ref|| / ||ref||.
-ZOO_BOUNDS = {"fp16": (5e-2, 2e-2), "bf16": (2.5e-1, 1.2e-1)}
+ZOO_BOUNDS = MODEL_ERROR_BOUNDS
 LIGHT_BOUNDS = {"fp16": 2e-3, "bf16": 2e-3}
 # Light models whose activations reach 1e12..1e19 in fp32: beyond fp16's 65504, so fp16
 # overflows on the device (and in the emulator) to inf/NaN.

@@ -91,7 +91,11 @@ def prepare_command(context: CommandContext) -> Prepared:
     the precision rule (fp32 compute, outputs rounded to the program's precision)."""
     preparer = PREPARERS.get(context.qualified_type)
     if preparer is not None:
-        fast = preparer(context)
+        try:
+            fast = preparer(context)
+        except Exception:  # e.g. oneDNN refusing weights that contradict the declared shapes:
+            fast = None    # the kernel then runs, and fails, if it must, naming the command
+            context.fused = False
         if fast is not None:
             return fast
     fn, attrs, float_type = KERNELS[context.qualified_type], context.attrs, context.float_type

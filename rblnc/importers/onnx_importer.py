@@ -91,7 +91,7 @@ def _same_shapes(original: onnx.ModelProto, converted: onnx.ModelProto) -> bool:
     before = _infer_types(original, initializers)
     after = _infer_types(converted, initializers, forget_declared=True)
     return all(before[name].shape == info.shape for name, info in after.items()
-               if name in before and before[name].shape is not None and info.shape is not None)
+               if name in before and before[name].is_static and info.is_static)
 
 
 def _nodes_valid(proto: onnx.ModelProto, opset: int) -> bool:
