@@ -1,6 +1,7 @@
 """The runtime soak: many requests through one AsyncRuntime from an event loop and from threads,
 some failing and some cancelled, every outcome checked against onnxruntime, memory (RSS and
-tracemalloc) and thread counts sampled as it goes. `make soak` runs 100,000 requests."""
+tracemalloc), thread and open-file counts and request latency sampled as it goes. `make soak`
+runs 100,000 requests."""
 
 from __future__ import annotations
 
@@ -75,6 +76,14 @@ def os_thread_count() -> int:
         return -1
 
 
+def open_fd_count() -> int:
+    """File descriptors the process has open (Linux /proc); -1 if unknown."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
 def _snapshot() -> tracemalloc.Snapshot:
     return tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, p) for p in NOT_OURS])
 
@@ -88,6 +97,11 @@ class Sample:
     python_threads: int
     os_threads: int
     tracemalloc_bytes: int = 0  # tracemalloc's own tables, part of the RSS
+    open_fds: int = 0
+    # Latency of the thread clients' requests that ended since the previous sample (AsyncTask.latency:
+    # submission to completion in the engine, at most max_inflight in flight; cancelled ones left out).
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
 
 
 @dataclass
@@ -159,8 +173,9 @@ def _inputs(rng: np.random.Generator, n: int) -> np.ndarray:
     return x
 
 
-def _thread_client(runtime: rblnc.AsyncRuntime, xs: np.ndarray, cancel: np.ndarray) -> list:
-    """Submits all, cancels some at once, then waits for each (every 10th first with a wait that expires)."""
+def _thread_client(runtime: rblnc.AsyncRuntime, xs: np.ndarray, cancel: np.ndarray) -> tuple[list, list[float]]:
+    """Submits all, cancels some at once, then waits for each (every 10th first with a wait that
+    expires). Returns the outcomes and the latencies of the requests that completed or failed."""
     tasks = [runtime.run(x) for x in xs]
     for task, stop in zip(tasks, cancel):
         if stop:
@@ -176,7 +191,7 @@ def _thread_client(runtime: rblnc.AsyncRuntime, xs: np.ndarray, cancel: np.ndarr
             outcomes.append(task.wait(timeout=120))
         except (ExecutionError, concurrent.futures.CancelledError) as exc:
             outcomes.append(exc)
-    return outcomes
+    return outcomes, [t.latency for t in tasks if not t.cancelled()]
 
 
 class _Client:
@@ -218,9 +233,11 @@ class _Client:
         self.thread.join()
 
 
-async def _round(runtime: rblnc.AsyncRuntime, clients: list[_Client], xs: np.ndarray, modes: np.ndarray) -> list:
+async def _round(runtime: rblnc.AsyncRuntime, clients: list[_Client], xs: np.ndarray, modes: np.ndarray,
+                 latencies: list[float]) -> list:
     """One round of requests: mode 0 async_run on this loop, 1 and 2 from the two client threads
-    (2: cancelled right after submission). Returns the outcomes in input order."""
+    (2: cancelled right after submission). Returns the outcomes in input order; adds the thread
+    clients' latencies to `latencies`."""
     by_async = np.flatnonzero(modes == 0)
     by_thread = np.flatnonzero(modes != 0)
     halves = [by_thread[0::2], by_thread[1::2]]
@@ -231,7 +248,8 @@ async def _round(runtime: rblnc.AsyncRuntime, clients: list[_Client], xs: np.nda
     for i, o in zip(by_async, async_outcomes):
         outcomes[i] = o
     for client, half in zip(clients, halves):
-        results = client.result()  # blocks the loop, which has nothing left to do this round
+        results, client_latencies = client.result()  # blocks the loop, which has nothing left to do this round
+        latencies.extend(client_latencies)
         if len(results) != len(half):
             raise RuntimeError(f"a client thread returned {len(results)} outcomes for {len(half)} requests")
         for i, o in zip(half, results):
@@ -255,6 +273,7 @@ def soak(requests: int, *, round_size: int = 1000, warmup: int = 5000, sample_ev
     clients = [_Client(f"soak-client-{k}") for k in range(2)]
     started = time.perf_counter()
     done = 0
+    latencies: list[float] = []
     base_snapshot = None
     tracing = tracemalloc.is_tracing()
     if not tracing:
@@ -265,7 +284,7 @@ def soak(requests: int, *, round_size: int = 1000, warmup: int = 5000, sample_ev
             xs = _inputs(rng, n)
             modes = np.where(rng.random(n) < THREAD_FRACTION, np.where(rng.random(n) < CANCEL_FRACTION / THREAD_FRACTION,
                                                                        2, 1), 0)
-            outcomes = loop.run_until_complete(_round(runtime, clients, xs, modes))
+            outcomes = loop.run_until_complete(_round(runtime, clients, xs, modes, latencies))
             for i, (x, outcome) in enumerate(zip(xs, outcomes)):
                 checker.check(x, outcome, result, done + i)
             done += n
@@ -276,8 +295,11 @@ def soak(requests: int, *, round_size: int = 1000, warmup: int = 5000, sample_ev
                     base_snapshot = _snapshot()  # before the baseline sample, which then counts it
                 # Python memory now (get_traced_memory is cheap; a snapshot of every trace at every
                 # sample would itself fragment the heap and make RSS creep).
+                p50, p99 = np.percentile(latencies, [50, 99]) * 1e3 if latencies else (0.0, 0.0)
+                latencies.clear()
                 sample = Sample(done, time.perf_counter() - started, rss_bytes(), tracemalloc.get_traced_memory()[0],
-                                threading.active_count(), os_thread_count(), tracemalloc.get_tracemalloc_memory())
+                                threading.active_count(), os_thread_count(), tracemalloc.get_tracemalloc_memory(),
+                                open_fd_count(), float(p50), float(p99))
                 result.samples.append(sample)
                 if progress:
                     progress(sample)
@@ -316,7 +338,7 @@ def verdict(result: SoakResult, *, rss_limit: int, traced_limit: int) -> list[st
     if result.growth("traced_bytes") > traced_limit:
         problems.append(f"traced Python memory grew by {result.growth('traced_bytes') / 1024:.0f} KiB after the "
                         f"warm-up (limit {traced_limit / 1024:.0f} KiB); most at: " + "; ".join(result.top_growth))
-    for attr in ("python_threads", "os_threads"):
+    for attr in ("python_threads", "os_threads", "open_fds"):
         if len(result.thread_counts(attr)) > 1:
             problems.append(f"{attr.replace('_', ' ')} changed: {sorted(result.thread_counts(attr))}")
     if result.threads_after_close != result.threads_before:
@@ -327,7 +349,8 @@ def verdict(result: SoakResult, *, rss_limit: int, traced_limit: int) -> list[st
 def print_sample(sample: Sample) -> None:
     print(f"{sample.requests:>9,} {sample.seconds:>8.1f} {sample.requests / sample.seconds:>8.0f} "
           f"{sample.rss_bytes / 2**20:>9.1f} {sample.traced_bytes / 1024:>11.1f} "
-          f"{sample.python_threads:>7} {sample.os_threads:>7} {sample.tracemalloc_bytes / 2**20:>10.1f}", flush=True)
+          f"{sample.python_threads:>7} {sample.os_threads:>7} {sample.open_fds:>6} "
+          f"{sample.p50_ms:>7.2f} {sample.p99_ms:>7.2f} {sample.tracemalloc_bytes / 2**20:>10.1f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {args.requests:,} requests through AsyncRuntime (NPU -> host -> NPU), rounds of {args.round}: "
           f"{1 - THREAD_FRACTION:.0%} async_run, {THREAD_FRACTION:.0%} run()+wait() from 2 threads "
           f"({CANCEL_FRACTION:.0%} cancelled at once), {BAD_FRACTION:.0%} inputs the host partition fails on")
-    print(f"{'requests':>9} {'seconds':>8} {'req/s':>8} {'RSS MiB':>9} {'traced KiB':>11} {'py thr':>7} {'os thr':>7} {'tm own MiB':>10}")
+    print(f"{'requests':>9} {'seconds':>8} {'req/s':>8} {'RSS MiB':>9} {'traced KiB':>11} {'py thr':>7} {'os thr':>7} {'fds':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'tm own MiB':>10}")
     result = soak(args.requests, round_size=args.round, warmup=args.warmup, sample_every=args.sample_every,
                   seed=args.seed, progress=print_sample)
     problems = verdict(result, rss_limit=int(args.rss_limit_mib * 2**20), traced_limit=int(args.traced_limit_kib * 1024))
@@ -363,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(limit {args.traced_limit_kib} KiB)")
     print(f"{'Python / OS threads after warm-up':<36}{sorted(result.thread_counts('python_threads'))} / "
           f"{sorted(result.thread_counts('os_threads'))}")
+    print(f"{'open fds after warm-up':<36}{sorted(result.thread_counts('open_fds'))}")
+    after = [s for s in result.samples if s.requests > result.warmup_requests]
+    if after:
+        print(f"{'p99 latency after warm-up':<36}first window {after[0].p99_ms:.2f} ms, last {after[-1].p99_ms:.2f} ms, "
+              f"max {max(s.p99_ms for s in after):.2f} ms (thread clients; machine shared)")
     print(f"{'Python threads before / after close':<36}{result.threads_before} / {result.threads_after_close}")
     print(f"{'wall time':<36}{result.seconds:>10.1f} s ({result.requests / result.seconds:,.0f} req/s with "
           "tracemalloc on; machine shared)")

@@ -51,6 +51,8 @@ def test_ten_thousand_requests_all_accounted_for_with_memory_and_threads_flat():
     assert result.growth("traced_bytes") < 64 * 1024
     assert result.thread_counts("python_threads") == {1 + 2 + 3}  # this one, 2 clients, the runtime's 3 lanes
     assert len(result.thread_counts("os_threads")) == 1
+    fds = result.thread_counts("open_fds")
+    assert len(fds) == 1 and min(fds) > 0  # no descriptor opened per request (nor a failed count)
     assert set(threading.enumerate()) == before
 
 
