@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -652,3 +653,39 @@ def test_close_with_timeout_returns_even_if_a_step_hangs(monkeypatch, mixed, syn
         assert len(stuck) == 1  # the hung lane, left to finish its step
         release.set()
         stuck[0].join(timeout=30)
+
+
+# -- process-wide state ---------------------------------------------------------------------------------
+
+def test_requests_never_swap_the_process_warning_filters(mixed, sync):
+    """The NPU runner converted every input under warnings.catch_warnings(), which swaps the
+    process-wide filter list for a copy and back: two threads in it at once (several runtimes'
+    lanes, or a lane and a sync Runtime) left "ignore UserWarning" installed for good. A watcher
+    thread checks, while 300 requests run (with a short GIL switch interval so it looks often),
+    that `warnings.filters` is never replaced; before the fix it saw it replaced ~300,000 times."""
+    samples = _samples(300, seed=17)
+    with no_thread_left():
+        with rblnc.AsyncRuntime(mixed) as runtime:  # made first: constants are converted at load
+            original, before = warnings.filters, list(warnings.filters)
+            swapped, stop = [], threading.Event()
+
+            def watch() -> None:
+                while not stop.is_set() and not swapped:
+                    if warnings.filters is not original:
+                        swapped.append(True)
+
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(1e-5)
+            watcher = threading.Thread(target=watch, name="filter-watcher")
+            watcher.start()
+            try:
+                tasks = [runtime.run(x) for x in samples]
+                outcomes = [task.wait(timeout=60) for task in tasks]
+            finally:
+                stop.set()
+                watcher.join()
+                sys.setswitchinterval(interval)
+    assert not swapped, "a request replaced the process-wide warnings.filters"
+    assert warnings.filters is original and warnings.filters == before
+    for x, y in zip(samples, outcomes):
+        np.testing.assert_array_equal(y, sync(x))
