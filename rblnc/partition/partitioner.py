@@ -88,6 +88,12 @@ def partition_graph(graph: Graph, target: TargetSpec, options: PartitionOptions 
             device_of[node.name] = Device.NPU if verdict.supported else Device.HOST
             if not verdict.supported:
                 reasons[node.name] = verdict.reason
+    unmatched = sorted(options.host_ops - {n.op_type for n in graph.nodes} - {n.qualified_type for n in graph.nodes})
+    if unmatched:
+        present = sorted({n.qualified_type for n in graph.nodes})
+        raise CompileError(f"host_ops (--host-ops) names {', '.join(unmatched)}, but no op of that type is left after "
+                           "the optimisation passes (a fusion may have merged it into an ai.rblnc op: name that op, "
+                           f"or compile with -O1); the graph has {', '.join(present)}")
     if refused:
         listed = "\n".join(f"  {n.name} ({n.qualified_type}): {reason}" for n, reason in refused)
         raise CompileError(f"npu_ops (--npu-ops) asks for {len(refused)} op(s) the NPU cannot run:\n{listed}")
