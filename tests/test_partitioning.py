@@ -435,3 +435,22 @@ def test_runtime_host_threads_reach_onnxruntime():
     runtime = compiled.create_runtime(host_threads=2)
     runners = [runner for partition, runner in runtime._executor.stages if partition.device == Device.HOST]
     assert [r._session.get_session_options().intra_op_num_threads for r in runners] == [2]
+
+
+def test_refinement_moves_a_chain_between_host_ops_as_one_group():
+    model = make_onnx(
+        [N("Erf", ["x"], ["a"], name="erf_in"), N("Relu", ["a"], ["r"], name="relu"),
+         N("Sigmoid", ["r"], ["s"], name="sigmoid"), N("Erf", ["s"], ["y"], name="erf_out")],
+        [("x", [1, 64])], [("y", [1, 64])])
+    refined = rblnc.compile_from_onnx(model, dtype="fp32")
+    plain = rblnc.compile_from_onnx(model, dtype="fp32", refine_partitions=False)
+    assert layout(plain.artifact) == [("host", ["Erf"]), ("npu", ["Relu", "Sigmoid"]), ("host", ["Erf"])]
+    assert layout(refined.artifact) == [("host", ["Erf", "Relu", "Sigmoid", "Erf"])]
+    moved = [r for r in refined.artifact.partitions[0].fallback_reasons if r.est_saving_ns]
+    assert [r.op_name for r in moved] == ["relu", "sigmoid"]
+    assert all("its group of 2 ops (relu, sigmoid)" in r.reason for r in moved)
+    # The recorded shares add up to the modelled time the move saves.
+    saving = total_modelled_ns(plain.artifact) - total_modelled_ns(refined.artifact)
+    assert saving > 0 and sum(r.est_saving_ns for r in moved) == pytest.approx(saving, rel=0.05)
+    x = np.linspace(-3, 3, 64, dtype=np.float32).reshape(1, 64)
+    np.testing.assert_allclose(run_compiled(refined, {"x": x})[0], reference(model, {"x": x})[0], rtol=RTOL, atol=ATOL)

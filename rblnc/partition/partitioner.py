@@ -44,8 +44,10 @@ class PartitionOptions:
 
 @dataclass(frozen=True)
 class MoveDecision:
-    """Why the refinement moved an NPU-supported op to the host, in modelled ns per inference."""
+    """Why the refinement moved NPU-supported ops (one, or a connected group moved together) to
+    the host, in modelled ns per inference."""
 
+    group: tuple[str, ...]
     dma_saved_ns: float
     host_ns: float
     npu_ns: float
@@ -54,9 +56,17 @@ class MoveDecision:
     def saving_ns(self) -> float:
         return self.dma_saved_ns - (self.host_ns - self.npu_ns)
 
+    @property
+    def share_ns(self) -> float:
+        """Each op's part of the saving (the saving split evenly over the group), so the parts
+        recorded in the artifact add up to the modelled saving."""
+        return self.saving_ns / len(self.group)
+
     def reason(self) -> str:
-        return (f"the NPU supports it, but between host ops it costs a DMA round trip: on the host it saves "
-                f"{_us(self.saving_ns)} per inference (DMA {_us(self.dma_saved_ns)} saved, host "
+        what = "it costs" if len(self.group) == 1 else f"its group of {len(self.group)} ops ({', '.join(self.group)}) costs"
+        whole = "" if len(self.group) == 1 else " for the group"
+        return (f"the NPU supports it, but between host ops {what} a DMA round trip: on the host it saves "
+                f"{_us(self.saving_ns)} per inference{whole} (DMA {_us(self.dma_saved_ns)} saved, host "
                 f"{_us(self.host_ns)} vs NPU {_us(self.npu_ns)}; modelled)")
 
 
@@ -106,7 +116,7 @@ def partition_graph(graph: Graph, target: TargetSpec, options: PartitionOptions 
     if options.refine and options.host_fallback:
         for name, decision in refine_placement(graph, target, device_of, pinned, options.dtype).items():
             reasons[name] = decision.reason()
-            savings[name] = decision.saving_ns
+            savings[name] = decision.share_ns
     plan = group_into_partitions(graph, device_of)
     for planned in plan:
         if planned.device == Device.HOST:
@@ -157,36 +167,47 @@ def partition_cycle(plan: list[PlannedPartition], graph: Graph) -> list[int] | N
 
 def refine_placement(graph: Graph, target: TargetSpec, device_of: dict[str, Device], pinned: set[str],
                      dtype: str) -> dict[str, MoveDecision]:
-    """Moves to the host each NPU op that sits between host ops when the DMA round trip it causes
-    costs more than running it on the host does; best saving first, until none saves time.
-    Updates `device_of`; returns the decisions by node name."""
+    """Moves to the host NPU ops that sit between host ops when the DMA round trip they cause costs
+    more than running them on the host does. Candidates are each NPU op alone and each connected
+    group of NPU ops (a chain between two host ops); the best saving moves first, until no move
+    saves time. Updates `device_of`; returns the decisions by node name."""
     decisions: dict[str, MoveDecision] = {}
-    candidates = [n for n in graph.topological_order() if device_of[n.name] == Device.NPU and n.name not in pinned]
+    order = {n.name: i for i, n in enumerate(graph.topological_order())}
     while True:
-        best: tuple[Node, MoveDecision] | None = None
-        for node in candidates:
-            if device_of[node.name] != Device.NPU:
-                continue
-            decision = _round_trip(node, graph, target, device_of, dtype)
-            if decision is not None and decision.saving_ns > 0 and (best is None or decision.saving_ns > best[1].saving_ns):
-                best = (node, decision)
+        movable = [name for name in order if device_of[name] == Device.NPU and name not in pinned]
+        groups = [(name,) for name in movable]
+        for component in nx.weakly_connected_components(graph.nx.subgraph(movable)):
+            if len(component) > 1:
+                groups.append(tuple(sorted(component, key=order.__getitem__)))
+        best: MoveDecision | None = None
+        for group in groups:
+            decision = _round_trip(group, graph, target, device_of, dtype)
+            if decision is not None and decision.saving_ns > 0 and (best is None or decision.saving_ns > best.saving_ns):
+                best = decision
         if best is None:
             return decisions
-        device_of[best[0].name] = Device.HOST
-        decisions[best[0].name] = best[1]
+        for name in best.group:
+            device_of[name] = Device.HOST
+            decisions[name] = best
 
 
-def _round_trip(node: Node, graph: Graph, target: TargetSpec, device_of: dict[str, Device],
+def _round_trip(group: tuple[str, ...], graph: Graph, target: TargetSpec, device_of: dict[str, Device],
                 dtype: str) -> MoveDecision | None:
-    """The modelled effect of moving `node` to the host, when it sits between host ops: every
-    input made on the host (by a host op, at least one, or a model input), every reader a host op."""
-    reads = [i for i in dict.fromkeys(node.inputs + node.implicit_inputs) if i and not graph.is_constant(i)]
+    """The modelled effect of moving the NPU ops `group` to the host, when they sit between host
+    ops: every value they read from outside made by a host op, every reader outside the group a
+    host op (at least one). Ops reading model inputs are at the model's edge, not between host
+    ops, and stay (the tiny models of tests would otherwise all move: 5 us of link latency
+    outweighs their compute)."""
+    members = set(group)
+    nodes = [graph.node(name) for name in group]
+    reads = [i for i in dict.fromkeys(i for n in nodes for i in n.inputs + n.implicit_inputs)
+             if i and not graph.is_constant(i) and (graph.producer(i) is None or graph.producer(i).name not in members)]
     producers = [graph.producer(i) for i in reads]
-    if any(p is not None and device_of[p.name] == Device.NPU for p in producers):
+    if not producers or any(p is None or device_of[p.name] == Device.NPU for p in producers):
         return None
-    if not any(p is not None for p in producers):
-        return None
-    readers = [c for o in node.outputs if o for c in graph.consumers(o)]
+    outputs = [o for n in nodes for o in n.outputs if o]
+    leaving = [o for o in outputs if o in graph.outputs or any(c.name not in members for c in graph.consumers(o))]
+    readers = [c for o in outputs for c in graph.consumers(o) if c.name not in members]
     if not readers or any(device_of[c.name] == Device.NPU for c in readers):
         return None
 
@@ -196,9 +217,10 @@ def _round_trip(node: Node, graph: Graph, target: TargetSpec, device_of: dict[st
 
     # An input another NPU op also reads is copied to the device anyway.
     dma = sum(link_ns(i) for i in reads
-              if all(c.name == node.name or device_of[c.name] == Device.HOST for c in graph.consumers(i)))
-    dma += sum(link_ns(o) for o in node.outputs if o)
-    return MoveDecision(dma, host_node_time_ns(node, graph, target), estimate_node(node, graph, target, dtype).time_ns)
+              if all(c.name in members or device_of[c.name] == Device.HOST for c in graph.consumers(i)))
+    dma += sum(link_ns(o) for o in leaving)
+    return MoveDecision(group, dma, sum(host_node_time_ns(n, graph, target) for n in nodes),
+                        sum(estimate_node(n, graph, target, dtype).time_ns for n in nodes))
 
 
 def _slot_device(slot: int) -> Device:
