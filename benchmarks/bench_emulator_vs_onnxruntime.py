@@ -43,16 +43,22 @@ def export(name: str, fold_batchnorm: bool = False) -> Path:
     return path
 
 
-def _worker(connection, kind: str, path: str, name: str, precision: str | None) -> None:
+def _worker(connection, kind: str, path: str, name: str, precision: str | None, threads: int | None) -> None:
     """Loads one runtime, then answers ("time", n) with n timings and ("output",) with its output."""
     (x,) = zoo.get(name).example_inputs()
+    if threads:
+        torch.set_num_threads(threads)
     if kind == "onnxruntime":
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x}
         run = lambda: session.run(None, feed)[0]  # noqa: E731
         info = {}
     else:
-        runtime = rblnc.compile_from_onnx(path, dtype=precision).create_runtime()
+        runtime = rblnc.compile_from_onnx(path, dtype=precision).create_runtime(host_threads=threads)
         run = lambda: runtime.run(x)  # noqa: E731
         info = {"modelled_ns": modelled_time(runtime.artifact)["total"],
                 "host_partitions": sum(1 for p in runtime.artifact.partitions if p.device.name == "HOST")}
@@ -75,10 +81,12 @@ def _worker(connection, kind: str, path: str, name: str, precision: str | None) 
 
 
 class Worker:
-    def __init__(self, kind: str, path: Path, name: str, precision: str | None = None):
+    def __init__(self, kind: str, path: Path, name: str, precision: str | None = None,
+                 threads: int | None = None):
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, kind, str(path), name, precision), daemon=True)
+        self.process = context.Process(target=_worker, args=(child, kind, str(path), name, precision, threads),
+                                          daemon=True)
         self.process.start()
         status, self.info = self.connection.recv()
         assert status == "ready"
@@ -96,9 +104,10 @@ class Worker:
         self.process.join(timeout=30)
 
 
-def bench_model(name: str, label: str, path: Path, precisions: list[str], rounds: int, per_block: int) -> list[dict]:
-    workers = {"onnxruntime": Worker("onnxruntime", path, name)}
-    workers.update({p: Worker("rblnc", path, name, p) for p in precisions})
+def bench_model(name: str, label: str, path: Path, precisions: list[str], rounds: int, per_block: int,
+                threads: int | None = None) -> list[dict]:
+    workers = {"onnxruntime": Worker("onnxruntime", path, name, threads=threads)}
+    workers.update({p: Worker("rblnc", path, name, p, threads) for p in precisions})
     try:
         samples: dict[str, list[float]] = {k: [] for k in workers}
         ratios: dict[str, list[float]] = {p: [] for p in precisions}
@@ -131,13 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="bf16,fp32", help="rblnc precisions (bf16 is the default)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-block", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of both runtimes (torch and onnxruntime; default: their own). "
+                             "1 compares the kernels without the thread pools' waits on a loaded machine")
     parser.add_argument("--no-folded", action="store_true",
                         help="skip the ResNet-50 exported with BatchNormalization folded (what fusion brings)")
     args = parser.parse_args(argv)
     precisions = args.precisions.split(",")
 
     print(f"emulator vs onnxruntime {ort.__version__}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; each runtime in its own "
+          f"{os.cpu_count()} CPUs, threads {args.threads or 'default (torch ' + str(torch.get_num_threads()) + ')'}; each runtime in its own "
           f"process, {args.rounds} rounds of alternating blocks of {args.per_block} runs", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at start: {load:.2f} (a shared machine: compare ratios, not absolute times)\n", flush=True)
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_folded and "resnet50" in args.models:
         jobs.append(("resnet50", "resnet50 (BN folded)", export("resnet50", fold_batchnorm=True)))
     for name, label, path in jobs:
-        rows += bench_model(name, label, path, precisions, args.rounds, args.per_block)
+        rows += bench_model(name, label, path, precisions, args.rounds, args.per_block, args.threads)
         for row in rows[-len(precisions):]:
             print(f"  measured {row['model']} {row['precision']}: {row['rblnc_s'] * 1e3:.1f} ms vs "
                   f"{row['onnxruntime_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
