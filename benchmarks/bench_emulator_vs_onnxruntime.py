@@ -25,11 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-import rblnc
-from rblnc import zoo
-from rblnc.report import format_time, modelled_time
+import rblnc.emulator  # noqa: F401  before torch: its OpenMP wait policy then holds here and in the workers
+
+import torch  # noqa: E402
+
+import rblnc  # noqa: E402
+from rblnc import zoo  # noqa: E402
+from rblnc.report import format_time, modelled_time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "bench"
@@ -50,6 +53,9 @@ def _worker(connection, kind: str, path: str, name: str, precision: str | None, 
         torch.set_num_threads(threads)
     if kind == "onnxruntime":
         options = ort.SessionOptions()
+        # Idle workers sleep, as the emulator's OpenMP workers do (OMP_WAIT_POLICY=PASSIVE): on a
+        # shared machine spinning workers slow both runtimes several times over.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -150,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"emulator vs onnxruntime {ort.__version__}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, threads {args.threads or 'default (torch ' + str(torch.get_num_threads()) + ')'}; each runtime in its own "
-          f"process, {args.rounds} rounds of alternating blocks of {args.per_block} runs", flush=True)
+          f"process, {args.rounds} rounds of alternating blocks of {args.per_block} runs; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, onnxruntime allow_spinning=0", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at start: {load:.2f} (a shared machine: compare ratios, not absolute times)\n", flush=True)
     rows = []
