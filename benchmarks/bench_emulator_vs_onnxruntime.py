@@ -1,6 +1,6 @@
 """The NPU emulator's time per inference beside onnxruntime's, on the same ONNX models, in one run.
 
-    python benchmarks/bench_emulator_vs_onnxruntime.py [--models resnet50,yolov8n,unet] [--rounds 5]
+    python benchmarks/bench_emulator_vs_onnxruntime.py [--models resnet50,yolov8n,unet] [--rounds 5] [--threads 1]
 
 Models come from rblnc.zoo at full size (ResNet-50 224x224, YOLOv8n 640x640, UNet 256x256),
 exported once to build/bench/. Each runtime lives in its own worker process (as a user would run
@@ -10,7 +10,10 @@ and the ratio emulator / onnxruntime (lower is better for rblnc): the median, ov
 ratio of the two blocks of that round, so that a burst of load that hits one block of a round
 moves one ratio, not the result. The `modelled` column is the
 target's modelled device time, for scale; `max err` compares the emulator's output with
-onnxruntime's (max |diff| / max |onnxruntime|).
+onnxruntime's (max |diff| / max |onnxruntime|). Both runtimes' idle workers sleep (OpenMP's
+OMP_WAIT_POLICY=PASSIVE, which rblnc.emulator sets; onnxruntime's allow_spinning=0): spinning
+ones cost either runtime several times its time on a shared machine. `--threads N` gives both
+N intra-op threads; 1 compares the kernels alone.
 """
 
 from __future__ import annotations
@@ -154,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     precisions = args.precisions.split(",")
 
+    threads = args.threads or f"default (torch {torch.get_num_threads()})"
     print(f"emulator vs onnxruntime {ort.__version__}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, threads {args.threads or 'default (torch ' + str(torch.get_num_threads()) + ')'}; each runtime in its own "
+          f"{os.cpu_count()} CPUs, threads {threads}; each runtime in its own "
           f"process, {args.rounds} rounds of alternating blocks of {args.per_block} runs; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, onnxruntime allow_spinning=0", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
