@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tf,ray,plot,bench]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tf,ray,plot,bench,examples]"
 	touch $(STAMP)
 
 demo: install
