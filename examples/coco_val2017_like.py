@@ -110,7 +110,11 @@ def vary(photo: Photo, rng: np.random.Generator) -> tuple[Image.Image, list[tupl
         if mirrored:
             left, right = crop_w - right, crop_w - left
         top, bottom = top - y0, bottom - y0
-        boxes.append((category, [round(v * scale, 2) for v in (left, top, right - left, bottom - top)]))
+        # Each axis by its own factor: the resized size was rounded to whole pixels.
+        sx, sy = image.width / crop_w, image.height / crop_h
+        left, right = max(0.0, round(left * sx, 2)), min(float(image.width), round(right * sx, 2))
+        top, bottom = max(0.0, round(top * sy, 2)), min(float(image.height), round(bottom * sy, 2))
+        boxes.append((category, [left, top, round(right - left, 2), round(bottom - top, 2)]))
     return image, boxes
 
 
