@@ -24,7 +24,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import rblnc
 from rblnc.format.artifact import Device
 from rblnc.runtime.engine import Resource, StepRecord, modelled_ns_per_request, throughput_bounds
 from rblnc.runtime.trace import write_chrome_trace
@@ -291,8 +290,9 @@ def paced_comparison(compiled_model, inputs: Sequence[np.ndarray], expected: Seq
     if trace_path is not None:
         trace_path.parent.mkdir(parents=True, exist_ok=True)
         write_chrome_trace(records, trace_path, title=title)
-    return PacedResult(scale, calibrated, estimates, len(inputs), sync_seconds, async_seconds, bound / scale, serial / scale,
-                       {r.value: ns / 1e6 for r, ns in per_resource.items()}, per_resource[Resource.NPU],
+    return PacedResult(scale, calibrated, estimates, len(inputs), sync_seconds, async_seconds, bound / scale,
+                       serial / scale, {r.value: ns / 1e6 for r, ns in per_resource.items()},
+                       per_resource[Resource.NPU],
                        host_lanes, parallel, sync_runtime.overruns - sync_overruns, async_overruns,
                        overrun_share(sync_records, sync_seconds), overrun_share(records, async_seconds),
                        lane_busy(records), not mismatches)
@@ -337,6 +337,11 @@ def compare_with_framework(outputs: Sequence, inputs: Sequence, framework: Calla
 
 
 # --------------------------------------------------------------------------- printing
+
+
+def show(lines: str | list[str]) -> None:
+    """Prints as soon as a figure is known (a full-size run takes minutes)."""
+    print("\n".join([lines] if isinstance(lines, str) else lines), flush=True)
 
 
 def describe_compile(compiled_model, seconds: float, function: str) -> str:

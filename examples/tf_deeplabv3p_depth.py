@@ -85,13 +85,13 @@ runtime.close()  # rblnc: the tutorial's process ends here; this one goes on mea
 
 # --------------------------------------------------------------------------- beyond the tutorial
 inputs = [np.expand_dims(sample.numpy(), axis=0) for sample in samples]
-lines = [report.describe_compile(compiled_model, compile_seconds, "compile_from_tf_function")]
+report.show(report.describe_compile(compiled_model, compile_seconds, "compile_from_tf_function"))
 failures = []
 
 # The same samples again, sync then async, on warmed-up runtimes (the tutorial's run above paid
 # for torch's and onnxruntime's first-use set-up); both must give exactly the tutorial's logits.
 functional = report.functional_comparison(compiled_model, inputs, logits)
-lines += report.describe_functional(functional)
+report.show(report.describe_functional(functional))
 if not functional.outputs_match:
     failures.append("the sync and async runtimes gave different outputs")
 
@@ -107,27 +107,26 @@ def keras_logits(x):
 parts = {"logits": (lambda y: y, LOGIT_TOLERANCE)}
 dtype = compiled_model.artifact.options.dtype
 differences = report.compare_with_framework(logits, inputs, keras_logits, parts)
-lines += report.describe_differences(differences, "keras", len(inputs), dtype, checked=dtype == "fp32")
+report.show(report.describe_differences(differences, "keras", len(inputs), dtype, checked=dtype == "fp32"))
 if dtype != "fp32":
     fp32_model = rebel.compile_from_tf_function(tf.function(lambda x : model(x)),
                                                 input_info=[("x", [1, SIZE, SIZE, 3], np.float32)], dtype="fp32")
     few = inputs[:4]
     fp32_outputs, _ = report.run_sync(fp32_model.create_runtime(), few)
     differences = report.compare_with_framework(fp32_outputs, few, keras_logits, parts)
-    lines += report.describe_differences(differences, "keras", len(few), "fp32", checked=True)
+    report.show(report.describe_differences(differences, "keras", len(few), "fp32", checked=True))
 failures += [f"{d.name} differ from Keras by {d.largest:.3g} > {d.tolerance:g}" for d in differences if not d.ok]
 
 if args.paced_samples > 0:
     paced = report.paced_comparison(compiled_model, inputs[:args.paced_samples], logits,
                                      functional.measured, args.trace,
                                      f"DeepLabV3+ {SIZE}x{SIZE}, async, paced", args.pace_scale)
-    lines += report.describe_paced(paced)
+    report.show(report.describe_paced(paced))
     if not paced.outputs_match:
         failures.append("the paced runs gave other outputs than the functional ones")
     if args.trace is not None:
-        lines.append(f"wrote {args.trace} (the paced async run; open in ui.perfetto.dev or chrome://tracing)")
+        report.show(f"wrote {args.trace} (the paced async run; open in ui.perfetto.dev or chrome://tracing)")
 
-print("\n".join(lines))
 for failure in failures:
     print(f"FAILED: {failure}", file=sys.stderr)
 sys.exit(1 if failures else 0)

@@ -83,7 +83,7 @@ compile_started = time.perf_counter()  # rblnc: timed, for the report
 compiled_model = rebel.compile_from_torchscript(scripted_model)
 compile_seconds = time.perf_counter() - compile_started
 
-import asyncio
+import asyncio  # noqa: E402  (where the tutorial imports it)
 
 runtime = compiled_model.create_async_runtime()
 
@@ -104,7 +104,7 @@ runtime.close()  # rblnc: the tutorial's process ends here; this one goes on mea
 
 # --------------------------------------------------------------------------- beyond the tutorial
 inputs = [np.expand_dims(sample, axis=0) for sample in samples]
-lines = [report.describe_compile(compiled_model, compile_seconds, "compile_from_torchscript")]
+report.show(report.describe_compile(compiled_model, compile_seconds, "compile_from_torchscript"))
 failures = []
 
 # The first image's boxes: decoded (best class per box, NMS per class) and drawn.
@@ -118,15 +118,16 @@ with torch.no_grad():
 args.detections.parent.mkdir(parents=True, exist_ok=True)
 Image.fromarray(draw_detections(image, detections, names)).save(args.detections)
 same = len(detections) == len(torch_detections) and all(
-    a.class_index == b.class_index and np.allclose(a.box, b.box, atol=0.5) for a, b in zip(detections, torch_detections))
-lines.append(f"detections in {dataset.samples[0][1].name}: {len(detections)} after NMS (torch's own outputs: "
-             f"{len(torch_detections)}, {'the same boxes' if same else 'other boxes'}); the best 20 drawn in "
-             f"{args.detections} (random weights: the boxes show the decoding, not objects)")
+    a.class_index == b.class_index and np.allclose(a.box, b.box, atol=0.5)
+    for a, b in zip(detections, torch_detections))
+report.show(f"detections in {dataset.samples[0][1].name}: {len(detections)} after NMS (torch's own outputs: "
+            f"{len(torch_detections)}, {'the same boxes' if same else 'other boxes'}); the best 20 drawn in "
+            f"{args.detections} (random weights: the boxes show the decoding, not objects)")
 
 # The same samples again, sync then async, on warmed-up runtimes (the tutorial's run above paid
 # for torch's and onnxruntime's first-use set-up); both must give exactly the tutorial's outputs.
 functional = report.functional_comparison(compiled_model, inputs, logits)
-lines += report.describe_functional(functional)
+report.show(report.describe_functional(functional))
 if not functional.outputs_match:
     failures.append("the sync and async runtimes gave different outputs")
 
@@ -144,26 +145,25 @@ def torch_outputs(x):
 parts = {"boxes": (lambda y: y[:, :4], BOX_TOLERANCE), "class scores": (lambda y: y[:, 4:], SCORE_TOLERANCE)}
 dtype = compiled_model.artifact.options.dtype
 differences = report.compare_with_framework(logits, inputs, torch_outputs, parts)
-lines += report.describe_differences(differences, "torch", len(inputs), dtype, checked=dtype == "fp32")
+report.show(report.describe_differences(differences, "torch", len(inputs), dtype, checked=dtype == "fp32"))
 if dtype != "fp32":
     fp32_model = rebel.compile_from_torchscript(scripted_model, dtype="fp32")
     few = inputs[:4]
     fp32_outputs, _ = report.run_sync(fp32_model.create_runtime(), few)
     differences = report.compare_with_framework(fp32_outputs, few, torch_outputs, parts)
-    lines += report.describe_differences(differences, "torch", len(few), "fp32", checked=True)
+    report.show(report.describe_differences(differences, "torch", len(few), "fp32", checked=True))
 failures += [f"{d.name} differ from torch by {d.largest:.3g} > {d.tolerance:g}" for d in differences if not d.ok]
 
 if args.paced_samples > 0:
     paced = report.paced_comparison(compiled_model, inputs[:args.paced_samples], logits,
                                      functional.measured, args.trace, f"YOLOv8n {SIZE}x{SIZE}, async, paced",
                                      args.pace_scale)
-    lines += report.describe_paced(paced)
+    report.show(report.describe_paced(paced))
     if not paced.outputs_match:
         failures.append("the paced runs gave other outputs than the functional ones")
     if args.trace is not None:
-        lines.append(f"wrote {args.trace} (the paced async run; open in ui.perfetto.dev or chrome://tracing)")
+        report.show(f"wrote {args.trace} (the paced async run; open in ui.perfetto.dev or chrome://tracing)")
 
-print("\n".join(lines))
 for failure in failures:
     print(f"FAILED: {failure}", file=sys.stderr)
 sys.exit(1 if failures else 0)

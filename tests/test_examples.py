@@ -188,8 +188,8 @@ def test_torch_yolov8_example_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     _check_report(result.stdout, samples=3, paced=2)
     for part, tolerance in (("boxes", 0.05), ("class scores", 0.0001)):
-        found = re.search(rf"^largest \|rblnc - torch\| \({part}, fp32, 3 samples\): (\S+) .*tolerance {tolerance:g}\): OK$",
-                          result.stdout, re.M)
+        found = re.search(rf"^largest \|rblnc - torch\| \({part}, fp32, 3 samples\): (\S+) "
+                          rf".*tolerance {tolerance:g}\): OK$", result.stdout, re.M)
         assert found and float(found.group(1)) <= tolerance
     assert re.search(r"^detections in \d{12}\.jpg: \d+ after NMS \(torch's own outputs: \d+, the same boxes\)",
                      result.stdout, re.M)
