@@ -54,7 +54,7 @@ class NYUDepthV2Dataset():
 # the same way is generated (once) under --data-root, and a real one there is used as it is.
 ensure_nyu_depth_v2(args.data_root, args.samples)
 dataset = NYUDepthV2Dataset(args.data_root)
-samples = [dataset[i] for i in range(args.samples)]
+samples = [dataset[i] for i in range(args.samples)]  # rblnc: the tutorial's 100, a flag
 
 model = deeplabv3plus(input_shape=(SIZE, SIZE, 3))  # rblnc: from_pretrained_keras(...) in the tutorial
 compile_started = time.perf_counter()  # rblnc: timed, for the report

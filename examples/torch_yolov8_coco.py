@@ -74,7 +74,7 @@ class COCO2017Dataset():
 # the same way is generated (once) under --data-root, and a real one there is used as it is.
 ensure_coco_val2017(args.data_root, args.samples)
 dataset = COCO2017Dataset(args.data_root)
-samples = [dataset[i] for i in range(args.samples)]
+samples = [dataset[i] for i in range(args.samples)]  # rblnc: the tutorial's 100, a flag
 
 model = rblnc.zoo.get("yolov8n").build().eval()  # rblnc: YOLO("yolov8n.pt").model.eval() in the tutorial
 model(torch.zeros([1, 3, SIZE, SIZE], dtype=torch.float32))
