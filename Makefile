@@ -40,6 +40,11 @@ test: install
 test-full: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# The ONNX backend node tests through compile + run: passed / failed / not applicable, with reasons.
+.PHONY: conformance
+conformance: install
+	$(PY) tools/conformance.py
+
 schema: install
 	$(VENV)/bin/flatc $(FLATC_FLAGS) -o $(SCHEMA_OUT) schemas/rbln.fbs
 
