@@ -5,8 +5,8 @@ field it leaves at 0) the benchmarks use this one, stated here so the figures ca
 
 - a host-link transfer takes   latency + bytes / bandwidth                (target.host_link)
 - an NPU command takes         overhead + FLOPs / (peak[dtype] x efficiency)   (target.compute)
-  where FLOPs are 2 x multiply-adds for Conv / Gemm / MatMul and their fused forms (from the
-  tensor shapes) and one per output element for every other op;
+  where FLOPs are 2 x multiply-adds for Conv / Gemm / MatMul (from the tensor shapes) and one
+  per output element for every other op;
 - an NPU partition takes the sum of its commands;
 - a host partition takes what it was measured to take on this host (passed in by the caller).
 
@@ -20,24 +20,18 @@ import numpy as np
 from rblnc.format.artifact import Artifact, Command, Device, NpuProgram
 
 
-# The passes' fused ops (rblnc/ir/fused_ops.py) cost what the op they are built on costs; the
-# activation or residual add they absorbed is one FLOP per output element, negligible beside it.
-FUSED_BASE_OPS = {"FusedConv": "Conv", "FusedGemm": "Gemm", "FusedMatMul": "MatMul"}
-
-
 def command_flops(program: NpuProgram, command: Command) -> int:
     def shape(index: int) -> tuple:
         return tuple(program.tensors[index].shape) if index >= 0 else ()
 
     out = shape(command.outputs[0]) if command.outputs else ()
     out_elems = int(np.prod(out, dtype=np.int64)) if out else 0
-    op_type = FUSED_BASE_OPS.get(command.op_type, command.op_type)
-    if op_type == "Conv":
+    if command.op_type == "Conv":
         weight = shape(command.inputs[1])  # [Cout, Cin/group, kh, kw]
         return 2 * out_elems * int(np.prod(weight[1:], dtype=np.int64))
-    if op_type in ("Gemm", "MatMul"):
+    if command.op_type in ("Gemm", "MatMul"):
         a = shape(command.inputs[0])
-        k = a[0] if op_type == "Gemm" and command.attributes.get("transA") else a[-1]
+        k = a[0] if command.op_type == "Gemm" and command.attributes.get("transA") else a[-1]
         return 2 * out_elems * int(k)
     return out_elems
 

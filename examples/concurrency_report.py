@@ -3,11 +3,10 @@ throughput (functional, then paced to modelled times), modelled NPU utilisation,
 outputs are from the framework's, and a trace of the paced async run.
 
 Functional runs go as fast as the emulator computes. Paced runs make every step last its
-modelled time x S (see docs/runtime.md): the artifact's own estimates where the compiler filled
-them; the fields it left at 0 are filled by the stand-in timing model of
-benchmarks/simple_timing.py (NPU and DMA from the target's figures, host partitions at the time
-they took here), and the output says so. The emulator computes far slower than the modelled chip,
-so S (slow motion) is chosen so that the emulator's compute fits inside each step.
+modelled time x S (see docs/runtime.md), the estimates the compiler wrote into the artifact
+(rblnc/cost_model.py: NPU commands, host partitions, host-link transfers). The emulator computes
+far slower than the modelled chip, so S (slow motion) is chosen so that the emulator's compute
+fits inside each step.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +21,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rblnc.compiler import DEFAULT_PRECISION, SUPPORTED_PRECISIONS
 from rblnc.format.artifact import Device
 from rblnc.runtime.engine import Resource, StepRecord, modelled_ns_per_request, throughput_bounds
 from rblnc.runtime.trace import write_chrome_trace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from simple_timing import fill_estimates  # noqa: E402  (the stand-in, until the emulator's timing model lands)
-
-STAND_IN = "benchmarks/simple_timing.py"
 # S is the smallest slow-motion factor at which the emulator, computing each step in COMPUTE_MARGIN
 # x its median time in the functional run, would overrun the modelled steps of each
 # resource by at most OVERRUN_BUDGET of their paced time. A per-step rule (every step fits) would
@@ -58,9 +52,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, size: int, data_roo
                              "S is quick, but the steps the emulator overruns then follow the emulator's time)")
     parser.add_argument("--trace", type=Path, default=None,
                         help="write the paced async run's timeline here (Chrome trace / Perfetto JSON)")
+    parser.add_argument("--dtype", choices=SUPPORTED_PRECISIONS, default=None,
+                        help=f"compile at this precision (default: the compiler's, {DEFAULT_PRECISION}, as the "
+                             "tutorial compiles)")
     parser.add_argument("--emulator-threads", type=int, default=1,
                         help="torch threads of the NPU emulator (1: the runtime's lanes compute at once on "
                              "a small machine, and a 2-thread torch team stalls when a core is taken)")
+
+
+def compile_options(args: argparse.Namespace) -> dict:
+    """The options the tutorial's compile call gets: none unless --dtype was given."""
+    return {} if args.dtype is None else {"dtype": args.dtype}
 
 
 def set_emulator_threads(count: int) -> None:
@@ -147,30 +149,6 @@ def step_seconds(records: Sequence[StepRecord]) -> dict[str, list[float]]:
 # --------------------------------------------------------------------------- estimates and pacing
 
 
-def _timing_fields(artifact) -> list[tuple[object, str]]:
-    fields = []
-    for partition in artifact.partitions:
-        fields.append((partition, "est_time_ns"))
-        fields += [(t, "est_time_ns") for t in partition.transfers]
-        if partition.device == Device.NPU:
-            fields += [(c, "est_time_ns") for c in partition.npu_program.commands]
-    return fields
-
-
-def fill_missing_estimates(compiled_model, measured: dict[str, list[float]]) -> str:
-    """Fills the timing fields the compiler left at 0 with the stand-in's (host partitions: their
-    median time in `measured`); returns where the estimates came from, for the output."""
-    fields = _timing_fields(compiled_model.artifact)
-    missing = sum(1 for obj, name in fields if not getattr(obj, name))
-    if not missing:
-        return "the artifact's own (the compiler's timing model)"
-    host_ns = {p.name: statistics.median(measured[p.name]) * 1e9 for p in compiled_model.artifact.partitions
-               if p.device == Device.HOST and p.name in measured}
-    fill_estimates(compiled_model.artifact, host_ns)
-    return (f"STAND-IN: {missing} of {len(fields)} timing fields were 0 in the artifact and come from {STAND_IN} "
-            "(target figures; host partitions at their time here) until the emulator's timing model lands")
-
-
 def pace_scale_for(steps, measured: dict[str, list[float]]) -> float:
     """The slow-motion factor S (see OVERRUN_BUDGET), rounded up to two significant digits."""
     per_resource: dict[Resource, list[tuple[float, float]]] = {}
@@ -212,7 +190,6 @@ def overrun_share(records: Sequence[StepRecord], seconds: float) -> float:
 class PacedResult:
     scale: float
     calibrated: bool
-    estimates: str
     requests: int
     sync_seconds: float
     async_seconds: float
@@ -258,7 +235,6 @@ def lane_busy(records: Sequence[StepRecord]) -> dict[str, float]:
 def paced_comparison(compiled_model, inputs: Sequence[np.ndarray], expected: Sequence, measured: dict,
                      trace_path: Path | None, title: str, scale: float | None = None) -> PacedResult:
     """Sync then async on `inputs`, every step lasting S x its modelled time (S: `scale`, else calibrated)."""
-    estimates = fill_missing_estimates(compiled_model, measured)
     steps = compiled_model.create_runtime().steps
     calibrated = scale is None
     if calibrated:
@@ -290,7 +266,7 @@ def paced_comparison(compiled_model, inputs: Sequence[np.ndarray], expected: Seq
     if trace_path is not None:
         trace_path.parent.mkdir(parents=True, exist_ok=True)
         write_chrome_trace(records, trace_path, title=title)
-    return PacedResult(scale, calibrated, estimates, len(inputs), sync_seconds, async_seconds, bound / scale,
+    return PacedResult(scale, calibrated, len(inputs), sync_seconds, async_seconds, bound / scale,
                        serial / scale, {r.value: ns / 1e6 for r, ns in per_resource.items()},
                        per_resource[Resource.NPU],
                        host_lanes, parallel, sync_runtime.overruns - sync_overruns, async_overruns,
@@ -376,7 +352,6 @@ def describe_paced(result: PacedResult) -> list[str]:
     return [
         f"paced, {r.requests} samples: every step lasts S = {r.scale:g} x its modelled time "
         + ("(slow motion, calibrated so the emulator keeps up)" if r.calibrated else "(--pace-scale)"),
-        f"  timing estimates: {r.estimates}",
         f"  modelled per request: {per_resource}; parallel {r.parallel}",
         f"  sync  {r.sync_rate:.3g} req/s (one at a time allows {r.serial:.3g}: {r.sync_rate / r.serial:.0%}), "
         f"modelled NPU utilisation {r.utilisation(r.sync_seconds):.1%}",

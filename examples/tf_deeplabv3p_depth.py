@@ -61,6 +61,7 @@ compile_started = time.perf_counter()  # rblnc: timed, for the report
 compiled_model = rebel.compile_from_tf_function(
     tf.function(lambda x : model(x)),
     input_info=[("x", [1, SIZE, SIZE, 3], np.float32)],
+    **report.compile_options(args),  # rblnc: --dtype, none unless given
 )
 compile_seconds = time.perf_counter() - compile_started
 

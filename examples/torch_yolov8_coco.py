@@ -80,7 +80,7 @@ model = rblnc.zoo.get("yolov8n").build().eval()  # rblnc: YOLO("yolov8n.pt").mod
 model(torch.zeros([1, 3, SIZE, SIZE], dtype=torch.float32))
 scripted_model = torch.jit.trace(model, torch.zeros([1, 3, SIZE, SIZE], dtype=torch.float32))
 compile_started = time.perf_counter()  # rblnc: timed, for the report
-compiled_model = rebel.compile_from_torchscript(scripted_model)
+compiled_model = rebel.compile_from_torchscript(scripted_model, **report.compile_options(args))  # rblnc: --dtype
 compile_seconds = time.perf_counter() - compile_started
 
 import asyncio  # noqa: E402  (where the tutorial imports it)
@@ -107,7 +107,8 @@ inputs = [np.expand_dims(sample, axis=0) for sample in samples]
 report.show(report.describe_compile(compiled_model, compile_seconds, "compile_from_torchscript"))
 failures = []
 
-# The first image's boxes: decoded (best class per box, NMS per class) and drawn.
+# The first image's boxes: decoded (best class per box, NMS per class) and drawn. At fp32 they
+# must be torch's own boxes (checked below, on the fp32 compile if the default precision is lower).
 category_ids = sorted(dataset.coco_gt.getCatIds())
 names = [dataset.coco_gt.cats[i]["name"] for i in category_ids]
 image = np.asarray(Image.open(dataset.samples[0][1]).convert("RGB"))
@@ -117,11 +118,19 @@ with torch.no_grad():
     torch_detections = decode_detections(model(torch.from_numpy(inputs[0])).numpy(), image.shape[:2], letterbox)
 args.detections.parent.mkdir(parents=True, exist_ok=True)
 Image.fromarray(draw_detections(image, detections, names)).save(args.detections)
-same = len(detections) == len(torch_detections) and all(
-    a.class_index == b.class_index and np.allclose(a.box, b.box, atol=0.5)
-    for a, b in zip(detections, torch_detections))
-report.show(f"detections in {dataset.samples[0][1].name}: {len(detections)} after NMS (torch's own outputs: "
-            f"{len(torch_detections)}, {'the same boxes' if same else 'other boxes'}); the best 20 drawn in "
+
+
+def same_as_torch(found) -> bool:
+    return len(found) == len(torch_detections) and all(
+        a.class_index == b.class_index and np.allclose(a.box, b.box, atol=0.5) for a, b in zip(found, torch_detections))
+
+
+def describe_detections(found, dtype: str) -> str:
+    return (f"detections in {dataset.samples[0][1].name} ({dtype}): {len(found)} after NMS (torch's own outputs: "
+            f"{len(torch_detections)}, {'the same boxes' if same_as_torch(found) else 'other boxes'})")
+
+
+report.show(describe_detections(detections, compiled_model.artifact.options.dtype) + f"; the best 20 drawn in "
             f"{args.detections} (random weights: the boxes show the decoding, not objects)")
 
 # The same samples again, sync then async, on warmed-up runtimes (the tutorial's run above paid
@@ -152,6 +161,12 @@ if dtype != "fp32":
     fp32_outputs, _ = report.run_sync(fp32_model.create_runtime(), few)
     differences = report.compare_with_framework(fp32_outputs, few, torch_outputs, parts)
     report.show(report.describe_differences(differences, "torch", len(few), "fp32", checked=True))
+    fp32_detections = decode_detections(fp32_outputs[0], image.shape[:2], letterbox)
+    report.show(describe_detections(fp32_detections, "fp32"))
+else:
+    fp32_detections = detections
+if not same_as_torch(fp32_detections):
+    failures.append("the fp32 compile's boxes of the first image are not torch's")
 failures += [f"{d.name} differ from torch by {d.largest:.3g} > {d.tolerance:g}" for d in differences if not d.ok]
 
 if args.paced_samples > 0:
