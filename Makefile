@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	mkdir -p $(DEMO)
 	$(PY) examples/demo.py prepare $(DEMO)
-	$(RBLNC) compile $(DEMO)/yolov8n.pt -o $(DEMO)/yolov8n.rbln --input images:1x3x640x640:float32
+	$(RBLNC) compile $(DEMO)/yolov8n.pt -o $(DEMO)/yolov8n.rbln --input images:1x3x640x640:float32 --dtype fp32
 	$(RBLNC) inspect $(DEMO)/yolov8n.rbln
 	$(RBLNC) run --async --pace $(DEMO)/yolov8n.rbln $(DEMO)/inputs.npz -o $(DEMO)/outputs.npz --trace $(DEMO)/trace.json
 	$(PY) examples/demo.py check $(DEMO)

@@ -1,7 +1,7 @@
 """`make demo`: the seed tutorial's PyTorch example through the command line, on a bundled model.
 
     python examples/demo.py prepare build/demo   # yolov8n.pt, inputs.npz, reference.npz
-    rblnc compile build/demo/yolov8n.pt -o build/demo/yolov8n.rbln --input images:1x3x640x640:float32
+    rblnc compile build/demo/yolov8n.pt -o build/demo/yolov8n.rbln --input images:1x3x640x640:float32 --dtype fp32
     rblnc inspect build/demo/yolov8n.rbln
     rblnc run --async --pace build/demo/yolov8n.rbln build/demo/inputs.npz -o build/demo/outputs.npz
     python examples/demo.py check build/demo     # outputs.npz against torch's; exit 1 if they differ
