@@ -23,6 +23,7 @@ import numpy as np
 
 from rblnc.compiler import DEFAULT_PRECISION, SUPPORTED_PRECISIONS
 from rblnc.format.artifact import Device
+from rblnc.target import DEFAULT_TARGET
 from rblnc.runtime.engine import Resource, StepRecord, modelled_ns_per_request, throughput_bounds
 from rblnc.runtime.trace import write_chrome_trace
 
@@ -55,14 +56,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, size: int, data_roo
     parser.add_argument("--dtype", choices=SUPPORTED_PRECISIONS, default=None,
                         help=f"compile at this precision (default: the compiler's, {DEFAULT_PRECISION}, as the "
                              "tutorial compiles)")
+    parser.add_argument("--target", default=None,
+                        help=f"compile for this target (a name in rblnc/targets/ or a .toml; default: the "
+                             f"compiler's, {DEFAULT_TARGET}); e.g. edge-tiny, whose slow host link and host make "
+                             "more of a request overlap")
     parser.add_argument("--emulator-threads", type=int, default=1,
                         help="torch threads of the NPU emulator (1: the runtime's lanes compute at once on "
                              "a small machine, and a 2-thread torch team stalls when a core is taken)")
 
 
 def compile_options(args: argparse.Namespace) -> dict:
-    """The options the tutorial's compile call gets: none unless --dtype was given."""
-    return {} if args.dtype is None else {"dtype": args.dtype}
+    """The options the tutorial's compile call gets: none unless --dtype or --target was given."""
+    return {name: value for name, value in (("dtype", args.dtype), ("target", args.target)) if value is not None}
 
 
 def set_emulator_threads(count: int) -> None:
@@ -324,7 +329,8 @@ def describe_compile(compiled_model, seconds: float, function: str) -> str:
     artifact = compiled_model.artifact
     npu = sum(1 for p in artifact.partitions if p.device == Device.NPU)
     host = len(artifact.partitions) - npu
-    return (f"compile: {seconds:.1f} s ({function}, {artifact.options.dtype}, -O{artifact.options.opt_level}): "
+    return (f"compile: {seconds:.1f} s ({function}, {artifact.target.name}, {artifact.options.dtype}, "
+            f"-O{artifact.options.opt_level}): "
             f"{len(artifact.partitions)} partitions, {npu} on the NPU, {host} on the host")
 
 

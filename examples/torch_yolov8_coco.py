@@ -80,7 +80,7 @@ model = rblnc.zoo.get("yolov8n").build().eval()  # rblnc: YOLO("yolov8n.pt").mod
 model(torch.zeros([1, 3, SIZE, SIZE], dtype=torch.float32))
 scripted_model = torch.jit.trace(model, torch.zeros([1, 3, SIZE, SIZE], dtype=torch.float32))
 compile_started = time.perf_counter()  # rblnc: timed, for the report
-compiled_model = rebel.compile_from_torchscript(scripted_model, **report.compile_options(args))  # rblnc: --dtype
+compiled_model = rebel.compile_from_torchscript(scripted_model, **report.compile_options(args))  # rblnc: --dtype, --target
 compile_seconds = time.perf_counter() - compile_started
 
 import asyncio  # noqa: E402  (where the tutorial imports it)
@@ -156,7 +156,7 @@ dtype = compiled_model.artifact.options.dtype
 differences = report.compare_with_framework(logits, inputs, torch_outputs, parts)
 report.show(report.describe_differences(differences, "torch", len(inputs), dtype, checked=dtype == "fp32"))
 if dtype != "fp32":
-    fp32_model = rebel.compile_from_torchscript(scripted_model, dtype="fp32")
+    fp32_model = rebel.compile_from_torchscript(scripted_model, **{**report.compile_options(args), "dtype": "fp32"})
     few = inputs[:4]
     fp32_outputs, _ = report.run_sync(fp32_model.create_runtime(), few)
     differences = report.compare_with_framework(fp32_outputs, few, torch_outputs, parts)
