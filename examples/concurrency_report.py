@@ -70,6 +70,22 @@ def compile_options(args: argparse.Namespace) -> dict:
     return {name: value for name, value in (("dtype", args.dtype), ("target", args.target)) if value is not None}
 
 
+def compile_fp32(compile_function: Callable[..., object], args: argparse.Namespace):
+    """compile_function(**options) at fp32 for the numerical check, for --target if the model fits
+    it there (fp32 doubles the device buffers); else for the default target, and says so."""
+    from rblnc.errors import DeviceMemoryError
+
+    options = {**compile_options(args), "dtype": "fp32"}
+    try:
+        return compile_function(**options)
+    except DeviceMemoryError as error:
+        if "target" not in options:
+            raise
+        show(f"fp32 check on {DEFAULT_TARGET}, not {args.target}: {error}")
+        del options["target"]
+        return compile_function(**options)
+
+
 def set_emulator_threads(count: int) -> None:
     import torch
 

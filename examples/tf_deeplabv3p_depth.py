@@ -110,9 +110,8 @@ dtype = compiled_model.artifact.options.dtype
 differences = report.compare_with_framework(logits, inputs, keras_logits, parts)
 report.show(report.describe_differences(differences, "keras", len(inputs), dtype, checked=dtype == "fp32"))
 if dtype != "fp32":
-    fp32_model = rebel.compile_from_tf_function(tf.function(lambda x : model(x)),
-                                                input_info=[("x", [1, SIZE, SIZE, 3], np.float32)],
-                                                **{**report.compile_options(args), "dtype": "fp32"})
+    fp32_model = report.compile_fp32(lambda **options: rebel.compile_from_tf_function(
+        tf.function(lambda x : model(x)), input_info=[("x", [1, SIZE, SIZE, 3], np.float32)], **options), args)
     few = inputs[:4]
     fp32_outputs, _ = report.run_sync(fp32_model.create_runtime(), few)
     differences = report.compare_with_framework(fp32_outputs, few, keras_logits, parts)

@@ -156,7 +156,7 @@ dtype = compiled_model.artifact.options.dtype
 differences = report.compare_with_framework(logits, inputs, torch_outputs, parts)
 report.show(report.describe_differences(differences, "torch", len(inputs), dtype, checked=dtype == "fp32"))
 if dtype != "fp32":
-    fp32_model = rebel.compile_from_torchscript(scripted_model, **{**report.compile_options(args), "dtype": "fp32"})
+    fp32_model = report.compile_fp32(lambda **options: rebel.compile_from_torchscript(scripted_model, **options), args)
     few = inputs[:4]
     fp32_outputs, _ = report.run_sync(fp32_model.create_runtime(), few)
     differences = report.compare_with_framework(fp32_outputs, few, torch_outputs, parts)
