@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import LIGHT_DIR, LIGHT_MODELS, make_onnx, mixed_model
+from conftest import LIGHT_DIR, LIGHT_MODELS, make_onnx, mixed_model, relative_errors
 from ml_dtypes import bfloat16
 from onnx import TensorProto, helper, numpy_helper
 
@@ -34,9 +34,6 @@ def rounded(x: np.ndarray, precision: str) -> np.ndarray:
     return np.asarray(x, np.float32).astype(STORAGE[precision]).astype(np.float32)
 
 
-def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    return (float(np.abs(actual - expected).max() / np.abs(expected).max()),
-            float(np.linalg.norm(actual - expected) / np.linalg.norm(expected)))
 
 
 def test_default_precision_is_bf16():
@@ -179,7 +176,7 @@ def _check_zoo(name: str, small: bool, tmp_path):
         np.testing.assert_allclose(fp32, expected, rtol=1e-3, atol=1e-4)
     for precision, (max_bound, l2_bound) in ZOO_BOUNDS.items():
         actual = rblnc.compile_from_onnx(str(path), dtype=precision).create_runtime().run(*inputs)
-        worst, l2 = errors(actual, expected)
+        worst, l2 = relative_errors(actual, expected)
         assert worst <= max_bound and l2 <= l2_bound, f"{name} {precision}: max {worst:.2e}, l2 {l2:.2e}"
         assert worst > 0  # the precision really is reduced
 
@@ -210,5 +207,30 @@ def test_light_models_stay_within_the_documented_bounds(name, precision):
     if precision == "fp16" and name in FP16_OVERFLOWS:
         assert not np.all(np.isfinite(actual))  # the documented overflow, not a wrong result
         return
-    worst, _ = errors(actual, expected)
+    worst, _ = relative_errors(actual, expected)
     assert worst <= LIGHT_BOUNDS[precision], f"{name} {precision}: {worst:.2e}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("transform, nearest_mode, out_size", [
+    ("asymmetric", "floor", 12), ("asymmetric", "floor", 18), ("half_pixel", "round_prefer_floor", 12),
+    ("asymmetric", "floor", 3), ("half_pixel", "round_prefer_ceil", 9), ("align_corners", "round_prefer_floor", 11),
+])
+def test_nearest_resize_after_a_convolution_picks_the_kernels_elements(precision, transform, nearest_mode, out_size):
+    """Nearest Resize copies elements (exact in any precision): the fast path, fed the
+    channels-last result of a convolution, picks exactly those of the registered kernel."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((5, 3, 1, 1)).astype(np.float32)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["c"])
+    size = np.array([1, 5, out_size, out_size], np.int64)
+    resize = helper.make_node("Resize", ["c", "", "", "size"], ["y"], mode="nearest",
+                              coordinate_transformation_mode=transform, nearest_mode=nearest_mode)
+    conv_only = make_onnx([conv], [("x", [1, 3, 6, 6])], [("c", [1, 5, 6, 6])], [("w", w)])
+    both = make_onnx([conv, resize], [("x", [1, 3, 6, 6])], [("y", size.tolist())], [("w", w), ("size", size)])
+    c = rblnc.compile_from_onnx(conv_only, dtype=precision).create_runtime().run(x)
+    expected = KERNELS["Resize"]([torch.from_numpy(c), None, None, torch.from_numpy(size)],
+                                 {"mode": "nearest", "coordinate_transformation_mode": transform,
+                                  "nearest_mode": nearest_mode})[0].numpy()
+    actual = rblnc.compile_from_onnx(both, dtype=precision).create_runtime().run(x)
+    assert actual.shape == tuple(size) and np.array_equal(actual, expected)
