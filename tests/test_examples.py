@@ -172,10 +172,10 @@ def _check_report(stdout: str, samples: int, paced: int, target: str, dtype: str
     assert re.search(r"^  async/sync [\d.]+x \(the model's bound: [\d.]+x\)$", stdout, re.M)
 
 
-def _check_trace(path: Path) -> None:
+def _check_trace(path: Path, host: bool) -> None:
     events = json.loads(path.read_text())["traceEvents"]
     lanes = {e["args"]["name"] for e in events if e.get("name") == "thread_name"}
-    assert {"host 0", "NPU", "H2D DMA", "D2H DMA"} <= lanes
+    assert {"NPU", "H2D DMA", "D2H DMA"} <= lanes and ("host 0" in lanes) == host
     slices = [e for e in events if e.get("ph") == "X"]
     assert slices and all("modelled_us" in e["args"] for e in slices)
 
@@ -185,8 +185,8 @@ def test_torch_yolov8_example_runs_end_to_end(tmp_path):
 
     trace, drawing = tmp_path / "trace.json", tmp_path / "boxes.png"
     # At bf16 (the compiler's default, as the tutorial compiles) the example reports the difference
-    # from torch and checks an fp32 compile of the same model on the same samples. On edge-tiny
-    # part of the model falls back to the host, so the run has every kind of step.
+    # from torch and checks an fp32 compile of the same model on the same samples; --target is
+    # passed on to both compiles.
     result = _run_example("torch_yolov8_coco.py", "--samples", "3", "--paced-samples", "2", "--size", "96",
                           "--pace-scale", "5", "--data-root", str(tmp_path / "coco"), "--trace", str(trace),
                           "--detections", str(drawing), "--dtype", "bf16", "--target", "edge-tiny")
@@ -201,7 +201,7 @@ def test_torch_yolov8_example_runs_end_to_end(tmp_path):
                      result.stdout, re.M)
     with Image.open(drawing) as image:
         assert image.format == "PNG" and max(image.size) == 640  # drawn on the original image
-    _check_trace(trace)
+    _check_trace(trace, host=False)  # YOLOv8n runs wholly on the NPU
     assert (tmp_path / "coco" / "annotations" / "instances_val2017.json").is_file()
 
 
@@ -215,7 +215,7 @@ def test_tf_deeplabv3p_example_runs_end_to_end(tmp_path):
     found = re.search(r"^largest \|rblnc - keras\| \(logits, fp32, 3 samples\): (\S+) .*tolerance 0.001\): OK$",
                       result.stdout, re.M)
     assert found and float(found.group(1)) <= 1e-3
-    _check_trace(trace)
+    _check_trace(trace, host=True)  # one small host partition in DeepLabV3+
     assert len(list((tmp_path / "nyu" / "val" / "official").glob("*.h5"))) == 3
 
 
