@@ -68,3 +68,13 @@ fuzz: install
 
 clean:
 	rm -rf build .pytest_cache
+
+# The runtime soak (benchmarks/soak.py): SOAK_REQUESTS requests through one AsyncRuntime from an
+# event loop and two threads, some failing and some cancelled, every outcome checked against
+# onnxruntime; fails if a request is lost or wrong, or memory or threads grow after the warm-up.
+# A few minutes; `make test` runs 10,000 (tests/test_soak.py).
+SOAK_REQUESTS ?= 100000
+.PHONY: soak
+
+soak: install
+	$(PY) benchmarks/soak.py --requests $(SOAK_REQUESTS) --json build/soak/summary.json

@@ -309,7 +309,9 @@ def _forged_value(value, rng: random.Random):
 
 def make_seeds(folder: Path) -> list[Path]:
     """Compile a few tiny models covering NPU programs, host subgraphs, constants and every
-    kind of attribute the lowering writes."""
+    kind of attribute the lowering writes, in fp32 and in bf16 (the default precision, whose
+    programs hold bf16 weights and convert at the partition boundary), with a convolution whose
+    batch norm, residual add and relu the emulator fuses and updates in place (memory plan)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -345,13 +347,26 @@ def make_seeds(folder: Path) -> list[Path]:
                       [("x", [1, 3, 8, 8])], [("y", [1, 5])],
                       [("w", w), ("shape", np.array([1, 16], np.int64)),
                        ("g", rng.standard_normal((5, 16)).astype(np.float32))]),
+        "residual": model([helper.make_node("Conv", ["x", "w4"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["b"]),
+                           helper.make_node("Add", ["b", "x"], ["a"]),
+                           helper.make_node("Relu", ["a"], ["y"])],
+                          [("x", [1, 4, 8, 8])], [("y", [1, 4, 8, 8])],
+                          [("w4", rng.standard_normal((4, 4, 3, 3)).astype(np.float32)),
+                           ("scale", rng.random(4).astype(np.float32) + 0.5),
+                           ("bias", rng.standard_normal(4).astype(np.float32)),
+                           ("mean", rng.standard_normal(4).astype(np.float32)),
+                           ("var", rng.random(4).astype(np.float32) + 0.5)]),
     }
+    precisions = {"conv_relu": ["fp32", "bf16"], "npu_host_npu": ["fp32", "bf16"], "wide": ["fp32"],
+                  "residual": ["fp32"]}
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, proto in models.items():
-        path = folder / f"{name}.rbln"
-        rblnc.compile_from_onnx(proto.SerializeToString(), dtype="fp32").save(path)
-        paths.append(path)
+        for dtype in precisions[name]:
+            path = folder / (f"{name}.rbln" if dtype == "fp32" else f"{name}_{dtype}.rbln")
+            rblnc.compile_from_onnx(proto.SerializeToString(), dtype=dtype).save(path)
+            paths.append(path)
     return paths
 
 

@@ -30,12 +30,19 @@ class EmulatorError(RuntimeError):
 def to_torch(array: np.ndarray) -> torch.Tensor:
     """A torch view of a numpy array (bfloat16 from ml_dtypes through its bits)."""
     array = np.require(array, requirements="C")  # ascontiguousarray would make a scalar 1-D
-    with warnings.catch_warnings():
-        # Constants are read-only views of the memory-mapped file; kernels never write to them.
-        warnings.simplefilter("ignore", UserWarning)
-        if array.dtype.name == "bfloat16":
-            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(array)
+    bfloat16 = array.dtype.name == "bfloat16"
+    if bfloat16:
+        array = array.view(np.int16)
+    if array.flags.writeable:
+        # No catch_warnings here (every request comes this way): it swaps the process-wide filter
+        # list, so two threads in it at once left "ignore UserWarning" installed for good.
+        tensor = torch.from_numpy(array)
+    else:
+        with warnings.catch_warnings():
+            # Constants are read-only views of the memory-mapped file; kernels never write to them.
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if bfloat16 else tensor
 
 
 def to_numpy(tensor: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:

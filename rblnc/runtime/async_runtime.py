@@ -99,7 +99,11 @@ class _Slots:
                 return
             waiter = _ThreadWaiter()
             self._waiters.append(waiter)
-        waiter.event.wait()
+        try:
+            waiter.event.wait()
+        except BaseException:  # Ctrl-C in the waiting thread: withdraw, or pass on a slot just granted
+            self._withdraw(waiter)
+            raise
         if not waiter.granted:
             raise RuntimeClosedError("the runtime was closed while this request waited to be admitted")
 
@@ -115,13 +119,17 @@ class _Slots:
         try:
             await waiter.future
         except asyncio.CancelledError:
-            with self._lock:
-                handed_over = waiter.granted
-                if not handed_over and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            if handed_over:
-                self.release()  # the slot reached a caller that is gone: pass it on
+            self._withdraw(waiter)
             raise
+
+    def _withdraw(self, waiter: "_Waiter") -> None:
+        """A caller stopped waiting: takes it out of the queue, or passes on the slot it was given."""
+        with self._lock:
+            handed_over = waiter.granted
+            if not handed_over and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        if handed_over:
+            self.release()  # the slot reached a caller that is gone: pass it on
 
     def release(self) -> None:
         with self._lock:
@@ -264,7 +272,6 @@ class AsyncRuntime:
                               host_lanes=self.host_workers, trace_capacity=trace_capacity_of(trace))
         self._slots = _Slots(max_inflight)
         self._closed = False
-        self._close_lock = threading.Lock()
         # An AsyncRuntime dropped without close() still stops its threads.
         self._finalizer = weakref.finalize(self, _shutdown_quietly, self._engine, self._slots)
 
@@ -341,14 +348,12 @@ class AsyncRuntime:
     def close(self, *, cancel: bool = False, timeout: float | None = None) -> None:
         """Stops taking requests, finishes the ones in flight (or, with cancel=True, cancels them;
         after `timeout` seconds, cancels what is left), then stops the threads. Calls waiting to be
-        admitted get RuntimeClosedError. Calling it again does nothing."""
+        admitted get RuntimeClosedError. Calling it again after it returned does nothing; after a close
+        that was interrupted (Ctrl-C while it waited), it finishes the job."""
         if self._engine.owns_current_thread():
             raise RuntimeError("close() was called from a completion callback, which runs on the runtime's own "
                                "threads; close the runtime from another thread")
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
+        self._closed = True
         self._slots.close()
         self._engine.shutdown(cancel=cancel, timeout=timeout)
         self._finalizer.detach()

@@ -18,6 +18,7 @@ from .executor import ModelExecutor, run_partition
 
 clock = time.perf_counter
 log = logging.getLogger("rblnc.runtime")
+STOP_GRACE_S = 1.0  # close(timeout=...): how long past the timeout an idle lane may take to stop
 
 
 class Resource(enum.Enum):
@@ -229,11 +230,18 @@ class Request:
             event = self._event
         if event is not None:
             event.set()
+        interrupt = None
         for fn in callbacks or ():
             try:
                 fn(self)
-            except Exception:  # a caller's callback must not stop the lane that finished the request
+            except BaseException as exc:  # a caller's callback must not stop the lane that finished the request
                 log.exception("completion callback of request %d raised", self.id)
+                if not isinstance(exc, Exception) and interrupt is None:
+                    interrupt = exc
+        # Ctrl-C only ever reaches the main thread; there (a task.cancel() that ran the callbacks)
+        # it still stops the caller. On a lane it would only end the lane's thread.
+        if interrupt is not None and threading.current_thread() is threading.main_thread():
+            raise interrupt
 
 
 _EVENT_LOCK = threading.Lock()
@@ -320,6 +328,9 @@ class Engine:
 
     def _serve(self, queue: SimpleQueue, lane: Lane) -> None:
         while True:
+            # An idle lane holds no request: a failed one's error carries a traceback through the
+            # frame of whoever waited for it, and would keep that frame's objects alive meanwhile.
+            request = granted = None
             request = queue.get()
             if request is None:
                 return
@@ -336,6 +347,10 @@ class Engine:
                 self._record(request, step, lane, began, failed_at, failed_at - began, failed=True)
                 with self._lock:
                     request.running = False
+                    # Cancelled while this step ran: cancel() left the device slot to the step.
+                    granted = self._return_device(request, failed_at) if request.done else None
+                if granted is not None:
+                    self._queues[self.steps[granted.position].resource].put(granted)
                 _identify(exc, request, step)
                 self._end(request, RequestState.FAILED, error=exc)
                 continue
@@ -443,6 +458,7 @@ class Engine:
         if self.owns_current_thread():
             raise RuntimeError("a runtime cannot be closed from its own completion callback "
                                "(its threads would wait for themselves); close it from another thread")
+        deadline = None if timeout is None else clock() + timeout
         with self._lock:
             if self._shut:
                 return
@@ -460,7 +476,13 @@ class Engine:
         current = threading.current_thread()
         for thread, _ in self._threads:
             if thread is not current:
-                thread.join()
+                # With a timeout, a lane stuck in a step is not waited for: it reads its stop sign
+                # and ends when the step returns. Idle lanes end at once (the grace is for a busy host).
+                thread.join(None if deadline is None else max(deadline - clock(), 0.0) + STOP_GRACE_S)
+        stuck = [thread.name for thread, _ in self._threads if thread is not current and thread.is_alive()]
+        if stuck:
+            log.warning("closed after %s s with a step still running on %s; its thread ends when the step returns",
+                        timeout, ", ".join(stuck))
 
     def owns_current_thread(self) -> bool:
         current = threading.current_thread()

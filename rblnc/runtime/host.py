@@ -49,7 +49,9 @@ class HostSubgraphRunner:
     def __init__(self, onnx_bytes, name: str = "host", threads: int | None = None):
         self.name = name
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # Fatal only: an op failing on a request's values (an index out of range) is raised as
+        # ExecutionError; at ERROR onnxruntime also printed it on stderr, once per failed request.
+        options.log_severity_level = 4
         # Idle workers sleep: spinning ones would hold the cores the emulator's OpenMP workers
         # (which also sleep, rblnc/emulator/__init__.py) need between host partitions.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
