@@ -82,7 +82,8 @@ def run_on_ray(artifact_path: Path, inputs: Path, output_dir: Path, *, address: 
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, RBLNError):
-                raise cause from None
+                # rblnc's messages are one line; Ray Data appends its retry advice after it.
+                raise _first_line_only(cause) from None
             raise
         finally:
             bar.close()
@@ -93,6 +94,13 @@ def run_on_ray(artifact_path: Path, inputs: Path, output_dir: Path, *, address: 
     rows = sum(counts.values())
     return RunSummary(rows, seconds, workers, dict(sorted(counts.items())),
                       npu_utilisation(artifact, rows, seconds, workers, pace_scale_of(pace)), writer.written)
+
+
+def _first_line_only(exc: RBLNError) -> RBLNError:
+    lines = str(exc).splitlines()
+    if len(lines) > 1 and len(exc.args) == 1:
+        exc.args = (lines[0],)
+    return exc
 
 
 def npu_utilisation(artifact: Artifact, rows: int, seconds: float, devices: int, pace_scale: float) -> float | None:

@@ -207,7 +207,8 @@ class ImageToInput:
 
     def __init__(self, spec: ValueInfo):
         self.layout, self.height, self.width, self.channels = self.layout_of(spec)
-        self.shape = tuple(spec.shape)
+        # One image is one row: without the model's leading batch dimension, so outputs drop it too.
+        self.shape = tuple(spec.shape[1:]) if len(spec.shape) == 4 else tuple(spec.shape)
         self.dtype = spec.dtype
 
     @staticmethod
