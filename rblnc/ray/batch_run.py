@@ -65,8 +65,10 @@ def run_on_ray(artifact_path: Path, inputs: Path, output_dir: Path, *, address: 
         else:
             dataset = shards.array_dataset(source)
             options.update(row_id=shards.ShardRowName(source.files))
+        # Two blocks at once per actor: the next block's rows queue on the device while the last
+        # rows of the previous one drain, so the device does not idle between Ray tasks.
         outputs = dataset.map_batches(Predictor, fn_constructor_kwargs=options, batch_size=batch_size,
-                                      compute=ray.data.ActorPoolStrategy(size=workers))
+                                      compute=ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=2))
         writer = shards.ShardWriter(output_dir, source, [o.name for o in artifact.outputs])
         counts: Counter[str] = Counter()
         from tqdm import tqdm
