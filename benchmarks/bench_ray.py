@@ -16,7 +16,7 @@ rows/s is measured in the steady state: from the first batch any actor starts to
 any actor finishes (actor start-up — importing torch, loading the artifact — is excluded and shown
 separately as the end-to-end time). Ray Data waits for all actors before the first batch.
 
-    python benchmarks/bench_ray.py [--rows 1500] [--target slow.toml] [--batch-size 64]
+    python benchmarks/bench_ray.py [--rows 1536] [--target slow.toml] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def run(path: Path, x: np.ndarray, actors: int, batch_size: int) -> dict:
 
     dataset = ray.data.from_numpy(np.array_split(x, max(1, len(x) // ROWS_PER_BLOCK)))
     outputs = dataset.map_batches(make_timed_predictor(), batch_size=batch_size,
-                                  compute=ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2),
+                                  compute=ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2,
+                                                                    max_tasks_in_flight_per_actor=2),
                                   fn_constructor_kwargs={"path": str(path), "pace": True, "worker_column": "worker"})
     began = time.perf_counter()
     columns: dict[str, list] = {"y": [], "worker": [], "batch_start": [], "batch_end": []}
@@ -141,7 +142,7 @@ def run(path: Path, x: np.ndarray, actors: int, batch_size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--rows", type=int, default=1536, help="rows (1536: 24 blocks of 64, 12 per actor)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--target", default=None, help="a target spec (.toml/.json) with a slow NPU")
     args = parser.parse_args()

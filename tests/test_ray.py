@@ -3,6 +3,7 @@ a killed actor's blocks are retried; row errors arrive as rblnc's; `rblnc run --
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -45,7 +46,9 @@ def processes_marked(marker: str) -> list[tuple[int, str]]:
     return found
 
 
-def wait_until_gone(marker: str, timeout: float = 30.0) -> list[tuple[int, str]]:
+def wait_until_gone(marker: str, timeout: float = 90.0) -> list[tuple[int, str]]:
+    """Ray's workers notice the raylet is gone and exit on their own: seconds, up to ~40 s seen
+    on this loaded 2-core machine."""
     deadline = time.monotonic() + timeout
     while (left := processes_marked(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -132,11 +135,12 @@ class ExitOnce:
 
 
 def test_a_killed_actor_is_restarted_and_its_blocks_retried(cluster, models, tmp_path):
+    """The model comes from the object store here: the restarted actor gets it from there again."""
     n = 3000
     x = np.random.default_rng(1).standard_normal((n, 3, 8, 8)).astype(np.float32)
     dataset = ray.data.from_items([{"id": i, "x": x[i]} for i in range(n)], override_num_blocks=30)
     flag = tmp_path / "killed"
-    predictor = {"path": models / "mixed.rbln", "preprocess": ExitOnce(flag, victim=1717),
+    predictor = {"artifact": rblnc.ray.put_artifact(models / "mixed.rbln"), "preprocess": ExitOnce(flag, victim=1717),
                  "keep_columns": ["id"], "worker_column": "worker"}
     out = collect(dataset.map_batches(rblnc.ray.Predictor, fn_constructor_kwargs=predictor, batch_size=50,
                                       compute=ray.data.ActorPoolStrategy(size=2), max_restarts=2, max_task_retries=3))
@@ -171,7 +175,8 @@ def test_a_row_that_does_not_fit_fails_with_the_runtimes_error(cluster, models):
     assert "rblnc/runtime" not in text  # no frames from inside rblnc either
 
 
-def test_the_artifact_reaches_workers_through_the_object_store(cluster, models, tmp_path):
+def test_an_artifact_from_the_object_store_is_parsed_in_place(cluster, models, tmp_path):
+    """What an actor does with artifact=put_artifact(...), here in the driver (also a Ray worker)."""
     reference_ref = rblnc.ray.put_artifact(models / "conv.rbln")
     name, data = ray.get(reference_ref)
     assert name == str(models / "conv.rbln") and not data.flags.writeable  # a view of the shared store
@@ -179,13 +184,10 @@ def test_the_artifact_reaches_workers_through_the_object_store(cluster, models, 
     constants = [t.data for p in local.runtime.artifact.partitions if p.npu_program
                  for t in p.npu_program.tensors if t.data is not None]
     assert constants and all(np.shares_memory(c, data) for c in constants)  # parsed in place, not copied
-    local.close()
-
-    x = np.random.default_rng(2).standard_normal((500, 3, 8, 8)).astype(np.float32)
-    out = collect(ray.data.from_numpy(np.array_split(x, 4)).map_batches(
-        rblnc.ray.Predictor, fn_constructor_kwargs={"artifact": reference_ref}, batch_size=64,
-        compute=ray.data.ActorPoolStrategy(size=2)))
+    x = np.random.default_rng(2).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    out = asyncio.run(local({"x": x}))
     np.testing.assert_array_equal(out["y"], reference(models / "conv.rbln", x[:, None])[:, 0])
+    local.close()
 
     damaged = tmp_path / "damaged.rbln"
     damaged.write_bytes((models / "conv.rbln").read_bytes()[:-20])
@@ -211,11 +213,14 @@ def test_cli_joins_a_cluster_and_writes_shards_in_order(cluster, models, tmp_pat
                  models / "mixed.rbln", folder, "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert re.search(r"^rows: 1501 on 2 worker\(s\) in [\d.]+ s$", out, re.M)
-    assert re.search(r"^throughput: [\d.]+ rows/s$", out, re.M)
+    assert re.search(r"^rows: 1501 on 2 worker\(s\) in [\d.]+ s \([\d.]+ s until the first outputs", out, re.M)
+    assert re.search(r"^throughput: [\d.]+ rows/s overall, [\d.]+ rows/s after the first outputs$", out, re.M)
+    # Which actor takes which block is Ray Data's choice: with reading slower than computing, as
+    # here, one actor may take them all.
     per_worker = [int(n) for n in re.findall(r"^  worker \S+:\d+: (\d+) rows$", out, re.M)]
-    assert sum(per_worker) == 1501 and len(per_worker) == 2
-    utilisation = float(re.search(r"^modelled NPU utilisation: ([\d.]+)% per device$", out, re.M).group(1))
+    assert sum(per_worker) == 1501 and 1 <= len(per_worker) <= 2
+    utilisation = float(re.search(r"^modelled NPU utilisation: ([\d.]+)% per device \(after the first outputs\)$",
+                                  out, re.M).group(1))
     assert 0 < utilisation <= 100
     assert f"wrote 4 shard(s) to {tmp_path / 'out'}" in out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -242,7 +247,7 @@ def test_cli_on_images_starts_and_stops_its_own_ray(models, tmp_path):
                  env={**os.environ, MARKER: marker})
     assert result.returncode == 0, result.stderr
     assert re.search(r"^rows: 7 on 1 worker\(s\)", result.stdout, re.M)
-    assert "modelled NPU utilisation: n/a (the artifact carries no timing estimates)" in result.stdout
+    assert "modelled NPU utilisation: n/a (the run was one batch)" in result.stdout
     with np.load(tmp_path / "out" / "part-00000.npz") as shard:
         assert [Path(p).name for p in shard["path"]] == [f"img{i:02d}.png" for i in range(7)]
         chw = (images.transpose(0, 3, 1, 2) / np.float32(255)).astype(np.float32)

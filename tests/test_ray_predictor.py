@@ -11,9 +11,9 @@ import threading
 import numpy as np
 import onnx
 import pytest
+import ray
 from conftest import conv_relu_model, make_onnx, mixed_model
 from onnx import helper
-from test_cli import rblnc as rblnc_cli
 
 import rblnc
 from rblnc.errors import InputDtypeError, InputError, InputNameError, InputShapeError
@@ -71,6 +71,16 @@ def test_inputs_by_column_name_and_other_columns_kept(models):
                   {"left": a, "right": b})
     assert list(mapped) == ["sum", "product"]
     np.testing.assert_allclose(mapped["sum"], a + b, rtol=1e-6)
+
+
+def test_pandas_batches(models):
+    import pandas as pd
+
+    x = rows(4)
+    frame = pd.DataFrame({"x": list(x), "id": np.arange(4)})  # a tensor column as pandas holds it: arrays
+    out = call(Predictor(models / "conv.rbln"), frame)
+    np.testing.assert_array_equal(out["y"], call(Predictor(models / "conv.rbln"), {"x": x})["y"])
+    assert out["id"].tolist() == [0, 1, 2, 3]
 
 
 def test_columns_that_do_not_name_the_inputs(models):
@@ -242,6 +252,19 @@ def test_inputs_that_take_no_images():
 
 
 # -- the command line, before Ray starts --------------------------------------------------------
+def rblnc_cli(*args, check=True):
+    """`rblnc ...` in this process (these runs stop before Ray starts, so no subprocess is needed)."""
+    from click.testing import CliRunner
+
+    from rblnc.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    result.returncode = result.exit_code
+    if check and result.exit_code != 0:
+        raise AssertionError(f"rblnc {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
 def test_cli_refuses_what_ray_runs_do_not_take(models, tmp_path):
     np.savez(tmp_path / "in.npz", x=rows(2))
     for args, message in [
@@ -265,6 +288,29 @@ def test_cli_names_a_bad_shard_in_one_line_before_starting_ray(models, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: {folder / 'b.npz'}: array 'x' (input 'x'): rows of shape [3, 4, 4], "
                                      "the model takes [1, 3, 8, 8] (a row may leave out the leading 1)")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not ray.is_initialized()
     result = rblnc_cli("run", "--ray", tmp_path / "missing.rbln", folder, "-o", tmp_path / "out", check=False)
     assert result.returncode == 1 and "missing.rbln: no such file" in result.stderr
+
+
+def test_summary_lines(models):
+    from rblnc.ray.batch_run import RunSummary, npu_utilisation, print_summary
+
+    artifact = rblnc.RBLNCompiledModel(models / "mixed.rbln").artifact
+    assert npu_utilisation(artifact, 100, 1.0, 2, 0.0) is None  # no estimates in the artifact
+    for partition in artifact.partitions:
+        partition.est_time_ns = 4e6 if partition.npu_program is not None else 0  # 2 NPU partitions: 8 ms a row
+    assert npu_utilisation(artifact, 100, 1.0, 2, 0.0) == pytest.approx(0.4)   # 0.8 s of NPU per device-second x2
+    assert npu_utilisation(artifact, 100, 10.0, 2, 5.0) == pytest.approx(0.2)  # paced x5
+    lines = []
+    print_summary(RunSummary(100, 3.0, 2, {"n:1": 60, "n:2": 40}, 0.4, [models / "a.npz"], startup_seconds=2.0,
+                             steady_rows=80, steady_seconds=1.0), lines.append)
+    assert lines == ["rows: 100 on 2 worker(s) in 3.00 s (2.00 s until the first outputs: reading, starting the workers)",
+                     "throughput: 33.3 rows/s overall, 80.0 rows/s after the first outputs",
+                     "  worker n:1: 60 rows", "  worker n:2: 40 rows",
+                     "modelled NPU utilisation: 40.0% per device (after the first outputs)",
+                     f"wrote 1 shard(s) to {models}"]
+    lines.clear()
+    print_summary(RunSummary(100, 3.0, 1, {"n:1": 100}, None, [], startup_seconds=2.0, steady_rows=80,
+                             steady_seconds=1.0), lines.append)
+    assert lines[-2] == "modelled NPU utilisation: n/a (the artifact carries no timing estimates)"

@@ -30,15 +30,23 @@ ACTOR_START_TIMEOUT_S = 300
 @dataclass
 class RunSummary:
     rows: int
-    seconds: float
+    seconds: float                    # from starting the Dataset to the last shard written
     workers: int
     rows_per_worker: dict[str, int]
-    npu_utilisation: float | None     # modelled NPU time / wall time, per device; None: no estimates
+    npu_utilisation: float | None     # modelled NPU time / steady time, per device; None: no estimates
     written: list[Path] = field(default_factory=list)
+    startup_seconds: float = 0.0      # until the first outputs arrived (reading, starting the actors)
+    steady_rows: int = 0              # rows that arrived after the first outputs
+    steady_seconds: float = 0.0       # ... and the time they took
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_rows_per_second(self) -> float | None:
+        """Throughput once the workers are up: rows after the first batch over the time since it."""
+        return self.steady_rows / self.steady_seconds if self.steady_rows and self.steady_seconds > 0 else None
 
 
 def run_on_ray(artifact_path: Path, inputs: Path, output_dir: Path, *, address: str | None = None,
@@ -68,15 +76,19 @@ def run_on_ray(artifact_path: Path, inputs: Path, output_dir: Path, *, address: 
         # Two blocks at once per actor: the next block's rows queue on the device while the last
         # rows of the previous one drain, so the device does not idle between Ray tasks.
         outputs = dataset.map_batches(Predictor, fn_constructor_kwargs=options, batch_size=batch_size,
-                                      compute=ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=2))
+                                      compute=ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=2,
+                                                                        max_tasks_in_flight_per_actor=2))
         writer = shards.ShardWriter(output_dir, source, [o.name for o in artifact.outputs])
         counts: Counter[str] = Counter()
         from tqdm import tqdm
 
         bar = tqdm(total=source.rows, unit="row", file=sys.stderr, disable=not progress, leave=False)
         start = time.perf_counter()
+        first_at, first_rows = None, 0
         try:
             for batch in outputs.iter_batches(batch_size=None):
+                if first_at is None:
+                    first_at, first_rows = time.perf_counter(), len(batch[shards.WORKER_COLUMN])
                 counts.update(str(w) for w in batch[shards.WORKER_COLUMN])
                 writer.add(batch)
                 bar.update(len(batch[shards.WORKER_COLUMN]))
@@ -94,8 +106,14 @@ def run_on_ray(artifact_path: Path, inputs: Path, output_dir: Path, *, address: 
         if started_here:
             ray.shutdown()
     rows = sum(counts.values())
-    return RunSummary(rows, seconds, workers, dict(sorted(counts.items())),
-                      npu_utilisation(artifact, rows, seconds, workers, pace_scale_of(pace)), writer.written)
+    startup = (first_at - start) if first_at is not None else seconds
+    summary = RunSummary(rows, seconds, workers, dict(sorted(counts.items())), None, writer.written,
+                         startup_seconds=startup, steady_rows=rows - first_rows, steady_seconds=seconds - startup)
+    steady = summary.steady_rows_per_second
+    if steady is not None:
+        summary.npu_utilisation = npu_utilisation(artifact, summary.steady_rows, summary.steady_seconds, workers,
+                                                  pace_scale_of(pace))
+    return summary
 
 
 def _first_line_only(exc: RBLNError) -> RBLNError:
@@ -130,12 +148,17 @@ def _connect(address: str | None, workers: int) -> bool:
 
 
 def print_summary(summary: RunSummary, echo: Callable[[str], None] = print) -> None:
-    echo(f"rows: {summary.rows} on {summary.workers} worker(s) in {summary.seconds:.2f} s")
-    echo(f"throughput: {summary.rows_per_second:.1f} rows/s")
+    echo(f"rows: {summary.rows} on {summary.workers} worker(s) in {summary.seconds:.2f} s "
+         f"({summary.startup_seconds:.2f} s until the first outputs: reading, starting the workers)")
+    steady = summary.steady_rows_per_second
+    echo(f"throughput: {summary.rows_per_second:.1f} rows/s overall"
+         + (f", {steady:.1f} rows/s after the first outputs" if steady is not None else ""))
     for worker, rows in summary.rows_per_worker.items():
         echo(f"  worker {worker}: {rows} rows")
-    if summary.npu_utilisation is None:
-        echo("modelled NPU utilisation: n/a (the artifact carries no timing estimates)")
+    if summary.npu_utilisation is not None:
+        echo(f"modelled NPU utilisation: {summary.npu_utilisation:.1%} per device (after the first outputs)")
+    elif steady is None:
+        echo("modelled NPU utilisation: n/a (the run was one batch)")
     else:
-        echo(f"modelled NPU utilisation: {summary.npu_utilisation:.1%} per device")
+        echo("modelled NPU utilisation: n/a (the artifact carries no timing estimates)")
     echo(f"wrote {len(summary.written)} shard(s) to {summary.written[0].parent if summary.written else '-'}")
