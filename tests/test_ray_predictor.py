@@ -9,7 +9,6 @@ import os
 import threading
 
 import numpy as np
-import onnx
 import pytest
 import ray
 from conftest import conv_relu_model, make_onnx, mixed_model

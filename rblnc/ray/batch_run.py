@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -13,8 +14,9 @@ from typing import Callable
 
 import ray
 import ray.data
+from tqdm import tqdm
 
-from ..errors import RBLNError
+from ..errors import ExecutionError, RBLNError
 from ..format.artifact import Artifact, Device
 from ..format.reader import load_artifact
 from ..runtime.engine import pace_scale_of
@@ -60,63 +62,83 @@ def run_on_ray(artifact_path: Path, inputs: Path, output_dir: Path, *, address: 
     source = shards.discover(inputs, artifact.inputs)
     started_here = _connect(address, workers)
     try:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True   # outputs are written in input order
-        context.raise_original_map_exception = True       # a row's error arrives as rblnc's own type
-        context.enable_progress_bars = False               # ours counts rows; Ray's would interleave
-        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # every worker ready before the first batch
-        model = {"path": str(artifact_path)} if started_here else {"artifact": put_artifact(artifact_path)}
-        options = dict(model, pace=pace, parallel=parallel, worker_column=shards.WORKER_COLUMN)
-        if source.kind == "images":
-            dataset, converter = shards.image_dataset(source)
-            options.update(preprocess=converter, keep_columns=["path"], row_id="path")
-        else:
-            dataset = shards.array_dataset(source)
-            options.update(row_id=shards.ShardRowName(source.files))
-        # Two blocks at once per actor: the next block's rows queue on the device while the last
-        # rows of the previous one drain, so the device does not idle between Ray tasks.
-        outputs = dataset.map_batches(Predictor, fn_constructor_kwargs=options, batch_size=batch_size,
-                                      compute=ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=2,
-                                                                        max_tasks_in_flight_per_actor=2))
-        writer = shards.ShardWriter(output_dir, source, [o.name for o in artifact.outputs])
-        counts: Counter[str] = Counter()
-        from tqdm import tqdm
-
-        bar = tqdm(total=source.rows, unit="row", file=sys.stderr, disable=not progress, leave=False)
-        start = time.perf_counter()
-        first_at, first_rows = None, 0
-        try:
-            for batch in outputs.iter_batches(batch_size=None):
-                if first_at is None:
-                    first_at, first_rows = time.perf_counter(), len(batch[shards.WORKER_COLUMN])
-                counts.update(str(w) for w in batch[shards.WORKER_COLUMN])
-                writer.add(batch)
-                bar.update(len(batch[shards.WORKER_COLUMN]))
-            writer.close()
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, RBLNError):
-                # rblnc's messages are one line; Ray Data appends its retry advice after it.
-                raise _first_line_only(cause) from None
-            raise
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - start
+        with _data_context():
+            return _run(artifact, artifact_path, source, output_dir, started_here=started_here, workers=workers,
+                        batch_size=batch_size, pace=pace, parallel=parallel, progress=progress)
     finally:
         if started_here:
             ray.shutdown()
-    rows = sum(counts.values())
-    startup = (first_at - start) if first_at is not None else seconds
-    summary = RunSummary(rows, seconds, workers, dict(sorted(counts.items())), None, writer.written,
-                         startup_seconds=startup, steady_rows=rows - first_rows, steady_seconds=seconds - startup)
-    steady = summary.steady_rows_per_second
-    if steady is not None:
+
+
+@contextlib.contextmanager
+def _data_context():
+    """Ray Data settings for the run, restored after it (the caller's Ray may outlive the run)."""
+    context = ray.data.DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.raise_original_map_exception,
+             context.enable_progress_bars, context.wait_for_min_actors_s)
+    context.execution_options.preserve_order = True   # outputs are written in input order
+    context.raise_original_map_exception = True       # a row's error arrives as rblnc's own type
+    context.enable_progress_bars = False               # ours counts rows; Ray's would interleave
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # every worker ready before the first batch
+    try:
+        yield
+    finally:
+        (context.execution_options.preserve_order, context.raise_original_map_exception,
+         context.enable_progress_bars, context.wait_for_min_actors_s) = saved
+
+
+def _run(artifact: Artifact, artifact_path: Path, source: shards.Inputs, output_dir: Path, *, started_here: bool,
+         workers: int, batch_size: int, pace: bool | float, parallel: int | None, progress: bool) -> RunSummary:
+    model = {"path": str(artifact_path)} if started_here else {"artifact": put_artifact(artifact_path)}
+    options = dict(model, pace=pace, parallel=parallel, worker_column=shards.WORKER_COLUMN)
+    if source.kind == "images":
+        dataset, converter = shards.image_dataset(source)
+        options.update(preprocess=converter, keep_columns=["path"], row_id="path")
+    else:
+        dataset = shards.array_dataset(source)
+        options.update(row_id=shards.ShardRowName(source.files))
+    # Two blocks at once per actor: the next block's rows queue on the device while the last rows
+    # of the previous one drain, so the device does not idle between Ray tasks; no more queued, so
+    # blocks go to whichever actor is free.
+    compute = ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=2, max_tasks_in_flight_per_actor=2)
+    outputs = dataset.map_batches(Predictor, fn_constructor_kwargs=options, batch_size=batch_size, compute=compute)
+    writer = shards.ShardWriter(output_dir, source, [o.name for o in artifact.outputs])
+    counts: Counter[str] = Counter()
+    bar = tqdm(total=source.rows, unit="row", file=sys.stderr, disable=not progress, leave=False)
+    start = time.perf_counter()
+    first_at, first_rows = None, 0
+    try:
+        for batch in outputs.iter_batches(batch_size=None):
+            rows = len(batch[shards.WORKER_COLUMN])
+            if first_at is None:
+                first_at, first_rows = time.perf_counter(), rows
+            counts.update(str(w) for w in batch[shards.WORKER_COLUMN])
+            writer.add(batch)
+            bar.update(rows)
+        writer.close()
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, RBLNError):
+            raise _first_line_only(cause) from None
+        raise
+    except ray.exceptions.GetTimeoutError:
+        raise ExecutionError(f"Ray could not start {workers} worker(s) within {ACTOR_START_TIMEOUT_S} s: the cluster "
+                             "lacks the resources for them (`ray status` shows what it has)") from None
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    startup = first_at - start if first_at is not None else seconds
+    total = sum(counts.values())
+    summary = RunSummary(total, seconds, workers, dict(sorted(counts.items())), None, writer.written,
+                         startup_seconds=startup, steady_rows=total - first_rows, steady_seconds=seconds - startup)
+    if summary.steady_rows_per_second is not None:
         summary.npu_utilisation = npu_utilisation(artifact, summary.steady_rows, summary.steady_seconds, workers,
                                                   pace_scale_of(pace))
     return summary
 
 
 def _first_line_only(exc: RBLNError) -> RBLNError:
+    """rblnc's messages are one line; Ray Data appends its retry advice to the exception it carries."""
     lines = str(exc).splitlines()
     if len(lines) > 1 and len(exc.args) == 1:
         exc.args = (lines[0],)
@@ -158,7 +180,7 @@ def print_summary(summary: RunSummary, echo: Callable[[str], None] = print) -> N
     if summary.npu_utilisation is not None:
         echo(f"modelled NPU utilisation: {summary.npu_utilisation:.1%} per device (after the first outputs)")
     elif steady is None:
-        echo("modelled NPU utilisation: n/a (the run was one batch)")
+        echo("modelled NPU utilisation: n/a (the run was too short: every row came with the first outputs)")
     else:
         echo("modelled NPU utilisation: n/a (the artifact carries no timing estimates)")
     echo(f"wrote {len(summary.written)} shard(s) to {summary.written[0].parent if summary.written else '-'}")
