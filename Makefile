@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	mkdir -p $(DEMO)
 	$(PY) examples/demo.py prepare $(DEMO)
-	$(RBLNC) compile $(DEMO)/model.onnx -o $(DEMO)/model.rbln
+	$(RBLNC) compile $(DEMO)/model.onnx -o $(DEMO)/model.rbln --dtype fp32
 	$(RBLNC) inspect $(DEMO)/model.rbln
 	$(RBLNC) run $(DEMO)/model.rbln $(DEMO)/inputs.npz -o $(DEMO)/outputs.npz
 	$(PY) examples/demo.py check $(DEMO)
@@ -37,6 +37,11 @@ test: install
 
 test-full: install
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The ONNX backend node tests through compile + run: passed / failed / not applicable, with reasons.
+.PHONY: conformance
+conformance: install
+	$(PY) tools/conformance.py
 
 schema: install
 	$(VENV)/bin/flatc $(FLATC_FLAGS) -o $(SCHEMA_OUT) schemas/rbln.fbs

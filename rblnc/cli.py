@@ -80,7 +80,8 @@ def _compile_model(framework: str, path: Path, input_info, options: dict):
               help="Where to write the .rbln file.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:1x3x224x224[:float32]",
               help="Shape and dtype of an input (repeat for several); required where the model's are dynamic.")
-@click.option("--dtype", default="fp32", show_default=True, help="Precision of NPU compute.")
+@click.option("--dtype", default="bf16", show_default=True,
+              help="Precision of NPU compute: bf16, fp16 or fp32 (docs/precision.md).")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--target", default=None, help="Target preset name or a .toml/.json spec file.")
 @click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")
@@ -334,6 +335,7 @@ def _print_summary(runtime, count: int, latencies: list[float], seconds: float, 
 
     if count == 1:
         click.echo(f"1 inference in {seconds * 1e3:.1f} ms (wall)")
+    click.echo(_modelled_line(runtime.artifact))
     mode = "async" if use_async else "sync"
     if runtime.pace_scale:
         mode += ", paced" + (f" x{runtime.pace_scale:g}" if runtime.pace_scale != 1 else "")
@@ -352,6 +354,16 @@ def _print_summary(runtime, count: int, latencies: list[float], seconds: float, 
     if runtime.pace_scale and runtime.overruns:
         click.echo(f"note: on {runtime.overruns} step(s) the emulator took longer than the modelled time, so the "
                    "timeline is the emulator's there; a larger --pace-scale keeps to the model", err=True)
+
+
+def _modelled_line(artifact) -> str:
+    from .report import format_time, modelled_time
+
+    timing = modelled_time(artifact)
+    if not timing["total"]:
+        return "modelled device time: not estimated in this artifact"
+    stages = ", ".join(f"{stage} {format_time(timing[stage])}" for stage in ("h2d", "npu", "host", "d2h"))
+    return f"modelled time on {artifact.target.name}: {format_time(timing['total'])} per inference ({stages})"
 
 
 def _load_inputs(path: Path, names: list[str]):

@@ -16,8 +16,9 @@ from .partition import partition_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
 from .target import TargetSpec, load_target
 
-# Precisions the emulator reproduces today; the others in dtypes.PRECISIONS are planned.
-SUPPORTED_PRECISIONS = ("fp32",)
+# Precisions the emulator reproduces (docs/precision.md).
+SUPPORTED_PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_PRECISION = "bf16"
 OPT_LEVELS = (0, 1, 2, 3)
 DEFAULT_OPT_LEVEL = 2
 
@@ -26,7 +27,8 @@ DEFAULT_OPT_LEVEL = 2
 class CompileOptionsIn:
     """Every option a compile_from_* accepts besides the model and input_info."""
 
-    dtype: str = "fp32"
+    # bf16 by default, as the seed vendor's compiler: the NPU's fast precision (docs/precision.md).
+    dtype: str = DEFAULT_PRECISION
     opt_level: int = DEFAULT_OPT_LEVEL
     target: str | TargetSpec | None = None
     verify_each: bool = False

@@ -30,6 +30,16 @@ _ONNX_TO_NUMPY: dict[int, np.dtype] = {
 }
 if _bfloat16 is not None:
     _ONNX_TO_NUMPY[TensorProto.BFLOAT16] = np.dtype(_bfloat16)
+# Narrow and complex types (float8, int4, ...): values the host runs (casts, quantisation);
+# numpy holds them through ml_dtypes, as onnx does.
+for _name in ("COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+              "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2"):
+    _code = getattr(TensorProto, _name, None)
+    try:
+        if _code is not None:
+            _ONNX_TO_NUMPY.setdefault(_code, np.dtype(helper.tensor_dtype_to_np_dtype(_code)))
+    except (KeyError, TypeError, ValueError):  # pragma: no cover - an older onnx or ml_dtypes
+        pass
 _NUMPY_TO_ONNX = {v: k for k, v in _ONNX_TO_NUMPY.items()}
 
 # Precisions of NPU compute, by the names users pass as `dtype=`.

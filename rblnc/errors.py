@@ -37,6 +37,19 @@ class CompileError(RBLNError, ValueError):
     """The model was imported but cannot be compiled for the target."""
 
 
+class DeviceMemoryError(CompileError):
+    """The model's weights and activations do not fit the target's device memory."""
+
+    def __init__(self, message: str, *, needed: int, available: int):
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+    @property
+    def shortfall(self) -> int:
+        return self.needed - self.available
+
+
 class InputError(RBLNError):
     """Base of the errors about the inputs given to `run`."""
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import dtypes
-from .format.artifact import Artifact, Device, TensorKind, TransferDirection, ValueInfo
+from .format.artifact import (
+    Artifact, CommandKind, Device, MemoryRegion, TensorKind, TransferDirection, ValueInfo,
+)
+from .lower.memory_plan import RELOAD, SPILL, aligned
 
 
 def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
@@ -27,14 +30,22 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
             program = p.npu_program
             entry["ops"] = [
                 {"name": c.name, "op_type": c.op_type, "domain": c.domain, "source_ops": c.source_ops,
-                 "source_location": c.source_location, "flops": c.flops, "est_time_ns": c.est_time_ns}
+                 "source_location": c.source_location, "flops": c.flops, "est_time_ns": c.est_time_ns,
+                 "kind": "dma" if c.kind == CommandKind.DMA else "kernel",
+                 "sram_bytes": c.sram_bytes, "dram_bytes": c.dram_bytes}
                 for c in program.commands
             ]
+            dma = [c for c in program.commands if c.kind == CommandKind.DMA]
             entry["memory"] = {
                 "weight_bytes": program.weight_bytes,
                 "peak_sram_bytes": program.peak_sram_bytes,
                 "peak_dram_bytes": program.peak_dram_bytes,
                 "constants": sum(1 for t in program.tensors if t.kind == TensorKind.CONSTANT),
+                "spills": sum(1 for c in dma if c.op_type == SPILL),
+                "reloads": sum(1 for c in dma if c.op_type == RELOAD),
+                "spill_bytes": sum(program.tensors[c.inputs[0]].size for c in dma),
+                "dram_activations": sum(1 for t in program.tensors if t.kind == TensorKind.ACTIVATION
+                                        and t.region == MemoryRegion.DRAM and not t.name.endswith("@dram")),
             }
         else:
             entry["ops"] = [{"name": r.op_name, "op_type": r.op_type, "reason": r.reason}
@@ -57,6 +68,8 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
         # Layout changes left after the passes (NHWC models imported into NCHW ops need some).
         "transposes": sum(1 for p in partitions for op in p["ops"] if op["op_type"] == "Transpose"),
         "constant_bytes": artifact.constant_bytes(),
+        "memory": memory_summary(artifact),
+        "modelled_time_ns": modelled_time(artifact),
         "dma_bytes_per_inference": {
             "h2d": sum(t.bytes for p in artifact.partitions for t in p.transfers
                        if t.direction == TransferDirection.HOST_TO_DEVICE),
@@ -64,6 +77,49 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
                        if t.direction == TransferDirection.DEVICE_TO_HOST),
         },
     }
+
+
+def memory_summary(artifact: Artifact) -> dict[str, int]:
+    """Device memory the model holds (docs/targets.md: weights, I/O buffers, scratch, SRAM)."""
+    programs = [p.npu_program for p in artifact.partitions if p.npu_program is not None]
+    weights = sum(aligned(t.size) for p in programs for t in p.tensors if t.kind == TensorKind.CONSTANT)
+    io = {t.name: aligned(t.size) for p in programs for t in p.tensors
+          if t.kind in (TensorKind.PROGRAM_INPUT, TensorKind.PROGRAM_OUTPUT)}
+    base = weights + sum(io.values())
+    scratch = max((t.offset + aligned(t.size) - base for p in programs for t in p.tensors
+                   if t.kind == TensorKind.ACTIVATION and t.region == MemoryRegion.DRAM), default=0)
+    dma = [c for p in programs for c in p.commands if c.kind == CommandKind.DMA]
+    return {
+        "weight_bytes": weights,
+        "io_bytes": sum(io.values()),
+        "scratch_bytes": max(0, scratch),
+        "dram_bytes": base + max(0, scratch),
+        "dram_capacity": artifact.target.dram_bytes,
+        "peak_sram_bytes": max((p.peak_sram_bytes for p in programs), default=0),
+        "sram_capacity": artifact.target.sram_bytes,
+        "spills": sum(1 for c in dma if c.op_type == SPILL),
+        "spill_bytes": sum(p.tensors[c.inputs[0]].size for p in programs for c in p.commands
+                           if c.kind == CommandKind.DMA),
+    }
+
+
+def modelled_time(artifact: Artifact) -> dict[str, float]:
+    """Modelled time of one inference per pipeline stage, in ns (0 when not estimated)."""
+    h2d = sum(t.est_time_ns for p in artifact.partitions for t in p.transfers
+              if t.direction == TransferDirection.HOST_TO_DEVICE)
+    d2h = sum(t.est_time_ns for p in artifact.partitions for t in p.transfers
+              if t.direction == TransferDirection.DEVICE_TO_HOST)
+    npu = sum(p.est_time_ns for p in artifact.partitions if p.device == Device.NPU)
+    host = sum(p.est_time_ns for p in artifact.partitions if p.device == Device.HOST)
+    return {"h2d": h2d, "npu": npu, "host": host, "d2h": d2h, "total": h2d + npu + host + d2h}
+
+
+def format_time(ns: float) -> str:
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f} us"
+    return f"{ns:.0f} ns"
 
 
 def _value(v: ValueInfo) -> dict[str, Any]:
@@ -97,12 +153,13 @@ def render_text(report: dict[str, Any], *, max_ops: int = 12) -> str:
     lines += ["outputs"]
     lines += [f"  {v['name']:<28} {v['dtype']:<9} {_shape(v['shape'])}" for v in report["outputs"]]
     lines += ["", f"partitions ({len(report['partitions'])})",
-              f"  {'name':<14} {'device':<6} {'ops':>5}  {'h2d':>10} {'d2h':>10}  first ops"]
+              f"  {'name':<14} {'device':<6} {'ops':>5}  {'h2d':>10} {'d2h':>10}  {'est. time':>10}  first ops"]
     for p in report["partitions"]:
         h2d = sum(t["bytes"] for t in p["transfers"] if t["direction"] == "h2d")
         d2h = sum(t["bytes"] for t in p["transfers"] if t["direction"] == "d2h")
         ops = ", ".join(o["op_type"] for o in p["ops"][:6]) + (", ..." if len(p["ops"]) > 6 else "")
-        lines.append(f"  {p['name']:<14} {p['device']:<6} {len(p['ops']):>5}  {_bytes(h2d):>10} {_bytes(d2h):>10}  {ops}")
+        lines.append(f"  {p['name']:<14} {p['device']:<6} {len(p['ops']):>5}  {_bytes(h2d):>10} {_bytes(d2h):>10}  "
+                     f"{format_time(p['est_time_ns']):>10}  {ops}")
     fallbacks = [(p["name"], o) for p in report["partitions"] if p["device"] == "host" for o in p["ops"]]
     if fallbacks:
         lines += ["", f"host fallbacks ({len(fallbacks)})"]
@@ -110,6 +167,34 @@ def render_text(report: dict[str, Any], *, max_ops: int = 12) -> str:
             lines.append(f"  {op['op_type']:<18} {op['name']:<28} {op['reason']}")
         if len(fallbacks) > max_ops:
             lines.append(f"  ... {len(fallbacks) - max_ops} more (see --json)")
+    memory = report["memory"]
+    lines += [
+        "",
+        "device memory",
+        f"  DRAM {_bytes(memory['dram_bytes'])} of {_bytes(memory['dram_capacity'])}: weights "
+        f"{_bytes(memory['weight_bytes'])}, I/O buffers {_bytes(memory['io_bytes'])}, "
+        f"scratch {_bytes(memory['scratch_bytes'])}",
+        f"  SRAM peak activations {_bytes(memory['peak_sram_bytes'])} of {_bytes(memory['sram_capacity'])}",
+        f"  spills {memory['spills']} ({_bytes(memory['spill_bytes'])} moved by Spill/Reload DMA per inference)",
+    ]
+    for p in report["partitions"]:
+        if "memory" in p and (p["memory"]["spills"] or p["memory"]["dram_activations"]):
+            m = p["memory"]
+            lines.append(f"    {p['name']}: {m['spills']} spilled, {m['reloads']} reloads, "
+                         f"{m['dram_activations']} activations kept in DRAM")
+    timing = report["modelled_time_ns"]
+    lines += [
+        "",
+        f"modelled time per inference on {report['target']}: {format_time(timing['total'])}",
+        "  " + ", ".join(f"{stage} {format_time(timing[stage])}" for stage in ("h2d", "npu", "host", "d2h")),
+    ]
+    slowest = sorted(((o, p["name"]) for p in report["partitions"] if p["device"] == "npu" for o in p["ops"]),
+                     key=lambda item: -item[0]["est_time_ns"])[:max_ops]
+    if slowest:
+        lines += [f"  slowest NPU commands", f"    {'command':<32} {'op':<18} {'time':>10} {'GFLOP':>8}"]
+        for op, _ in slowest:
+            lines.append(f"    {op['name'][:32]:<32} {op['op_type'][:18]:<18} {format_time(op['est_time_ns']):>10} "
+                         f"{op['flops'] / 1e9:>8.3f}")
     dma = report["dma_bytes_per_inference"]
     lines += [
         "",

@@ -36,6 +36,26 @@ class TargetSpec:
     max_kernel_size: int = 16
     max_stride: int = 8
     extra: dict[str, Any] = field(default_factory=dict)  # sections this version does not read
+    # Peak FLOP/s of the vector unit (elementwise, pooling, normalisation) per precision; an
+    # absent precision falls back to a sixteenth of `peak_flops` (see docs/targets.md).
+    vector_flops: dict[str, float] = field(default_factory=dict)
+    # A DMA between device DRAM and on-chip SRAM (a spill or a reload): setup time per transfer.
+    dma_latency_ns: float = 500.0
+    # The host CPU that runs fallback partitions, as a roofline: FLOP/s in fp32 reached by its
+    # kernels, memory bandwidth, and the dispatch cost per op.
+    host_flops: float = 1.0e12
+    host_memory_bandwidth: float = 50e9
+    host_op_overhead_ns: float = 5_000.0
+    # Per op type: attribute -> the values the NPU kernels implement (others go to the host).
+    op_attributes: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    def peak(self, precision: str, *, vector: bool = False) -> float:
+        """FLOP/s of the matrix engines (or, with `vector`, the vector unit) in `precision`."""
+        if precision not in self.peak_flops:
+            raise TargetSpecError(f"target {self.name} gives no peak FLOP/s for {precision}")
+        if vector:
+            return self.vector_flops.get(precision, self.peak_flops[precision] / 16)
+        return self.peak_flops[precision]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -76,9 +96,11 @@ def _from_sections(data: dict, origin: str) -> TargetSpec:
             raise TargetSpecError(f"{origin}: missing [{section}] {key}") from None
 
     ops = data.get("ops", {})
-    known_sections = {"name", "description", "memory", "host_link", "compute", "ops"}
+    host = data.get("host", {})
+    compute = data.get("compute", {})
+    known_sections = {"name", "description", "memory", "host_link", "compute", "ops", "host"}
     try:
-        return TargetSpec(
+        spec = TargetSpec(
             name=str(data.get("name", Path(origin).stem)),
             description=str(data.get("description", "")),
             sram_bytes=int(need("memory", "sram_bytes")),
@@ -95,6 +117,42 @@ def _from_sections(data: dict, origin: str) -> TargetSpec:
             max_kernel_size=int(ops.get("max_kernel_size", 16)),
             max_stride=int(ops.get("max_stride", 8)),
             extra={k: v for k, v in data.items() if k not in known_sections},
+            vector_flops={str(k): float(v) for k, v in compute.get("vector_flops", {}).items()},
+            dma_latency_ns=float(compute.get("dma_latency_ns", 500.0)),
+            host_flops=float(host.get("flops", 1.0e12)),
+            host_memory_bandwidth=float(host.get("memory_bandwidth", 50e9)),
+            host_op_overhead_ns=float(host.get("op_overhead_ns", 5_000.0)),
+            op_attributes={str(op): {str(a): list(v) for a, v in attrs.items()}
+                           for op, attrs in ops.get("attributes", {}).items()},
         )
+        _check(spec, origin)
+        return spec
     except (TypeError, ValueError, AttributeError) as exc:
         raise TargetSpecError(f"{origin}: {exc}") from None
+
+
+def _check(spec: TargetSpec, origin: str) -> None:
+    """Figures the timing model and the memory plan divide by or compare against must make sense."""
+    positive = {
+        "[memory] sram_bytes": spec.sram_bytes, "[memory] dram_bytes": spec.dram_bytes,
+        "[memory] dram_bandwidth": spec.dram_bandwidth, "[memory] sram_bandwidth": spec.sram_bandwidth,
+        "[host_link] bandwidth": spec.host_link_bandwidth, "[compute] efficiency": spec.compute_efficiency,
+        "[host] flops": spec.host_flops, "[host] memory_bandwidth": spec.host_memory_bandwidth,
+    }
+    positive.update({f"[compute.peak_flops] {k}": v for k, v in spec.peak_flops.items()})
+    positive.update({f"[compute.vector_flops] {k}": v for k, v in spec.vector_flops.items()})
+    for what, value in positive.items():
+        if not value > 0:
+            raise TargetSpecError(f"{origin}: {what} must be positive, got {value}")
+    for what, value in {"[host_link] latency_ns": spec.host_link_latency_ns,
+                        "[compute] command_overhead_ns": spec.command_overhead_ns,
+                        "[compute] dma_latency_ns": spec.dma_latency_ns,
+                        "[host] op_overhead_ns": spec.host_op_overhead_ns}.items():
+        if value < 0:
+            raise TargetSpecError(f"{origin}: {what} must not be negative, got {value}")
+    if spec.compute_efficiency > 1:
+        raise TargetSpecError(f"{origin}: [compute] efficiency is a fraction of peak (0 < e <= 1), "
+                              f"got {spec.compute_efficiency}")
+    missing = [p for p in ("fp32", "fp16", "bf16") if p not in spec.peak_flops]
+    if missing:
+        raise TargetSpecError(f"{origin}: [compute.peak_flops] lacks {', '.join(missing)}")

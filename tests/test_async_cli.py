@@ -20,10 +20,16 @@ import rblnc as lib
 def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("async_cli")
     onnx.save(mixed_model(), folder / "mixed.onnx")
-    rblnc("compile", folder / "mixed.onnx", "-o", folder / "plain.rbln")
-    compiled = lib.RBLNCompiledModel(folder / "plain.rbln")
+    rblnc("compile", folder / "mixed.onnx", "-o", folder / "compiled.rbln")
+    compiled = lib.RBLNCompiledModel(folder / "compiled.rbln")
     set_estimates(compiled.artifact, npu_ms=2, dma_ms=0.5, host_ms=1)
     compiled.save(folder / "timed.rbln")
+    # As an artifact from a compiler that does not estimate times.
+    set_estimates(compiled.artifact, npu_ms=0, dma_ms=0, host_ms=0)
+    for partition in compiled.artifact.partitions:
+        for command in partition.npu_program.commands if partition.npu_program else []:
+            command.est_time_ns = 0
+    compiled.save(folder / "plain.rbln")
     np.savez(folder / "batch.npz", x=np.random.default_rng(0).standard_normal((5, 1, 3, 8, 8)).astype(np.float32))
     return folder
 

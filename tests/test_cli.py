@@ -24,7 +24,7 @@ def rblnc(*args, check=True):
 def mixed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     onnx.save(mixed_model(), folder / "mixed.onnx")
-    rblnc("compile", folder / "mixed.onnx", "-o", folder / "mixed.rbln")
+    rblnc("compile", folder / "mixed.onnx", "-o", folder / "mixed.rbln", "--dtype", "fp32")
     return folder
 
 

@@ -28,7 +28,7 @@ def test_light_model_matches_reference(name, tmp_path):
     expected = numpy_helper.to_array(onnx.load_tensor(str(LIGHT_DIR / f"{name}_output_0.pb")))
     inputs = _inputs(onnx.load(str(path)))
 
-    compiled = rblnc.compile_from_onnx(str(path))
+    compiled = rblnc.compile_from_onnx(str(path), dtype="fp32")
     saved = compiled.save(tmp_path / f"{name}.rbln")
     runtime = rblnc.Runtime(saved)
     actual = runtime.run(**inputs)

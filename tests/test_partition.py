@@ -28,7 +28,7 @@ def test_integer_tensors_stay_on_host():
 
 
 def test_partitions_and_transfers_of_a_mixed_model():
-    artifact = rblnc.compile_from_onnx(mixed_model()).artifact
+    artifact = rblnc.compile_from_onnx(mixed_model(), dtype="fp32").artifact
     npu0, host, npu1 = artifact.partitions
     assert [p.device for p in artifact.partitions] == [Device.NPU, Device.HOST, Device.NPU]
     activation = 1 * 4 * 8 * 8 * 4
@@ -55,7 +55,7 @@ def test_greedy_grouping_keeps_independent_npu_ops_together():
     assert [(p.device, [n.op_type for n in p.nodes]) for p in plan] == [
         (Device.NPU, ["Relu", "Sigmoid"]), (Device.HOST, ["Erf"]), (Device.NPU, ["Add"]),
     ]
-    runtime = rblnc.compile_from_onnx(model).create_runtime()
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
     x = np.linspace(-2, 2, 4).astype(np.float32)
     from math import erf
 

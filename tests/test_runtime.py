@@ -20,7 +20,7 @@ def _reference(model, **feeds):
 @pytest.fixture(scope="module")
 def conv_runtime(tmp_path_factory):
     model = conv_relu_model()
-    path = rblnc.compile_from_onnx(model).save(tmp_path_factory.mktemp("m") / "conv.rbln")
+    path = rblnc.compile_from_onnx(model, dtype="fp32").save(tmp_path_factory.mktemp("m") / "conv.rbln")
     return model, rblnc.Runtime(path)
 
 
@@ -32,7 +32,7 @@ def test_matches_onnxruntime(conv_runtime):
 
 def test_host_fallback_in_the_middle_matches_onnxruntime(tmp_path):
     model = mixed_model()
-    runtime = rblnc.compile_from_onnx(model).create_runtime()
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
     devices = [p.device.name for p in runtime.artifact.partitions]
     assert devices == ["NPU", "HOST", "NPU"]
     assert runtime.artifact.partitions[1].fallback_reasons[0].op_type == "Erf"
@@ -107,7 +107,7 @@ def test_wrong_dtype_names_input_expected_and_given(conv_runtime):
 
 def test_safe_dtype_is_converted(tmp_path):
     model = make_onnx([helper.make_node("Relu", ["x"], ["y"])], [("x", [2, 3])], [("y", [2, 3])])
-    runtime = rblnc.compile_from_onnx(model).create_runtime()
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
     x16 = np.array([[1, -2, 3], [-4, 5, -6]], np.float16)
     np.testing.assert_array_equal(runtime.run(x16), np.maximum(x16.astype(np.float32), 0))
 
@@ -117,7 +117,7 @@ def test_several_outputs_come_back_as_a_list_in_order():
         [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sigmoid", ["x"], ["s"])],
         [("x", [2, 2])], [("s", [2, 2]), ("r", [2, 2])],
     )
-    runtime = rblnc.compile_from_onnx(model).create_runtime()
+    runtime = rblnc.compile_from_onnx(model, dtype="fp32").create_runtime()
     x = np.array([[-1, 2], [3, -4]], np.float32)
     s, r = runtime.run(x)
     np.testing.assert_allclose(s, 1 / (1 + np.exp(-x)), rtol=1e-6)
@@ -132,7 +132,7 @@ def test_model_description_lists_inputs_outputs_target_memory(conv_runtime):
 
 
 def test_compiled_model_loads_from_path(tmp_path):
-    path = rblnc.compile_from_onnx(conv_relu_model()).save(tmp_path / "m.rbln")
+    path = rblnc.compile_from_onnx(conv_relu_model(), dtype="fp32").save(tmp_path / "m.rbln")
     loaded = rblnc.RBLNCompiledModel(path)
     assert loaded.input_names == ["x"] and loaded.output_names == ["y"]
     x = np.ones((1, 3, 8, 8), np.float32)

@@ -1,4 +1,14 @@
-"""Executes an NPU program command by command, the way the device would, with torch kernels."""
+"""Executes an NPU program command by command with the device's numerics, on torch kernels.
+
+Numerics (docs/precision.md): float tensors are held in the program's precision (fp32, fp16
+or bf16), so every command's outputs are rounded to it; inside a command, arithmetic is fp32
+(oneDNN accumulates bf16 convolutions and matrix products in fp32; a kernel without a native
+low-precision path computes on fp32 copies of its inputs and rounds its outputs once).
+
+Speed: each command is prepared once per loaded program into a closure (`prepared.py`: weights
+prepacked for oneDNN, channels-last activations, in-place updates where the memory plan put
+the output in the input's bytes); commands without a fast path call the registered kernel.
+"""
 
 from __future__ import annotations
 
@@ -8,66 +18,266 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..format.artifact import CommandKind, NpuProgram, TensorKind
-from .kernels import KERNELS
+from ..format.artifact import Command, CommandKind, MemoryRegion, NpuProgram, TensorKind
+from . import prepared as _fast_paths  # noqa: F401  (registers the fast paths)
+from .kernels import KERNELS, CommandContext, Epilogue, Prepared, prepare_command, torch_dtype
 
 
 class EmulatorError(RuntimeError):
     pass
 
 
-def _as_torch(array: np.ndarray) -> torch.Tensor:
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a numpy array (bfloat16 from ml_dtypes through its bits)."""
+    array = np.require(array, requirements="C")  # ascontiguousarray would make a scalar 1-D
     with warnings.catch_warnings():
         # Constants are read-only views of the memory-mapped file; kernels never write to them.
         warnings.simplefilter("ignore", UserWarning)
+        if array.dtype.name == "bfloat16":
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(array)
 
 
-class NpuProgramRunner:
-    """Prepared once per loaded artifact; `run` may be called from one thread at a time per
-    request (it keeps no per-request state on self)."""
+def to_numpy(tensor: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
+    """A numpy array of `dtype` (default: bfloat16 and float16 results come back as float32)."""
+    tensor = tensor.contiguous()
+    if dtype is not None and np.dtype(dtype).name == "bfloat16":
+        return tensor.to(torch.bfloat16).view(torch.int16).numpy().view(np.dtype(dtype))
+    if dtype is not None:
+        return tensor.to(torch_dtype(np.dtype(dtype))).numpy()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy()
 
-    def __init__(self, program: NpuProgram, name: str = "npu"):
+
+class NpuProgramRunner:
+    """Prepared once per loaded artifact; `run` may be called from several threads at once
+    (it keeps no per-request state on self)."""
+
+    def __init__(self, program: NpuProgram, name: str = "npu",
+                 host_dtypes: Mapping[str, np.dtype] | None = None):
         self.name = name
         self.program = program
-        self._constants = {
-            i: _as_torch(t.data) for i, t in enumerate(program.tensors) if t.kind == TensorKind.CONSTANT
-        }
-        self._inputs = {t.name: i for i, t in enumerate(program.tensors) if t.kind == TensorKind.PROGRAM_INPUT}
-        self._outputs = {t.name: i for i, t in enumerate(program.tensors) if t.kind == TensorKind.PROGRAM_OUTPUT}
-        self._steps = []
+        tensors = program.tensors
+        self._host_dtypes = dict(host_dtypes or {})
+        self._initial: list[torch.Tensor | None] = [None] * len(tensors)
+        for i, t in enumerate(tensors):
+            if t.kind == TensorKind.CONSTANT:
+                self._initial[i] = to_torch(t.data)
+        self._inputs = [(t.name, i, torch_dtype(t.dtype)) for i, t in enumerate(tensors)
+                        if t.kind == TensorKind.PROGRAM_INPUT]
+        self._outputs = [(t.name, i) for i, t in enumerate(tensors) if t.kind == TensorKind.PROGRAM_OUTPUT]
+
         last_use: dict[int, int] = {}
         for step, command in enumerate(program.commands):
-            if command.kind != CommandKind.KERNEL:
-                continue  # DMA between device memories moves no values in a functional run
-            fn = KERNELS.get(command.op_type) if not command.domain else KERNELS.get(f"{command.domain}::{command.op_type}")
-            if fn is None:
-                raise EmulatorError(f"{name}: no emulator kernel for {command.op_type} (command {command.name})")
-            self._steps.append((fn, command))
             for i in command.inputs:
-                last_use[i] = step
-        # Activations are dropped after their last reader, as the memory plan reuses them.
-        self._release_after = {}
+                if i >= 0:
+                    last_use[i] = step
+        release: dict[int, list[int]] = {}
         for index, step in last_use.items():
-            if program.tensors[index].kind == TensorKind.ACTIVATION:
-                self._release_after.setdefault(step, []).append(index)
+            if tensors[index].kind == TensorKind.ACTIVATION:
+                release.setdefault(step, []).append(index)
+
+        # A tensor the runner may update in place: made by a kernel into fresh storage, or in
+        # place on such a tensor. Program inputs (the caller's memory), constants, reloaded
+        # spill copies and views the plan did not alias are not.
+        owned = [False] * len(tensors)
+        self._steps: list[tuple[Prepared, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+        self._commands = []
+        float_type = _program_float_type(program)
+        consumers: dict[int, int] = {}
+        for command in program.commands:
+            for i in command.inputs:
+                if i >= 0:
+                    consumers[i] = consumers.get(i, 0) + 1
+        absorbed: dict[int, int] = {}  # step applied by an earlier command -> input it passes on
+        for step, command in enumerate(program.commands):
+            ins, outs = tuple(command.inputs), tuple(command.outputs)
+            if step in absorbed:
+                fn = _pass_on(absorbed[step])
+                owned[outs[0]] = owned[ins[absorbed[step]]]
+            elif command.kind == CommandKind.DMA:
+                fn = _copy_between_memories
+            else:
+                qualified = f"{command.domain}::{command.op_type}" if command.domain else command.op_type
+                if qualified not in KERNELS:
+                    raise EmulatorError(f"{name}: no emulator kernel for {qualified} (command {command.name})")
+                inplace = self._inplace_input(command, owned)
+                epilogue, following, extra = self._conv_epilogue(step, consumers, float_type, owned)
+                context = CommandContext(
+                    op_type=command.op_type, domain=command.domain, attrs=command.attributes,
+                    constants=[self._initial[i] if i >= 0 and tensors[i].kind == TensorKind.CONSTANT else None
+                               for i in ins],
+                    input_shapes=[tuple(tensors[i].shape) if i >= 0 else None for i in ins],
+                    output_shapes=[tuple(tensors[i].shape) if i >= 0 else () for i in outs],
+                    float_type=float_type, inplace=inplace, epilogue=epilogue,
+                )
+                try:
+                    fn = prepare_command(context)
+                except Exception as exc:
+                    raise EmulatorError(f"{name}: cannot prepare command {command.name} "
+                                        f"({qualified}): {exc}") from exc
+                if context.fused:
+                    absorbed.update(following)
+                    ins = ins + extra
+                fresh = inplace is not None or not _may_return_view(command)
+                for o in outs:
+                    if o >= 0:
+                        owned[o] = fresh and (inplace is None or owned[ins[inplace]])
+            self._steps.append((fn, ins, outs, tuple(release.get(step, ()))))
+            self._commands.append(command)
+
+    def _conv_epilogue(self, step: int, consumers: dict[int, int], float_type: torch.dtype,
+                       owned: list[bool]) -> tuple[Epilogue | None, dict[int, int], tuple[int, ...]]:
+        """What of the commands right after a convolution its fast path may apply: the epilogue,
+        the steps it replaces (-> the input each passes on), and extra inputs it then reads."""
+        commands, tensors = self.program.commands, self.program.tensors
+        conv = commands[step]
+        if conv.op_type != "Conv" or conv.domain or conv.kind != CommandKind.KERNEL or not conv.outputs:
+            return None, {}, ()
+        exact_in_fp32 = float_type == torch.float32
+        epilogue, following, extra = Epilogue(), {}, ()
+        value, k = conv.outputs[0], step + 1
+
+        def next_reads_value() -> Command | None:
+            if (k >= len(commands) or value < 0 or consumers.get(value) != 1
+                    or tensors[value].kind != TensorKind.ACTIVATION):
+                return None
+            command = commands[k]
+            if command.kind != CommandKind.KERNEL or command.domain or value not in command.inputs:
+                return None
+            return command
+
+        command = next_reads_value()
+        if exact_in_fp32 and command is not None and command.op_type == "BatchNormalization" \
+                and command.inputs[0] == value and not command.attributes.get("training_mode", 0):
+            params = [self._initial[i] if i >= 0 else None for i in command.inputs[1:5]]
+            if len(params) == 4 and all(p is not None for p in params):
+                epilogue.batch_norm = (*params, command.attributes.get("epsilon", 1e-5))
+                following[k], value, k = 0, command.outputs[0], k + 1
+                command = next_reads_value()
+        if exact_in_fp32 and command is not None and command.op_type == "Add" and len(command.inputs) == 2:
+            position = command.inputs.index(value)
+            other = command.inputs[1 - position]
+            if other >= 0 and other != value and tuple(tensors[other].shape) == tuple(tensors[value].shape):
+                result = tensors[command.outputs[0]]
+                epilogue.residual = True
+                epilogue.residual_inplace = (owned[other] and tensors[other].kind == TensorKind.ACTIVATION
+                                             and result.kind == TensorKind.ACTIVATION
+                                             and (tensors[other].region, tensors[other].offset)
+                                             == (result.region, result.offset))
+                following[k], extra, value, k = position, (other,), command.outputs[0], k + 1
+                command = next_reads_value()
+        if command is not None and command.inputs[0] == value:
+            activation = self._activation_of(command)
+            if activation:
+                epilogue.activation = activation
+                following[k] = 0
+        elif exact_in_fp32 and k + 1 < len(commands) and value >= 0 and consumers.get(value) == 2:
+            sigmoid, product = commands[k], commands[k + 1]  # x * sigmoid(x): SiLU
+            if (sigmoid.kind == product.kind == CommandKind.KERNEL and not sigmoid.domain and not product.domain
+                    and sigmoid.op_type == "Sigmoid" and sigmoid.inputs == [value]
+                    and product.op_type == "Mul" and sorted(product.inputs) == sorted([value, sigmoid.outputs[0]])
+                    and consumers.get(sigmoid.outputs[0]) == 1 and tensors[value].kind == TensorKind.ACTIVATION):
+                epilogue.activation = "silu"
+                following[k], following[k + 1] = 0, product.inputs.index(value)
+        if not following:
+            return None, {}, ()
+        return epilogue, following, extra
+
+    def _activation_of(self, command) -> str | None:
+        """'relu' or 'relu6' for a Relu or a Clip to [0, 6]: rounding commutes with these
+        (monotone, representable bounds), so applying them before the rounding gives the same bits."""
+        tensors = self.program.tensors
+        if command.op_type == "Relu":
+            return "relu"
+        if command.op_type == "Clip" and len(command.inputs) == 3:
+            bounds = [tensors[i].data if i >= 0 and tensors[i].kind == TensorKind.CONSTANT else None
+                      for i in command.inputs[1:]]
+            if all(b is not None and b.size == 1 for b in bounds) and \
+                    [float(b.reshape(-1)[0]) for b in bounds] == [0.0, 6.0]:
+                return "relu6"
+        return None
+
+    def _inplace_input(self, command, owned: list[bool]) -> int | None:
+        """The input position whose bytes the memory plan gave to the first output, if the
+        runner may overwrite that input's storage."""
+        tensors = self.program.tensors
+        if not command.outputs or command.outputs[0] < 0:
+            return None
+        out = tensors[command.outputs[0]]
+        if out.kind != TensorKind.ACTIVATION:
+            return None
+        for position, i in enumerate(command.inputs):
+            if i < 0 or not owned[i]:
+                continue
+            source = tensors[i]
+            if (source.kind == TensorKind.ACTIVATION and source.region == out.region
+                    and source.offset == out.offset and source.size == out.size):
+                return position
+        return None
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        slots: dict[int, torch.Tensor] = dict(self._constants)
-        for name, index in self._inputs.items():
-            slots[index] = _as_torch(np.ascontiguousarray(inputs[name]))
-        with torch.inference_mode():
-            for step, (fn, command) in enumerate(self._steps):
-                args = [slots[i] if i >= 0 else None for i in command.inputs]
-                try:
-                    results = fn(args, command.attributes)
-                except Exception as exc:
-                    raise EmulatorError(
-                        f"{self.name}: command {command.name} ({command.op_type}) failed: {exc}"
-                    ) from exc
-                for index, value in zip(command.outputs, results):
-                    if index >= 0:
-                        slots[index] = value
-                for index in self._release_after.get(step, ()):
-                    slots.pop(index, None)
-        return {name: slots[index].contiguous().numpy() for name, index in self._outputs.items()}
+        slots = list(self._initial)
+        for name, index, dtype in self._inputs:
+            value = to_torch(inputs[name])
+            slots[index] = value if value.dtype == dtype or not value.is_floating_point() else value.to(dtype)
+        step = 0
+        try:
+            with torch.inference_mode():
+                for step, (fn, ins, outs, release) in enumerate(self._steps):
+                    results = fn([slots[i] if i >= 0 else None for i in ins])
+                    for index, value in zip(outs, results):
+                        if index >= 0:
+                            slots[index] = value
+                    for index in release:
+                        slots[index] = None
+                return {name: to_numpy(slots[index], self._host_dtypes.get(name))
+                        for name, index in self._outputs}
+        except Exception as exc:
+            command = self._commands[step]
+            raise EmulatorError(
+                f"{self.name}: command {command.name} ({command.op_type}) failed: {exc}"
+            ) from exc
+
+
+def _copy_between_memories(args):
+    """A Spill or Reload DMA: the value is unchanged, only its place on the device moves."""
+    return [args[0]]
+
+
+def _pass_on(position: int):
+    """A command an earlier command already applied: its result is that input."""
+    return lambda args: [args[position]]
+
+
+def _program_float_type(program: NpuProgram) -> torch.dtype:
+    for tensor in program.tensors:
+        if tensor.kind != TensorKind.CONSTANT and np.dtype(tensor.dtype).kind in "fV":
+            return torch_dtype(tensor.dtype)
+    return torch.float32
+
+
+_VIEW_KERNELS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose",
+                           "Slice", "Split", "Expand", "Dropout"})
+
+
+def _may_return_view(command) -> bool:
+    """Kernels not known to return new storage (views, Identity, unknown own ops) may share an input's."""
+    qualified = f"{command.domain}::{command.op_type}" if command.domain else command.op_type
+    return qualified in _VIEW_KERNELS or qualified not in _FRESH
+
+
+# Registered standard kernels known to return new storage (checked by tests/test_emulator.py).
+_FRESH = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min",
+    "Sigmoid", "Tanh", "Clip", "Softmax", "BatchNormalization", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "Concat", "LeakyRelu", "HardSigmoid", "HardSwish", "Exp",
+    "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Elu", "Selu", "Softplus", "PRelu", "Pow", "Resize",
+    "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum", "ReduceMax",
+    "ReduceMin", "Pad", "Gelu", "Mish", "Erf", "Sign",
+    # our fused ops (rblnc/emulator/fused_kernels.py); FusedElementwise with no step returns its input
+    "ai.rblnc::FusedConv", "ai.rblnc::FusedGemm", "ai.rblnc::FusedMatMul", "ai.rblnc::Gelu", "ai.rblnc::SiLU",
+})
+
+__all__ = ["EmulatorError", "NpuProgramRunner", "to_torch", "to_numpy", "MemoryRegion"]

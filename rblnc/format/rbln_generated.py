@@ -23,7 +23,19 @@ class DType(object):
     FLOAT64 = 11
     UINT32 = 12
     UINT64 = 13
+    COMPLEX64 = 14
+    COMPLEX128 = 15
     BFLOAT16 = 16
+    FLOAT8E4M3FN = 17
+    FLOAT8E4M3FNUZ = 18
+    FLOAT8E5M2 = 19
+    FLOAT8E5M2FNUZ = 20
+    UINT4 = 21
+    INT4 = 22
+    FLOAT4E2M1 = 23
+    FLOAT8E8M0 = 24
+    UINT2 = 25
+    INT2 = 26
 
 
 class Device(object):

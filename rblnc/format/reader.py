@@ -288,7 +288,9 @@ class _Reader:
         return partition
 
     def _check_program_boundary(self, partition: Partition, where: str) -> None:
-        """The program's inputs are the partition's inputs, its outputs cover the partition's."""
+        """The program's inputs are the partition's inputs, its outputs cover the partition's.
+        A floating input may be held in the program's precision (bf16, fp16): the runtime
+        converts it on the way in."""
         program = partition.npu_program
         declared = {v.name: v for v in partition.inputs}
         produced = {}
@@ -297,7 +299,7 @@ class _Reader:
                 value = declared.get(t.name)
                 if value is None:
                     self.fail(where, f"program input {_quote(t.name)} is not an input of the partition")
-                if value.dtype != t.dtype or value.shape != t.shape:
+                if not _boundary_types_agree(value.dtype, t.dtype) or value.shape != t.shape:
                     self.fail(where, f"program input {_quote(t.name)} is {t.dtype.name}{_dims(t.shape)}, the "
                                      f"partition declares {value.dtype.name}{_dims(value.shape)}")
             elif t.kind == TensorKind.PROGRAM_OUTPUT:
@@ -422,3 +424,10 @@ def _dims(shape) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _boundary_types_agree(host: np.dtype, device: np.dtype) -> bool:
+    def floating(dtype: np.dtype) -> bool:
+        return dtype.kind == "f" or dtype.name == "bfloat16"
+
+    return host == device or (floating(host) and floating(device))

@@ -83,6 +83,10 @@ def _convert_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto,
         converted = version_converter.convert_version(proto, CANONICAL_OPSET)
     except Exception:  # the converter raises bare RuntimeErrors/C++ errors for missing adapters
         return proto, opset
+    if not _nodes_valid(converted, CANONICAL_OPSET):  # e.g. a newer attribute it failed to drop
+        return proto, opset
+    if not _same_shapes(proto, converted):  # an op whose meaning changed (MaxPool's ceil_mode at 19)
+        return proto, opset
     return converted, CANONICAL_OPSET
 
 
@@ -109,6 +113,29 @@ def _check_graph_structure(proto: onnx.ModelProto, initializers, origin: str) ->
     for output in proto.graph.output:
         if output.name not in defined:
             raise ModelImportError(f"{origin}: graph output {output.name!r} is never defined")
+
+
+def _same_shapes(original: onnx.ModelProto, converted: onnx.ModelProto) -> bool:
+    """Whether ONNX infers the same shape for every value before and after the conversion."""
+    initializers = {t.name: t for t in original.graph.initializer}
+    before = _infer_types(original, initializers)
+    after = _infer_types(converted, initializers, forget_declared=True)
+    return all(before[name].shape == info.shape for name, info in after.items()
+               if name in before and before[name].is_static and info.is_static)
+
+
+def _nodes_valid(proto: onnx.ModelProto, opset: int) -> bool:
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = proto.ir_version
+    context.opset_imports = {e.domain: e.version for e in proto.opset_import}
+    lexical = onnx.checker.C.LexicalScopeContext()
+    try:
+        for node in proto.graph.node:
+            if node.domain in _DEFAULT_DOMAINS:
+                onnx.checker.check_node(node, context, lexical)
+    except onnx.checker.ValidationError:
+        return False
+    return True
 
 
 def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) -> None:
@@ -151,7 +178,7 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
                 f"input_info=[({name!r}, [...], 'float32')] or --input {name}:1x3x224x224:float32"
             )
         for axis, d in enumerate(tensor_type.shape.dim):
-            if not d.HasField("dim_value") or d.dim_value <= 0:
+            if not d.HasField("dim_value") or d.dim_value < 0:  # 0 is a static, empty dimension
                 label = d.dim_param or "?"
                 shape = [x.dim_value if x.HasField("dim_value") else (x.dim_param or "?")
                          for x in tensor_type.shape.dim]
@@ -163,9 +190,14 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
                 )
 
 
-def _infer_types(proto: onnx.ModelProto, initializers) -> dict[str, TensorInfo]:
-    """Types of every value ONNX's inference can work out, without copying big weights."""
+def _infer_types(proto: onnx.ModelProto, initializers, forget_declared: bool = False) -> dict[str, TensorInfo]:
+    """Types of every value ONNX's inference can work out, without copying big weights (and,
+    with `forget_declared`, without the shapes the model declares for its values)."""
     light = _copy_without_initializers(proto)
+    if forget_declared:
+        del light.graph.value_info[:]
+        for output in light.graph.output:
+            output.type.tensor_type.ClearField("shape")
     input_names = {i.name for i in light.graph.input}
     for name, tensor in initializers.items():
         if np.prod(tensor.dims, dtype=np.int64) <= _MAX_INFERENCE_CONSTANT and not tensor.external_data:

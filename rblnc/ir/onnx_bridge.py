@@ -60,7 +60,8 @@ def node_to_onnx(node: Node) -> onnx.NodeProto:
 
 
 def value_info(name: str, info: TensorInfo) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, dtypes.to_onnx(info.dtype), list(info.shape))
+    shape = None if info.shape is None else list(info.shape)  # None: rank only known at run time
+    return helper.make_tensor_value_info(name, dtypes.to_onnx(info.dtype), shape)
 
 
 def standard_nodes(graph: Graph, nodes: Iterable[Node]) -> list[Node]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from ..cost_model import host_node_time_ns, precision_itemsize, transfer_time_ns
 from ..format.artifact import (
     Artifact, CompileOptions, Device, FallbackReason, Partition, Transfer, TransferDirection,
     ValueInfo,
 )
-from ..ir.graph import Graph
+from ..ir.graph import Graph, Node
 from ..partition.partitioner import PlannedPartition
 from ..target import TargetSpec
+from .estimates import estimate_program
 from .host_subgraph import lower_host_subgraph
+from .memory_plan import plan_model_memory
 from .npu_program import lower_npu_program
 
 
@@ -46,23 +49,49 @@ def lower_graph(graph: Graph, plan: list[PlannedPartition], target: TargetSpec,
             outputs=[_value_info(graph, n) for n in outputs],
         )
         if planned.device == Device.NPU:
-            partition.npu_program = lower_npu_program(graph, planned.nodes, inputs, outputs)
+            partition.npu_program = lower_npu_program(graph, planned.nodes, inputs, outputs, options.dtype)
+
+            def link_bytes(n: str) -> int:
+                # The host converts to and from the program's precision, so the link carries it.
+                info = graph.tensors[n]
+                return info.size * precision_itemsize(info.dtype, options.dtype)
+
             for n in inputs:
                 if n not in on_device:
-                    partition.transfers.append(Transfer(TransferDirection.HOST_TO_DEVICE, n, graph.tensors[n].nbytes))
+                    partition.transfers.append(Transfer(TransferDirection.HOST_TO_DEVICE, n, link_bytes(n)))
                     on_device.add(n)
             on_device.update(outputs)
             for n in outputs:
                 if n in model_outputs or any(plan[i].device == Device.HOST and n in _reads(plan[i], graph)
                                              for i in range(index + 1, len(plan))):
-                    partition.transfers.append(Transfer(TransferDirection.DEVICE_TO_HOST, n, graph.tensors[n].nbytes))
+                    partition.transfers.append(Transfer(TransferDirection.DEVICE_TO_HOST, n, link_bytes(n)))
         else:
             partition.host_onnx = lower_host_subgraph(graph, planned.nodes, inputs, outputs, name)
             partition.fallback_reasons = [
                 FallbackReason(node.name, node.op_type, planned.reasons.get(node.name, ""))
                 for node in planned.nodes
             ]
+            partition.est_time_ns = sum(host_node_time_ns(node, graph, target) for node in planned.nodes)
+        for transfer in partition.transfers:
+            transfer.est_time_ns = transfer_time_ns(transfer.bytes, target)
         partitions.append(partition)
+    constant_outputs = list(dict.fromkeys(n for n in graph.outputs if graph.is_constant(n)))
+    if constant_outputs:  # outputs no op computes: a host partition hands them out
+        name = f"p{len(partitions)}_host"
+        nodes = [Node(f"{name}_constant_{i}", "Constant", [], [n], {"value": graph.constants[n]})
+                 for i, n in enumerate(constant_outputs)]
+        partitions.append(Partition(
+            name=name, device=Device.HOST, inputs=[],
+            outputs=[_value_info(graph, n) for n in constant_outputs],
+            host_onnx=lower_host_subgraph(graph, nodes, [], constant_outputs, name),
+            fallback_reasons=[FallbackReason(n.name, "Constant", "a model output that no op computes")
+                              for n in nodes],
+        ))
+    npu = [(p.name, p.npu_program) for p in partitions if p.npu_program is not None]
+    plan_model_memory(npu, target)
+    for partition in partitions:
+        if partition.npu_program is not None:
+            partition.est_time_ns = estimate_program(partition.npu_program, target, options.dtype)
     return Artifact(
         options=options,
         target=target,

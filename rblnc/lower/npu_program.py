@@ -1,22 +1,43 @@
-"""Lowers an NPU partition to a program: one command per IR node over a tensor table."""
+"""Lowers an NPU partition to a program: one command per IR node over a tensor table, in the
+program's precision (memory placement and costs are filled in later by memory_plan/estimates)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..format.artifact import Command, MemoryRegion, NpuProgram, Tensor, TensorKind
+from ..dtypes import PRECISIONS
+from ..format.artifact import Command, NpuProgram, Tensor, TensorKind
 from ..ir.graph import Graph, Node
 
+# Float inputs that are parameters of the op's shape or sampling rather than data it computes
+# on: they keep their own type (Resize's roi and scales set output coordinates).
+_PARAMETER_INPUTS = {"Resize": (1, 2)}
 
-def lower_npu_program(graph: Graph, nodes: list[Node], inputs: list[str], outputs: list[str]) -> NpuProgram:
+
+def is_float(dtype: np.dtype) -> bool:
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16"
+
+
+def lower_npu_program(graph: Graph, nodes: list[Node], inputs: list[str], outputs: list[str],
+                      precision: str = "fp32") -> NpuProgram:
+    """Float tensors take the precision's type: activations are rounded to it at every command
+    boundary and float constants (weights) are stored in it; other tensors keep their type."""
+    device_float = PRECISIONS[precision]
+    parameters = {n.inputs[i] for n in nodes for i in _PARAMETER_INPUTS.get(n.op_type, ())
+                  if not n.domain and i < len(n.inputs) and n.inputs[i]}
     tensors: list[Tensor] = []
     index: dict[str, int] = {}
 
     def add(name: str, kind: TensorKind) -> int:
         info = graph.tensors[name]
-        data = graph.constants[name] if kind == TensorKind.CONSTANT else None
+        dtype = device_float if is_float(info.dtype) and name not in parameters else np.dtype(info.dtype)
+        data = None
+        if kind == TensorKind.CONSTANT:
+            data = np.require(graph.constants[name], requirements="C")  # keeps scalars 0-D
+            if data.dtype != dtype:
+                data = data.astype(dtype)
         index[name] = len(tensors)
-        tensors.append(Tensor(name, info.dtype, tuple(info.shape), kind, data, size=info.nbytes))
+        tensors.append(Tensor(name, dtype, tuple(info.shape), kind, data, size=info.size * dtype.itemsize))
         return index[name]
 
     for name in inputs:
@@ -40,20 +61,4 @@ def lower_npu_program(graph: Graph, nodes: list[Node], inputs: list[str], output
             source_ops=list(node.source_ops),
             source_location=node.source_location,
         ))
-    program = NpuProgram(tensors, commands)
-    _place_naively(program)
-    return program
-
-
-def _place_naively(program: NpuProgram) -> None:
-    """Every non-constant tensor gets its own DRAM range. (A liveness-based plan that reuses
-    memory and uses SRAM belongs to the emulator issue; the format already carries it.)"""
-    offset = 0
-    for tensor in program.tensors:
-        if tensor.kind == TensorKind.CONSTANT:
-            continue
-        tensor.region = MemoryRegion.DRAM
-        tensor.offset = offset
-        offset += (tensor.size + 63) // 64 * 64
-    program.peak_dram_bytes = offset
-    program.weight_bytes = int(sum(t.data.nbytes for t in program.tensors if t.data is not None))
+    return NpuProgram(tensors, commands)

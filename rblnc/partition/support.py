@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import onnx.defs
+import onnx.helper
 
 from ..ir.graph import CANONICAL_OPSET, RBLNC_DOMAIN, Graph, Node
 from ..target import TargetSpec
@@ -103,6 +104,17 @@ def constraint_constant_operands(node: Node, graph: Graph, target: TargetSpec) -
     return None
 
 
+def constraint_attribute_values(node: Node, graph: Graph, target: TargetSpec) -> str | None:
+    """Attributes take values the NPU kernels implement (the target's [ops.attributes])."""
+    for name, allowed in target.op_attributes.get(node.qualified_type, {}).items():
+        value = node.attrs[name] if name in node.attrs else _default_attribute(node.op_type, name)
+        if isinstance(value, bytes):
+            value = value.decode()
+        if value not in allowed:
+            return f"{name}={value!r} is not implemented by the NPU (it takes {', '.join(map(repr, allowed))})"
+    return None
+
+
 def constraint_inference_mode(node: Node, graph: Graph, target: TargetSpec) -> str | None:
     """BatchNormalization runs in inference mode (training_mode=0)."""
     if node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0):
@@ -118,6 +130,7 @@ CONSTRAINTS: list[Callable[[Node, Graph, TargetSpec], str | None]] = [
     constraint_rank,
     constraint_window,
     constraint_constant_operands,
+    constraint_attribute_values,
     constraint_inference_mode,
 ]
 
@@ -128,6 +141,17 @@ def check_npu_support(node: Node, graph: Graph, target: TargetSpec) -> Verdict:
         if reason:
             return Verdict(False, reason)
     return Verdict(True)
+
+
+@lru_cache(maxsize=None)
+def _default_attribute(op_type: str, name: str):
+    try:
+        attribute = onnx.defs.get_schema(op_type, CANONICAL_OPSET).attributes[name]
+    except (onnx.defs.SchemaError, KeyError):
+        return None
+    if not attribute.default_value.name:
+        return None
+    return onnx.helper.get_attribute_value(attribute.default_value)
 
 
 @lru_cache(maxsize=None)

@@ -65,7 +65,7 @@ def check_input(spec: ValueInfo, value: Any) -> np.ndarray:
         raise InputShapeError(
             f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(array.shape)}"
         )
-    return np.ascontiguousarray(array)
+    return np.require(array, requirements="C")  # ascontiguousarray would make a scalar 1-D
 
 
 def non_finite_report(kind: str, specs: Sequence[ValueInfo], arrays: Sequence[np.ndarray]) -> list[str]:
