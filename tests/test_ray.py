@@ -135,7 +135,8 @@ class ExitOnce:
 
 
 def test_a_killed_actor_is_restarted_and_its_blocks_retried(cluster, models, tmp_path):
-    """The model comes from the object store here: the restarted actor gets it from there again."""
+    """With Ray Data's own defaults for actor pools (max_restarts=-1, max_task_retries=-1: nothing
+    passed here). The model comes from the object store: the restarted actor gets it from there again."""
     n = 3000
     x = np.random.default_rng(1).standard_normal((n, 3, 8, 8)).astype(np.float32)
     dataset = ray.data.from_items([{"id": i, "x": x[i]} for i in range(n)], override_num_blocks=30)
@@ -143,7 +144,7 @@ def test_a_killed_actor_is_restarted_and_its_blocks_retried(cluster, models, tmp
     predictor = {"artifact": rblnc.ray.put_artifact(models / "mixed.rbln"), "preprocess": ExitOnce(flag, victim=1717),
                  "keep_columns": ["id"], "worker_column": "worker"}
     out = collect(dataset.map_batches(rblnc.ray.Predictor, fn_constructor_kwargs=predictor, batch_size=50,
-                                      compute=ray.data.ActorPoolStrategy(size=2), max_restarts=2, max_task_retries=3))
+                                      compute=ray.data.ActorPoolStrategy(size=2)))
     assert flag.exists()  # an actor did die
     assert out["id"].tolist() == list(range(n))  # every row once, in order
     np.testing.assert_array_equal(out["y"], reference(models / "mixed.rbln", x[:, None])[:, 0])
