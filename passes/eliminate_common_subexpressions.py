@@ -74,4 +74,6 @@ def _hashable(value: Any) -> Hashable:
         return ("ndarray", value.dtype.str, value.shape, value.tobytes())
     if isinstance(value, (list, tuple)):
         return tuple(_hashable(v) for v in value)
+    if hasattr(value, "SerializeToString"):  # a subgraph, tensor or type attribute (protobuf)
+        return (type(value).__name__, value.SerializeToString(deterministic=True))
     return value

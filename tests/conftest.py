@@ -61,3 +61,11 @@ def mixed_model(seed: int = 0) -> onnx.ModelProto:
 @pytest.fixture
 def light_dir() -> Path:
     return LIGHT_DIR
+
+
+def relative_errors(actual, expected) -> tuple[float, float]:
+    """A whole model's error against its fp32 reference, as docs/precision.md bounds it:
+    max|y - ref| / max|ref| and ||y - ref|| / ||ref||."""
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    return (float(np.abs(actual - expected).max() / np.abs(expected).max()),
+            float(np.linalg.norm(actual - expected) / np.linalg.norm(expected)))

@@ -26,9 +26,6 @@ def folder(tmp_path_factory):
     compiled.save(folder / "timed.rbln")
     # As an artifact from a compiler that does not estimate times.
     set_estimates(compiled.artifact, npu_ms=0, dma_ms=0, host_ms=0)
-    for partition in compiled.artifact.partitions:
-        for command in partition.npu_program.commands if partition.npu_program else []:
-            command.est_time_ns = 0
     compiled.save(folder / "plain.rbln")
     np.savez(folder / "batch.npz", x=np.random.default_rng(0).standard_normal((5, 1, 3, 8, 8)).astype(np.float32))
     return folder

@@ -16,9 +16,12 @@ MS = 1e6  # ns
 
 
 def set_estimates(artifact, *, npu_ms: float, dma_ms: float, host_ms: float = 0.0):
-    """Hand-set modelled times: every NPU partition npu_ms, every transfer dma_ms, host host_ms."""
+    """Hand-set modelled times: every NPU partition npu_ms, every transfer dma_ms, host host_ms.
+    The compiler's per-command estimates are cleared, so all zeros means "not estimated"."""
     for partition in artifact.partitions:
         partition.est_time_ns = (npu_ms if partition.npu_program is not None else host_ms) * MS
+        for command in partition.npu_program.commands if partition.npu_program is not None else []:
+            command.est_time_ns = 0
         for transfer in partition.transfers:
             transfer.est_time_ns = dma_ms * MS
     return artifact

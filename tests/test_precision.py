@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import LIGHT_DIR, LIGHT_MODELS, make_onnx, mixed_model
+from conftest import LIGHT_DIR, LIGHT_MODELS, make_onnx, mixed_model, relative_errors
 from ml_dtypes import bfloat16
 from onnx import TensorProto, helper, numpy_helper
 
@@ -34,9 +34,6 @@ def rounded(x: np.ndarray, precision: str) -> np.ndarray:
     return np.asarray(x, np.float32).astype(STORAGE[precision]).astype(np.float32)
 
 
-def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    return (float(np.abs(actual - expected).max() / np.abs(expected).max()),
-            float(np.linalg.norm(actual - expected) / np.linalg.norm(expected)))
 
 
 def test_default_precision_is_bf16():
@@ -179,7 +176,7 @@ def _check_zoo(name: str, small: bool, tmp_path):
         np.testing.assert_allclose(fp32, expected, rtol=1e-3, atol=1e-4)
     for precision, (max_bound, l2_bound) in ZOO_BOUNDS.items():
         actual = rblnc.compile_from_onnx(str(path), dtype=precision).create_runtime().run(*inputs)
-        worst, l2 = errors(actual, expected)
+        worst, l2 = relative_errors(actual, expected)
         assert worst <= max_bound and l2 <= l2_bound, f"{name} {precision}: max {worst:.2e}, l2 {l2:.2e}"
         assert worst > 0  # the precision really is reduced
 
@@ -210,5 +207,5 @@ def test_light_models_stay_within_the_documented_bounds(name, precision):
     if precision == "fp16" and name in FP16_OVERFLOWS:
         assert not np.all(np.isfinite(actual))  # the documented overflow, not a wrong result
         return
-    worst, _ = errors(actual, expected)
+    worst, _ = relative_errors(actual, expected)
     assert worst <= LIGHT_BOUNDS[precision], f"{name} {precision}: {worst:.2e}"

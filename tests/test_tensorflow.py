@@ -318,7 +318,7 @@ def test_import_rblnc_does_not_import_tensorflow():
 @pytest.mark.parametrize("source", ["exported", "unet.keras"])
 def test_cli_compiles_saved_model_and_keras_file(source, saved_unet, unet_io, tmp_path):
     output = tmp_path / "unet.rbln"
-    result = rblnc_cli("compile", saved_unet / source, "-o", output, "--input", "x:1x64x64x3:float32")
+    result = rblnc_cli("compile", saved_unet / source, "-o", output, "--input", "x:1x64x64x3:float32", "--dtype", "fp32")
     assert result.exit_code == 0, result.output
     assert f"compiling {saved_unet / source} (tensorflow)" in result.stderr
     np.testing.assert_allclose(rblnc.Runtime(output).run(unet_io[0]), unet_io[1], **FP32)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import relative_errors
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 
 import rblnc  # noqa: E402
 from rblnc.api import RBLNCompiledModel  # noqa: E402
-from rblnc.compiler import SUPPORTED_PRECISIONS, CompileOptionsIn, compile_graph  # noqa: E402
+from rblnc.compiler import CompileOptionsIn, compile_graph  # noqa: E402
+from rblnc.emulator import MODEL_ERROR_BOUNDS  # noqa: E402
 from rblnc.importers.tensorflow_importer import import_tf_function  # noqa: E402
 from rblnc.report import build_report  # noqa: E402
 from rblnc.zoo.keras_models import KERAS_ZOO  # noqa: E402
@@ -19,9 +21,6 @@ from rblnc.zoo.keras_models import KERAS_ZOO  # noqa: E402
 # Transpose; a spatial (NHWC) output needs one more on the way out. Classifiers end in a
 # rank-2 Gemm and need none there.
 TRANSPOSES_LEFT = {"resnet50": 1, "mobilenet_v2": 1, "efficientnet_b0": 1, "deeplabv3plus": 2, "unet": 2}
-# The emulator has documented no bound for reduced precisions yet; the brief's default is
-# 5e-2 of the output's scale.
-REDUCED_PRECISION_TOLERANCE = 5e-2
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +85,10 @@ def test_zoo_model_matches_tensorflow_fp32_full_size(name):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", list(KERAS_ZOO))
 def test_zoo_model_matches_tensorflow_reduced_precision(name, precision, keras_model, imported_graph):
-    if precision not in SUPPORTED_PRECISIONS:
-        pytest.skip(f"the emulator does not run {precision} yet (supported: {', '.join(SUPPORTED_PRECISIONS)})")
     artifact, _ = compile_graph(imported_graph(name).copy(), CompileOptionsIn(dtype=precision), "tensorflow")
     x = KERAS_ZOO[name].example_inputs(small=True)
     expected = reference(keras_model(name), x)
     actual = RBLNCompiledModel(artifact).create_runtime().run(x).astype(np.float32)
-    scale = float(np.abs(expected).max())
-    np.testing.assert_allclose(actual, expected, rtol=REDUCED_PRECISION_TOLERANCE,
-                               atol=REDUCED_PRECISION_TOLERANCE * scale)
+    worst, l2 = relative_errors(actual, expected)
+    max_bound, l2_bound = MODEL_ERROR_BOUNDS[precision]
+    assert worst <= max_bound and l2 <= l2_bound, f"{name} {precision}: max {worst:.2e}, l2 {l2:.2e}"

@@ -10,12 +10,14 @@ to the schema is verified without anyone touching this file.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "rbln.fbs"
+# schemas/ installs as the package rblnc.schemas (pyproject.toml), in a wheel as in a checkout.
+SCHEMA_PATH = Path(str(importlib.resources.files("rblnc.schemas").joinpath("rbln.fbs")))
 
 # The C++ verifier's defaults: nesting depth and a cap on objects (tables, vectors, strings).
 MAX_DEPTH = 64
