@@ -209,3 +209,28 @@ def test_light_models_stay_within_the_documented_bounds(name, precision):
         return
     worst, _ = relative_errors(actual, expected)
     assert worst <= LIGHT_BOUNDS[precision], f"{name} {precision}: {worst:.2e}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("transform, nearest_mode, out_size", [
+    ("asymmetric", "floor", 12), ("asymmetric", "floor", 18), ("half_pixel", "round_prefer_floor", 12),
+    ("asymmetric", "floor", 3), ("half_pixel", "round_prefer_ceil", 9), ("align_corners", "round_prefer_floor", 11),
+])
+def test_nearest_resize_after_a_convolution_picks_the_kernels_elements(precision, transform, nearest_mode, out_size):
+    """Nearest Resize copies elements (exact in any precision): the fast path, fed the
+    channels-last result of a convolution, picks exactly those of the registered kernel."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((5, 3, 1, 1)).astype(np.float32)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["c"])
+    size = np.array([1, 5, out_size, out_size], np.int64)
+    resize = helper.make_node("Resize", ["c", "", "", "size"], ["y"], mode="nearest",
+                              coordinate_transformation_mode=transform, nearest_mode=nearest_mode)
+    conv_only = make_onnx([conv], [("x", [1, 3, 6, 6])], [("c", [1, 5, 6, 6])], [("w", w)])
+    both = make_onnx([conv, resize], [("x", [1, 3, 6, 6])], [("y", size.tolist())], [("w", w), ("size", size)])
+    c = rblnc.compile_from_onnx(conv_only, dtype=precision).create_runtime().run(x)
+    expected = KERNELS["Resize"]([torch.from_numpy(c), None, None, torch.from_numpy(size)],
+                                 {"mode": "nearest", "coordinate_transformation_mode": transform,
+                                  "nearest_mode": nearest_mode})[0].numpy()
+    actual = rblnc.compile_from_onnx(both, dtype=precision).create_runtime().run(x)
+    assert actual.shape == tuple(size) and np.array_equal(actual, expected)

@@ -1,8 +1,20 @@
 """The NPU emulator: runs NPU programs with the device's numerics (their time is modelled when compiling)."""
 
-from .kernels import KERNELS
-from . import fused_kernels  # noqa: F401  registers the ai.rblnc kernels in KERNELS
-from .npu import EmulatorError, NpuProgramRunner
+import os
+import sys
+
+if "torch" not in sys.modules:
+    # torch's OpenMP workers (libgomp) busy-wait between parallel regions by default. Where the
+    # cores are shared (host partitions' onnxruntime threads, other processes) a spinning worker
+    # holds a core the others need and is descheduled when the next region starts, so each of
+    # the hundreds of regions of an inference waits for it: YOLOv8n took 2 s instead of 0.1 s
+    # on a loaded 2-core machine. Sleeping workers cost a wake-up (microseconds) per region.
+    # libgomp reads this once, when torch loads it; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .kernels import KERNELS  # noqa: E402  (imports torch)
+from . import fused_kernels  # noqa: F401,E402  registers the ai.rblnc kernels in KERNELS
+from .npu import EmulatorError, NpuProgramRunner  # noqa: E402
 
 # The documented error of a whole model's output against its fp32 reference (docs/precision.md),
 # per reduced precision: (max |y - ref| / max |ref|, ||y - ref|| / ||ref||). Tests of importers

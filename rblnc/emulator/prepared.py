@@ -64,7 +64,28 @@ def prepare_resize(ctx: CommandContext):
     steps = resize_plan(ctx.attrs, ctx.input_shapes[0], ctx.output_shapes[0], scales)
     if not steps:
         return lambda args: [args[0].clone()]
+    if _is_torch_nearest(steps, ctx.input_shapes[0], ctx.output_shapes[0]):
+        # One pass over the data that keeps a channels-last input channels-last (what the
+        # convolutions around it read), instead of a gather per axis into NCHW.
+        size = list(ctx.output_shapes[0][2:])
+        return lambda args: [F.interpolate(args[0], size=size, mode="nearest")]
     return lambda args: [apply_resize(args[0], steps).contiguous()]
+
+
+def _is_torch_nearest(steps, in_shape, out_shape) -> bool:
+    """Whether F.interpolate(mode="nearest") picks the source indices of `steps` on every axis
+    (it does for integer upsampling with asymmetric coordinates and floor rounding, the usual
+    detector neck): spatial axes only, of a 1-D to 3-D image."""
+    if not 3 <= len(in_shape) <= 5 or any(axis < 2 for axis, _ in steps):
+        return False
+    for axis, indices in steps:
+        if not isinstance(indices, torch.Tensor):
+            return False
+        ramp = torch.arange(in_shape[axis], dtype=torch.float32).reshape(1, 1, -1)
+        picked = F.interpolate(ramp, size=out_shape[axis], mode="nearest").reshape(-1).long()
+        if not torch.equal(picked, indices):
+            return False
+    return True
 
 
 # -- elementwise: one torch op, fp32 inside, one rounding ----------------------------------

@@ -50,6 +50,9 @@ class HostSubgraphRunner:
         self.name = name
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Idle workers sleep: spinning ones would hold the cores the emulator's OpenMP workers
+        # (which also sleep, rblnc/emulator/__init__.py) need between host partitions.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         model = onnx.load_from_string(bytes(onnx_bytes))
