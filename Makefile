@@ -21,15 +21,17 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tf,ray,plot,bench]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tf,ray,plot,bench,examples]"
 	touch $(STAMP)
 
+# The seed tutorial's PyTorch example on the command line: YOLOv8n (zoo, traced, saved as .pt),
+# compiled, inspected, run async and paced on a few COCO-like images, checked against torch.
 demo: install
 	mkdir -p $(DEMO)
 	$(PY) examples/demo.py prepare $(DEMO)
-	$(RBLNC) compile $(DEMO)/model.onnx -o $(DEMO)/model.rbln --dtype fp32
-	$(RBLNC) inspect $(DEMO)/model.rbln
-	$(RBLNC) run $(DEMO)/model.rbln $(DEMO)/inputs.npz -o $(DEMO)/outputs.npz
+	$(RBLNC) compile $(DEMO)/yolov8n.pt -o $(DEMO)/yolov8n.rbln --input images:1x3x640x640:float32 --dtype fp32
+	$(RBLNC) inspect $(DEMO)/yolov8n.rbln
+	$(RBLNC) run --async --pace $(DEMO)/yolov8n.rbln $(DEMO)/inputs.npz -o $(DEMO)/outputs.npz --trace $(DEMO)/trace.json
 	$(PY) examples/demo.py check $(DEMO)
 
 test: install

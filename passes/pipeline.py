@@ -7,6 +7,7 @@ from .eliminate_common_subexpressions import eliminate_common_subexpressions
 from .fold_batchnorm import fold_batchnorm, fold_channel_scale, rewrite_batchnorm_as_affine
 from .fold_constants import fold_constants
 from .fold_pads import fold_pads
+from .fold_static_shapes import fold_static_shapes
 from .fuse_activation import fuse_activation
 from .fuse_bias import fuse_bias
 from .fuse_elementwise_chains import fuse_elementwise_chains
@@ -23,10 +24,12 @@ from .sink_transposes import sink_transposes
 # -O0 still folds constants: importers leave weight-producing subgraphs (ConstantOfShape,
 # Unsqueeze of initializers...) that must become constants before partitioning, or the
 # weights would be recomputed on the host at every inference.
-LEVEL_0 = [fold_constants, remove_dead_nodes]
+# fold_static_shapes first: Shape->Gather->Concat->Reshape chains then fold entirely (docs/partitioning.md).
+LEVEL_0 = [fold_static_shapes, fold_constants, remove_dead_nodes]
 
 # -O1: rewrites that leave every computed value bit for bit the same.
 LEVEL_1 = [
+    fold_static_shapes,               # Shape of a static tensor is a constant: shape chains fold below
     fold_constants,                   # first: later matches need shape subgraphs to be constants
     remove_identities,                # before matching: a Dropout or Identity between two ops hides the pair
     rewrite_sum_as_add,               # the fusions below look for Add only
@@ -38,6 +41,7 @@ LEVEL_1 = [
 
 # -O2 (default): also rewrites that may change rounding (folded weights) and our fused ops.
 LEVEL_2 = [
+    fold_static_shapes,
     fold_constants,
     remove_identities,
     rewrite_sum_as_add,

@@ -88,8 +88,16 @@ def _compile_model(framework: str, path: Path, input_info, options: dict):
 @click.option("--dump-ir-after", multiple=True, metavar="PASS", help="Print the IR after PASS changes it.")
 @click.option("--disable-pass", "disable_passes", multiple=True, metavar="PASS", help="Skip PASS.")
 @click.option("--pass-stats", is_flag=True, help="Print what each pass changed and its time.")
+@click.option("--host-ops", "host_ops", multiple=True, metavar="OP[,OP...]",
+              help="Op types to run on the host CPU, e.g. Softmax,TopK (docs/partitioning.md).")
+@click.option("--npu-ops", "npu_ops", multiple=True, metavar="OP[,OP...]",
+              help="Op types to keep on the NPU (an error names any the NPU cannot run, with the reason).")
+@click.option("--no-host-fallback", is_flag=True,
+              help="Fail, listing every op the NPU cannot run, instead of running ops on the host.")
+@click.option("--no-refine", is_flag=True,
+              help="Keep every supported op on the NPU (no cost-driven moves to the host).")
 def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_each, dump_ir_after,
-            disable_passes, pass_stats) -> None:
+            disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback, no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
     frozen .pb) into a .rbln file."""
     framework = _detect_framework(model)
@@ -98,6 +106,7 @@ def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_
     options = dict(
         dtype=dtype, opt_level=opt_level, target=target, verify_each=verify_each,
         dump_ir_after=dump_ir_after, disable_passes=disable_passes,
+        host_ops=host_ops, npu_ops=npu_ops, host_fallback=not no_host_fallback, refine_partitions=not no_refine,
         invocation="rblnc " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
@@ -125,13 +134,21 @@ def _report(artifact, source: str) -> dict:
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(artifact: Path, as_json: bool) -> None:
+@click.option("--dot", "dot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the partitioned graph as Graphviz DOT to this file (NPU and host in two colours).")
+def inspect(artifact: Path, as_json: bool, dot_path: Path | None) -> None:
     """Show what runs where, memory and DMA of ARTIFACT (.rbln)."""
     from .format.reader import load_artifact
     from .report import render_text
 
-    report = _report(load_artifact(artifact), str(artifact))
+    loaded = load_artifact(artifact)
+    report = _report(loaded, str(artifact))
     click.echo(json.dumps(report, indent=2) if as_json else render_text(report))
+    if dot_path is not None:
+        from .report_dot import write_dot
+
+        write_dot(loaded, dot_path)
+        click.echo(f"wrote {dot_path} (render with: dot -Tsvg {dot_path} -o graph.svg)", err=True)
 
 
 @main.command()
@@ -153,6 +170,8 @@ def inspect(artifact: Path, as_json: bool) -> None:
               help="Draw the timeline as a Gantt chart (PNG; needs matplotlib).")
 @click.option("--check-finite", is_flag=True,
               help="Warn on stderr about inputs and outputs holding NaN or infinity (the run goes on).")
+@click.option("--host-threads", type=click.IntRange(min=1), default=None,
+              help="Threads of each onnxruntime session that runs a host partition (default: onnxruntime's).")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run on Ray Data: INPUTS is a .npz or a folder of .npy/.npz shards or images, one row per request; "
                    "-o is the folder for the output shards.")
@@ -163,7 +182,8 @@ def inspect(artifact: Path, as_json: bool) -> None:
               help="--ray: rows per batch handed to an actor.")
 def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace: bool, pace_scale: float | None,
         parallel: int | None, repeat: int, trace_path: Path | None, plot_path: Path | None,
-        check_finite: bool, use_ray: bool, address: str | None, workers: int, batch_size: int) -> None:
+        check_finite: bool, host_threads: int | None, use_ray: bool, address: str | None, workers: int,
+        batch_size: int) -> None:
     """Run ARTIFACT (.rbln) on the arrays in INPUTS (.npz, keyed by input name).
 
     An array with one extra leading dimension holds that many requests. With --ray, every row of
@@ -177,7 +197,8 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
         return _run_on_ray(artifact, inputs, output, address=address, workers=workers, batch_size=batch_size,
                            pace=pace_value, parallel=parallel,
                            local_only={"--async": use_async, "--repeat": repeat != 1, "--trace": trace_path,
-                                       "--plot": plot_path, "--check-finite": check_finite})
+                                       "--plot": plot_path, "--check-finite": check_finite,
+                                       "--host-threads": host_threads})
     ray_only = [name for name, given in (("--address", address), ("--workers", workers != 1),
                                          ("--batch-size", batch_size != 64)) if given]
     if ray_only:
@@ -197,9 +218,10 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         if use_async:
-            runtime = AsyncRuntime(artifact, pace=pace_value, parallel=parallel, trace=tracing and 10**7)
+            runtime = AsyncRuntime(artifact, pace=pace_value, parallel=parallel, trace=tracing and 10**7,
+                                   host_threads=host_threads)
         else:
-            runtime = Runtime(artifact, pace=pace_value, trace=tracing and 10**7)
+            runtime = Runtime(artifact, pace=pace_value, trace=tracing and 10**7, host_threads=host_threads)
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
     try:

@@ -12,7 +12,7 @@ from .errors import CompileError
 from .format.artifact import Artifact, CompileOptions
 from .ir import Graph, verify_graph
 from .lower import lower_graph
-from .partition import partition_graph
+from .partition import PartitionOptions, partition_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
 from .target import TargetSpec, load_target
 
@@ -36,6 +36,12 @@ class CompileOptionsIn:
     disable_passes: Iterable[str] = ()
     invocation: str = ""
     progress: Callable[[str], None] | None = None
+    # Placement (docs/partitioning.md): op types forced to the host / to the NPU ("Softmax,TopK"
+    # or a list), whether anything may run on the host at all, and the cost-driven refinement.
+    host_ops: Iterable[str] | str = ()
+    npu_ops: Iterable[str] | str = ()
+    host_fallback: bool = True
+    refine_partitions: bool = True
 
 
 @dataclass
@@ -53,6 +59,13 @@ def check_options(options: CompileOptionsIn) -> None:
         )
     if options.opt_level not in OPT_LEVELS:
         raise CompileError(f"opt_level must be one of {OPT_LEVELS}, got {options.opt_level!r}")
+    placement = PartitionOptions.build(options.host_ops, options.npu_ops)
+    both = sorted(placement.host_ops & placement.npu_ops)
+    if both:
+        raise CompileError(f"op type(s) {', '.join(both)} are in both host_ops and npu_ops")
+    if placement.host_ops and not options.host_fallback:
+        raise CompileError(f"host_ops ({', '.join(sorted(placement.host_ops))}) asks for host partitions "
+                           "but host fallback is disabled (--no-host-fallback)")
 
 
 def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str) -> tuple[Artifact, CompileReport]:
@@ -79,7 +92,9 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
 
     start = time.perf_counter()
     say("partitioning")
-    plan = partition_graph(graph, target)
+    plan = partition_graph(graph, target, PartitionOptions.build(
+        options.host_ops, options.npu_ops, host_fallback=options.host_fallback,
+        refine=options.refine_partitions, dtype=options.dtype))
     stage("partition", start)
 
     start = time.perf_counter()

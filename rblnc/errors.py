@@ -50,6 +50,16 @@ class DeviceMemoryError(CompileError):
         return self.needed - self.available
 
 
+class HostFallbackError(CompileError):
+    """Host fallback is disabled (`host_fallback=False`, `--no-host-fallback`) but ops cannot run
+    on the NPU; `offending` lists every one as (op name, op type, reason)."""
+
+    def __init__(self, offending: list[tuple[str, str, str]]):
+        self.offending = offending
+        listed = "\n".join(f"  {name} ({op_type}): {reason}" for name, op_type, reason in offending)
+        super().__init__(f"host fallback is disabled but {len(offending)} op(s) cannot run on the NPU:\n{listed}")
+
+
 class InputError(RBLNError):
     """Base of the errors about the inputs given to `run`."""
 

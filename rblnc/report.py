@@ -48,7 +48,8 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
                                         and t.region == MemoryRegion.DRAM and not t.name.endswith("@dram")),
             }
         else:
-            entry["ops"] = [{"name": r.op_name, "op_type": r.op_type, "reason": r.reason}
+            entry["ops"] = [{"name": r.op_name, "op_type": r.op_type, "reason": r.reason,
+                             "est_saving_ns": r.est_saving_ns}
                             for r in p.fallback_reasons]
         partitions.append(entry)
     return {
@@ -70,6 +71,14 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
         "constant_bytes": artifact.constant_bytes(),
         "memory": memory_summary(artifact),
         "modelled_time_ns": modelled_time(artifact),
+        # Every host-link DMA of one inference, in execution order (docs/partitioning.md).
+        "transfers": [dict(t, partition=p["name"]) for p in partitions for t in p["transfers"]],
+        "fallbacks": [{"partition": p["name"], "name": o["name"], "op_type": o["op_type"], "reason": o["reason"]}
+                      for p in partitions if p["device"] == "host" for o in p["ops"]],
+        # NPU-supported ops the partitioner's cost model moved to the host, with the modelled saving.
+        "refinements": [{"partition": p["name"], "name": o["name"], "op_type": o["op_type"],
+                         "est_saving_ns": o["est_saving_ns"], "reason": o["reason"]}
+                        for p in partitions if p["device"] == "host" for o in p["ops"] if o["est_saving_ns"]],
         "dma_bytes_per_inference": {
             "h2d": sum(t.bytes for p in artifact.partitions for t in p.transfers
                        if t.direction == TransferDirection.HOST_TO_DEVICE),
@@ -167,6 +176,20 @@ def render_text(report: dict[str, Any], *, max_ops: int = 12) -> str:
             lines.append(f"  {op['op_type']:<18} {op['name']:<28} {op['reason']}")
         if len(fallbacks) > max_ops:
             lines.append(f"  ... {len(fallbacks) - max_ops} more (see --json)")
+    refinements = report.get("refinements", [])
+    if refinements:
+        lines += ["", f"moved to the host by the cost model ({len(refinements)})"]
+        for op in refinements:
+            lines.append(f"  {op['op_type']:<18} {op['name']:<28} saves {format_time(op['est_saving_ns'])} per inference")
+    transfers = report.get("transfers", [])
+    if transfers:
+        lines += ["", f"DMA transfers per inference ({len(transfers)})",
+                  f"  {'partition':<14} {'dir':<4} {'tensor':<28} {'bytes':>10}  {'est. time':>10}"]
+        for t in transfers[:max_ops]:
+            lines.append(f"  {t['partition']:<14} {t['direction']:<4} {t['tensor'][:28]:<28} {_bytes(t['bytes']):>10}  "
+                         f"{format_time(t['est_time_ns']):>10}")
+        if len(transfers) > max_ops:
+            lines.append(f"  ... {len(transfers) - max_ops} more (see --json)")
     memory = report["memory"]
     lines += [
         "",

@@ -35,7 +35,9 @@ def test_inspect_json_has_the_documented_keys(mixed):
     devices = [p["device"] for p in report["partitions"]]
     assert devices == ["npu", "host", "npu"]
     host_ops = report["partitions"][1]["ops"]
-    assert host_ops == [{"name": "Erf_1", "op_type": "Erf", "reason": "op type Erf is not supported by the NPU (rbln-ca12)"}]
+    assert host_ops == [{"name": "Erf_1", "op_type": "Erf", "est_saving_ns": 0.0,
+                         "reason": "op type Erf is not supported by the NPU (rbln-ca12); it runs on the host "
+                                   "(the target spec's [ops] supported lists what rbln-ca12 runs)"}]
     assert [o["op_type"] for o in report["partitions"][0]["ops"]] == ["Conv"]
     assert all({"name", "op_type"} <= set(o) for p in report["partitions"] for o in p["ops"])
 

@@ -100,6 +100,8 @@ class FallbackReason:
     op_name: str
     op_type: str
     reason: str
+    # Set when the cost model moved an NPU-supported op to the host: modelled saving (ns).
+    est_saving_ns: float = 0.0
 
 
 @dataclass

@@ -1660,8 +1660,15 @@ class FallbackReason(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
+    # FallbackReason
+    def EstSavingNs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float64Flags, o + self._tab.Pos)
+        return 0.0
+
 def FallbackReasonStart(builder: flatbuffers.Builder):
-    builder.StartObject(3)
+    builder.StartObject(4)
 
 def FallbackReasonAddOpName(builder: flatbuffers.Builder, opName: int):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(opName), 0)
@@ -1671,6 +1678,9 @@ def FallbackReasonAddOpType(builder: flatbuffers.Builder, opType: int):
 
 def FallbackReasonAddReason(builder: flatbuffers.Builder, reason: int):
     builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(reason), 0)
+
+def FallbackReasonAddEstSavingNs(builder: flatbuffers.Builder, estSavingNs: float):
+    builder.PrependFloat64Slot(3, estSavingNs, 0.0)
 
 def FallbackReasonEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
@@ -1685,10 +1695,12 @@ class FallbackReasonT(object):
         opName = None,
         opType = None,
         reason = None,
+        estSavingNs = 0.0,
     ):
         self.opName = opName  # type: Optional[str]
         self.opType = opType  # type: Optional[str]
         self.reason = reason  # type: Optional[str]
+        self.estSavingNs = estSavingNs  # type: float
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -1720,6 +1732,7 @@ class FallbackReasonT(object):
         self.reason = fallbackReason.Reason()
         if self.reason is not None:
             self.reason = self.reason.decode('utf-8')
+        self.estSavingNs = fallbackReason.EstSavingNs()
 
     # FallbackReasonT
     def Pack(self, builder):
@@ -1736,6 +1749,7 @@ class FallbackReasonT(object):
             FallbackReasonAddOpType(builder, opType)
         if self.reason is not None:
             FallbackReasonAddReason(builder, reason)
+        FallbackReasonAddEstSavingNs(builder, self.estSavingNs)
         fallbackReason = FallbackReasonEnd(builder)
         return fallbackReason
 

@@ -268,7 +268,7 @@ class _Reader:
             device=device,
             inputs=[self._value_info(v, f"{where} input {i}") for i, v in enumerate(p.inputs or [])],
             outputs=[self._value_info(v, f"{where} output {i}") for i, v in enumerate(p.outputs or [])],
-            fallback_reasons=[FallbackReason(r.opName, r.opType or "", r.reason or "")
+            fallback_reasons=[FallbackReason(r.opName, r.opType or "", r.reason or "", r.estSavingNs)
                               for r in p.fallbackReasons or []],
             transfers=[Transfer(TransferDirection(t.direction), t.tensor, t.bytes, t.estTimeNs)
                        for t in p.transfers or []],

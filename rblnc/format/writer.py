@@ -173,6 +173,7 @@ def _partition(partition: Partition, blobs: _BlobTable) -> fb.PartitionT:
     for reason in partition.fallback_reasons:
         item = fb.FallbackReasonT()
         item.opName, item.opType, item.reason = reason.op_name, reason.op_type, reason.reason
+        item.estSavingNs = float(reason.est_saving_ns)
         out.fallbackReasons.append(item)
     out.transfers = []
     for transfer in partition.transfers:

@@ -43,6 +43,7 @@ def import_onnx(
     _apply_input_info(proto, specs, initializers, origin)
     inferred = _infer_types(proto, initializers)
     graph = _build_graph(proto, opset, initializers, inferred, origin)
+    graph.functions = {(f.domain, f.name): f.SerializeToString() for f in proto.functions}
     try:
         infer_shapes(graph)
     except ShapeInferenceError as exc:

@@ -92,6 +92,9 @@ class Graph:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.input_layouts: dict[str, str] = {}
+        # Model-local ONNX functions (custom ops defined in the model), by (domain, name): a host
+        # subgraph that calls one carries its definition.
+        self.functions: dict[tuple[str, str], bytes] = {}
         self._producer: dict[str, str] = {}
         self._consumers: dict[str, dict[str, None]] = {}  # ordered set of node names
         self._next_order = 0  # insertion rank, for a deterministic topological order

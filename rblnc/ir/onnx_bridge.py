@@ -106,7 +106,15 @@ def make_model(
     opsets = [helper.make_opsetid("", graph.opset)]
     extra_domains = {n.domain for n in nodes if n.domain and n.domain != RBLNC_DOMAIN}
     opsets += [helper.make_opsetid(d, 1) for d in sorted(extra_domains)]
-    model = helper.make_model(body, opset_imports=opsets, producer_name="rblnc")
+    # Model-local functions the nodes call (custom ops the model defines), with what they import.
+    functions = []
+    for key in dict.fromkeys((n.domain, n.op_type) for n in nodes):
+        if key in getattr(graph, "functions", {}):
+            function = onnx.FunctionProto.FromString(graph.functions[key])
+            functions.append(function)
+            known = {o.domain for o in opsets}
+            opsets += [o for o in function.opset_import if o.domain not in known]
+    model = helper.make_model(body, opset_imports=opsets, producer_name="rblnc", functions=functions)
     # onnxruntime accepts models up to the IR version it was built for; pin a widely read one.
     model.ir_version = ir_version or min(model.ir_version, 10)
     return model

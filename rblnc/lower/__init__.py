@@ -68,7 +68,8 @@ def lower_graph(graph: Graph, plan: list[PlannedPartition], target: TargetSpec,
         else:
             partition.host_onnx = lower_host_subgraph(graph, planned.nodes, inputs, outputs, name)
             partition.fallback_reasons = [
-                FallbackReason(node.name, node.op_type, planned.reasons.get(node.name, ""))
+                FallbackReason(node.name, node.op_type, planned.reasons.get(node.name, ""),
+                               planned.savings.get(node.name, 0.0))
                 for node in planned.nodes
             ]
             partition.est_time_ns = sum(host_node_time_ns(node, graph, target) for node in planned.nodes)
