@@ -153,9 +153,10 @@ def inspect(artifact: Path, as_json: bool, dot_path: Path | None) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the outputs to this .npz, keyed by output name (stacked when there are several requests).")
+@click.argument("inputs", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write the outputs to this .npz, keyed by output name (stacked when there are several requests); "
+                   "with --ray, the folder for the output shards.")
 @click.option("--async", "use_async", is_flag=True, help="Run the requests on the AsyncRuntime, overlapped.")
 @click.option("--pace", is_flag=True, help="Make every step last its modelled time (the artifact's est_time_ns).")
 @click.option("--pace-scale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
@@ -171,16 +172,41 @@ def inspect(artifact: Path, as_json: bool, dot_path: Path | None) -> None:
               help="Warn on stderr about inputs and outputs holding NaN or infinity (the run goes on).")
 @click.option("--host-threads", type=click.IntRange(min=1), default=None,
               help="Threads of each onnxruntime session that runs a host partition (default: onnxruntime's).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray Data: INPUTS is a .npz or a folder of .npy/.npz shards or images, one row per request; "
+                   "-o is the folder for the output shards.")
+@click.option("--address", default=None, metavar="ADDR", help="--ray: join the Ray cluster at ADDR (default: a local Ray).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--ray: actors, each with its own runtime and device.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="--ray: rows per batch handed to an actor.")
 def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace: bool, pace_scale: float | None,
         parallel: int | None, repeat: int, trace_path: Path | None, plot_path: Path | None,
-        check_finite: bool, host_threads: int | None) -> None:
+        check_finite: bool, host_threads: int | None, use_ray: bool, address: str | None, workers: int,
+        batch_size: int) -> None:
     """Run ARTIFACT (.rbln) on the arrays in INPUTS (.npz, keyed by input name).
 
-    An array with one extra leading dimension holds that many requests."""
+    An array with one extra leading dimension holds that many requests. With --ray, every row of
+    INPUTS is a request and the outputs go to -o OUTPUT_DIR as shards, in input order."""
     import warnings
 
     from .runtime import AsyncRuntime, Runtime
 
+    pace_value: bool | float = pace_scale if pace_scale is not None else pace
+    if use_ray:
+        return _run_on_ray(artifact, inputs, output, address=address, workers=workers, batch_size=batch_size,
+                           pace=pace_value, parallel=parallel,
+                           local_only={"--async": use_async, "--repeat": repeat != 1, "--trace": trace_path,
+                                       "--plot": plot_path, "--check-finite": check_finite,
+                                       "--host-threads": host_threads})
+    ray_only = [name for name, given in (("--address", address), ("--workers", workers != 1),
+                                         ("--batch-size", batch_size != 64)) if given]
+    if ray_only:
+        raise click.UsageError(f"{', '.join(ray_only)} appl{'ies' if len(ray_only) == 1 else 'y'} to --ray runs")
+    if inputs.is_dir():
+        raise click.UsageError(f"{inputs} is a folder; a folder of shards or images is read with --ray")
+    if output is not None and output.is_dir():
+        raise click.UsageError(f"-o {output} is a folder; without --ray the outputs go to one .npz file")
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401
@@ -188,7 +214,6 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
             raise click.UsageError("--plot needs matplotlib: pip install 'rblnc[plot]'") from None
     if parallel is not None and not use_async:
         raise click.UsageError("--parallel applies to --async runs")
-    pace_value: bool | float = pace_scale if pace_scale is not None else pace
     tracing = trace_path is not None or plot_path is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -232,6 +257,25 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
         if plot_path is not None:
             plot_timeline(runtime.timeline(), plot_path, title=title)
             click.echo(f"wrote {plot_path}")
+
+
+def _run_on_ray(artifact: Path, inputs: Path, output: Path | None, *, address: str | None, workers: int,
+                batch_size: int, pace: bool | float, parallel: int | None, local_only: dict) -> None:
+    """`rblnc run --ray`: rblnc.ray.batch_run does the work; this checks the options and reports."""
+    misplaced = [name for name, given in local_only.items() if given]
+    if misplaced:
+        raise click.UsageError(f"{', '.join(misplaced)} cannot be combined with --ray")
+    if output is None:
+        raise click.UsageError("--ray needs -o OUTPUT_DIR, the folder for the output shards")
+    if output.exists() and not output.is_dir():
+        raise click.UsageError(f"-o {output} is a file; --ray writes its output shards into a folder")
+    try:
+        from .ray.batch_run import print_summary, run_on_ray
+    except ImportError as exc:
+        raise click.UsageError(f"--ray needs Ray Data: pip install 'rblnc[ray]' ({exc})") from None
+    summary = run_on_ray(artifact, inputs, output, address=address, workers=workers, batch_size=batch_size,
+                         pace=pace, parallel=parallel, progress=True)
+    print_summary(summary, click.echo)
 
 
 def _split_requests(specs, args: list, kwargs: dict, path: Path) -> list[tuple[list, dict]]:
