@@ -333,6 +333,15 @@ def prepare_fused_conv(ctx: CommandContext):
     return run
 
 
+def _linear_operands(ctx: CommandContext, b: torch.Tensor, c: torch.Tensor | None, n: int):
+    """Gemm's constant B and C as a linear layer's weight and bias in the compute type, with
+    transA and the output rounder: (compute, weight, bias, trans_a, round_out)."""
+    compute = _compute_type(ctx)
+    weight = (b if ctx.attrs.get("transB", 0) else b.t()).to(compute).contiguous()
+    bias = None if c is None else c.reshape(n).to(compute).contiguous()
+    return compute, weight, bias, bool(ctx.attrs.get("transA", 0)), _rounder(ctx, compute)
+
+
 @prepare("ai.rblnc::FusedGemm")
 def prepare_fused_gemm(ctx: CommandContext):
     """act(Gemm(A, B, C)) as one oneDNN matrix product with a post-op."""
@@ -345,11 +354,7 @@ def prepare_fused_gemm(ctx: CommandContext):
     if (b is None or post_op is None or (has_c and (c is None or c.numel() != n or attrs.get("beta", 1.0) != 1.0))
             or attrs.get("alpha", 1.0) != 1.0 or not _MKLDNN):
         return None
-    compute = _compute_type(ctx)
-    weight = (b if attrs.get("transB", 0) else b.t()).to(compute).contiguous()
-    bias = None if c is None else c.reshape(n).to(compute).contiguous()
-    trans_a = bool(attrs.get("transA", 0))
-    round_out = _rounder(ctx, compute)
+    compute, weight, bias, trans_a, round_out = _linear_operands(ctx, b, c, n)
     linear = torch.ops.mkldnn._linear_pointwise
     unary, scalars, algorithm = post_op
 
@@ -382,11 +387,7 @@ def prepare_gemm(ctx: CommandContext):
     if (b is None or (has_c and c is None) or attrs.get("alpha", 1.0) != 1.0
             or (has_c and (attrs.get("beta", 1.0) != 1.0 or c.numel() != n))):
         return None
-    compute = _compute_type(ctx)
-    weight = (b if attrs.get("transB", 0) else b.t()).to(compute).contiguous()
-    bias = None if c is None else c.reshape(n).to(compute).contiguous()
-    trans_a = bool(attrs.get("transA", 0))
-    round_out = _rounder(ctx, compute)
+    compute, weight, bias, trans_a, round_out = _linear_operands(ctx, b, c, n)
 
     def run(args):
         a = args[0].t() if trans_a else args[0]
