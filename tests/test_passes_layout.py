@@ -25,15 +25,19 @@ def weights(*shape):
     return rng.standard_normal(shape).astype(np.float32) * 0.3
 
 
-def test_tensorflow_style_transposes_around_convs_cancel():
+def tensorflow_style_convs():
     """NHWC model: x -> T(NCHW) -> Conv -> T(NHWC) -> BiasAdd -> Relu -> T(NCHW) -> Conv -> T(NHWC)."""
-    g = graph_of(
+    return graph_of(
         [N("Transpose", ["x"], ["x_nchw"], perm=TO_NCHW), N("Conv", ["x_nchw", "w1"], ["c1"], pads=[1, 1, 1, 1]),
          N("Transpose", ["c1"], ["c1_nhwc"], perm=TO_NHWC), N("Add", ["c1_nhwc", "b1"], ["a1"]),
          N("Relu", ["a1"], ["r1"]), N("Transpose", ["r1"], ["r1_nchw"], perm=TO_NCHW),
          N("Conv", ["r1_nchw", "w2"], ["c2"]), N("Transpose", ["c2"], ["y"], perm=TO_NHWC)],
         [("x", [1, 8, 8, 3])], [("y", [1, 8, 8, 5])],
         [("w1", weights(4, 3, 3, 3)), ("b1", weights(4)), ("w2", weights(5, 4, 1, 1))])
+
+
+def test_tensorflow_style_transposes_around_convs_cancel():
+    g = tensorflow_style_convs()
     after, _ = rewrite_and_compare(g, ["sink_transposes", "collapse_transposes", "remove_dead_nodes"])
     assert g.op_counts()["Transpose"] == 4
     assert after.op_counts() == {"Transpose": 2, "Conv": 2, "Add": 1, "Relu": 1}
@@ -45,13 +49,7 @@ def test_tensorflow_style_transposes_around_convs_cancel():
 
 
 def test_then_the_whole_level_2_pipeline_fuses_the_convs():
-    g = graph_of(
-        [N("Transpose", ["x"], ["x_nchw"], perm=TO_NCHW), N("Conv", ["x_nchw", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-         N("Transpose", ["c1"], ["c1_nhwc"], perm=TO_NHWC), N("Add", ["c1_nhwc", "b1"], ["a1"]),
-         N("Relu", ["a1"], ["r1"]), N("Transpose", ["r1"], ["r1_nchw"], perm=TO_NCHW),
-         N("Conv", ["r1_nchw", "w2"], ["c2"]), N("Transpose", ["c2"], ["y"], perm=TO_NHWC)],
-        [("x", [1, 8, 8, 3])], [("y", [1, 8, 8, 5])],
-        [("w1", weights(4, 3, 3, 3)), ("b1", weights(4)), ("w2", weights(5, 4, 1, 1))])
+    g = tensorflow_style_convs()
     after, _ = rewrite_and_compare(g, 2)
     assert after.op_counts() == {"Transpose": 2, "ai.rblnc::FusedConv": 1, "Conv": 1}
 
