@@ -13,7 +13,6 @@ import numpy as np
 from rblnc.ir import Graph, Node
 
 from .manager import PassContext, graph_pass
-from .rewriting import topological_nodes
 
 # Constants up to this many elements are compared by value (shape tensors, scalars, small
 # biases); hashing every large weight at every run would cost more than it could save.
@@ -50,7 +49,7 @@ def _merge_constants(graph: Graph) -> int:
 def _merge_nodes(graph: Graph) -> int:
     seen: dict[Hashable, Node] = {}
     merged = 0
-    for node in topological_nodes(graph):
+    for node in graph.topological_order():
         if node.op_type in _NEVER_MERGE or node.implicit_inputs:
             continue
         key = (node.domain, node.op_type, tuple(node.inputs), len(node.outputs),

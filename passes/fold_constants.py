@@ -12,7 +12,6 @@ from rblnc.ir.evaluate import EvaluationError, evaluate_node
 from rblnc.ir.onnx_bridge import node_to_onnx, standard_nodes
 
 from .manager import PassContext, graph_pass
-from .rewriting import topological_nodes
 
 # Ops whose result is not a function of their inputs, or that carry subgraphs.
 _NEVER_FOLD = {
@@ -32,7 +31,7 @@ def fold_constants(graph: Graph, ctx: PassContext) -> int:
     """Evaluate nodes whose inputs are all constants at compile time."""
     foldable: list[Node] = []
     known = set(graph.constants)  # values known now or once the nodes before are folded
-    for node in topological_nodes(graph):
+    for node in graph.topological_order():
         if node.op_type in _NEVER_FOLD or node.implicit_inputs or node.domain not in ("", "ai.onnx"):
             continue
         if not all(not i or i in known for i in node.inputs):

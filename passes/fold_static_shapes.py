@@ -7,7 +7,6 @@ import numpy as np
 from rblnc.ir import Graph
 
 from .manager import PassContext, graph_pass
-from .rewriting import topological_nodes
 
 
 @graph_pass("fold_static_shapes")
@@ -15,7 +14,7 @@ def fold_static_shapes(graph: Graph, ctx: PassContext) -> int:
     """Replace Shape/Size of a statically shaped tensor by a constant (fold_constants then folds
     the Gather/Concat/... that read it, leaving Reshape with a constant shape for the NPU)."""
     folded = 0
-    for node in topological_nodes(graph):
+    for node in graph.topological_order():
         if node.domain or node.op_type not in ("Shape", "Size") or not node.inputs or not node.outputs[0]:
             continue
         source, result = node.inputs[0], node.outputs[0]

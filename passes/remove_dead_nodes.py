@@ -5,7 +5,6 @@ from __future__ import annotations
 from rblnc.ir import Graph
 
 from .manager import PassContext, graph_pass
-from .rewriting import topological_nodes
 
 
 @graph_pass("remove_dead_nodes")
@@ -13,7 +12,7 @@ def remove_dead_nodes(graph: Graph, ctx: PassContext) -> int:
     """Drop nodes whose outputs reach no graph output, then unused constants."""
     live: set[str] = set(graph.outputs)
     removed = 0
-    for node in reversed(topological_nodes(graph)):
+    for node in reversed(graph.topological_order()):
         if any(o in live for o in node.outputs):
             live.update(i for i in node.inputs + node.implicit_inputs if i)
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -31,7 +30,7 @@ def rewrite_each(graph: Graph, ctx: PassContext, rule: Rule, op_types: Iterable[
     if wanted is not None and not any(node.qualified_type in wanted for node in graph.nodes):
         return 0  # nothing to match: skip the walk
     rewrites = 0
-    for node in topological_nodes(graph):
+    for node in graph.topological_order():
         if wanted is not None and node.qualified_type not in wanted:
             continue
         if node.name not in graph.nx or graph.node(node.name) is not node:
@@ -43,30 +42,6 @@ def rewrite_each(graph: Graph, ctx: PassContext, rule: Rule, op_types: Iterable[
         except Exception as exc:
             raise RewriteError(f"at {describe(node)}: {type(exc).__name__}: {exc}") from exc
     return rewrites
-
-
-def topological_nodes(graph: Graph) -> list[Node]:
-    """The same order as `graph.topological_order()` (ready nodes by insertion rank), computed
-    on networkx's adjacency dicts directly: passes walk the graph some forty times per compile
-    and the generic networkx sort is most of their time on a ResNet."""
-    nodes = graph.nx.nodes
-    pred, succ = graph.nx.pred, graph.nx.succ
-    waiting = {name: len(pred[name]) for name in pred}
-    # Ties in rank (fused nodes take fractional ones) fall back to insertion, as networkx does.
-    key = {name: (data["order"], i) for i, (name, data) in enumerate(nodes.items())}
-    ready = [(key[name], name) for name in key if not waiting[name]]
-    heapq.heapify(ready)
-    result = []
-    while ready:
-        _, name = heapq.heappop(ready)
-        result.append(nodes[name]["node"])
-        for successor in succ[name]:
-            waiting[successor] -= 1
-            if not waiting[successor]:
-                heapq.heappush(ready, (key[successor], successor))
-    if len(result) != len(waiting):
-        raise GraphError("the graph has a cycle")
-    return result
 
 
 def describe(node: Node) -> str:

