@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .dtypes import is_float
 from .ir.graph import RBLNC_DOMAIN, Graph, Node
 from .target import TargetSpec
 
@@ -203,7 +204,7 @@ def dma_time_ns(nbytes: int, target: TargetSpec) -> float:
 
 def precision_itemsize(dtype: np.dtype, precision: str) -> int:
     """Bytes per element on the device: floats take the program's precision, others their own."""
-    if np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16":
+    if is_float(dtype):
         return 4 if precision == "fp32" else 2
     return np.dtype(dtype).itemsize
 

@@ -52,6 +52,11 @@ class DTypeError(RBLNError, TypeError):
     """An element type rblnc does not know."""
 
 
+def is_float(dtype: object) -> bool:
+    """A floating type, bfloat16 included (ml_dtypes gives it numpy kind 'V')."""
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16"
+
+
 def to_numpy(dtype: object) -> np.dtype:
     """A numpy dtype from a numpy dtype or type, a name ("float32", "bf16"), or a torch/TF dtype."""
     if isinstance(dtype, np.dtype):

@@ -427,7 +427,4 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _boundary_types_agree(host: np.dtype, device: np.dtype) -> bool:
-    def floating(dtype: np.dtype) -> bool:
-        return dtype.kind == "f" or dtype.name == "bfloat16"
-
-    return host == device or (floating(host) and floating(device))
+    return host == device or (dtypes.is_float(host) and dtypes.is_float(device))

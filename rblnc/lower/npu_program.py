@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import PRECISIONS
+from ..dtypes import PRECISIONS, is_float
 from ..format.artifact import Command, NpuProgram, Tensor, TensorKind
 from ..ir.graph import Graph, Node
 
 # Float inputs that are parameters of the op's shape or sampling rather than data it computes
 # on: they keep their own type (Resize's roi and scales set output coordinates).
 _PARAMETER_INPUTS = {"Resize": (1, 2)}
-
-
-def is_float(dtype: np.dtype) -> bool:
-    return np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16"
 
 
 def lower_npu_program(graph: Graph, nodes: list[Node], inputs: list[str], outputs: list[str],

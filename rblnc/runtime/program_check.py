@@ -84,7 +84,7 @@ def check_program_shapes(program: NpuProgram, opset: int) -> None:
 def _inference_type(dtype: np.dtype) -> int:
     """Floating types are all shown as float32: the check is about shapes, and programs may
     mix precisions that standard ONNX type constraints would refuse."""
-    if dtype.kind == "f" or dtype.name == "bfloat16":
+    if dtypes.is_float(dtype):
         return TensorProto.FLOAT
     return dtypes.to_onnx(dtype)
 

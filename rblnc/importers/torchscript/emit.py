@@ -92,10 +92,6 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.array(tensor.resolve_conj().resolve_neg().numpy(), copy=True)
 
 
-def is_float(dtype: np.dtype) -> bool:
-    return np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16"
-
-
 def contains(value: Any, kind: type) -> bool:
     if isinstance(value, kind):
         return True

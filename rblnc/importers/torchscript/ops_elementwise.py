@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...dtypes import is_float
 from .emit import (
-    BOOL, FLOAT32, INT64, DataDependent, Emitter, TensorRef, Unsupported, is_float, normalize_dim, numpy_dtype,
+    BOOL, FLOAT32, INT64, DataDependent, Emitter, TensorRef, Unsupported, normalize_dim, numpy_dtype,
 )
 from .registry import Converter, converts, int_list, is_tensor
 
