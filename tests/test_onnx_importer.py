@@ -99,3 +99,43 @@ def test_constant_nodes_become_constants():
     )
     graph = import_onnx(model)
     assert np.array_equal(graph.constants["c"], [1, 2]) and [n.op_type for n in graph.nodes] == ["Add"]
+
+
+def _paddle_style_model() -> "onnx.ModelProto":
+    """Conv -> Relu -> GlobalAveragePool with every unknown dimension written as Paddle writes
+    it, `dim_value: -1`, on the input, the output and a value_info."""
+    rng = np.random.default_rng(0)
+    model = make_onnx(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["y"])],
+        [("x", [-1, 3, -1, -1])], [("y", [-1, 4, 1, 1])],
+        [("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32))],
+    )
+    model.graph.value_info.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [-1, 4, -1, -1]))
+    return model
+
+
+def test_minus_one_dimensions_are_dynamic_and_input_info_fixes_them():
+    import onnxruntime as ort
+
+    import rblnc
+
+    model = _paddle_style_model()
+    assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_value == -1
+    compiled = rblnc.compile_from_onnx(model, input_info=[("x", [1, 3, 12, 20], np.float32)], dtype="fp32")
+    x = np.random.default_rng(1).standard_normal((1, 3, 12, 20)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = compiled.create_runtime().run(x)
+    assert out.shape == (1, 4, 1, 1)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_minus_one_dimension_without_input_info_is_named():
+    with pytest.raises(DynamicShapeError, match=r"input 'x' has a dynamic dimension '\?' at axis 0"):
+        import_onnx(_paddle_style_model())
+
+
+def test_minus_one_dimensions_still_check_the_fixed_ones():
+    with pytest.raises(ModelImportError, match=r"input 'x' has shape \[-1, 3, -1, -1\] in the model, input_info gives \[1, 4, 8, 8\]"):
+        import_onnx(_paddle_style_model(), input_info=[("x", [1, 4, 8, 8], np.float32)])

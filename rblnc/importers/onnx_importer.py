@@ -159,7 +159,7 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
         if tensor_type.HasField("shape"):
             dims = tensor_type.shape.dim
             if len(dims) != len(spec.shape) or any(
-                d.HasField("dim_value") and d.dim_value not in (0, s) for d, s in zip(dims, spec.shape)
+                _is_static_dim(d) and d.dim_value != s for d, s in zip(dims, spec.shape)
             ):
                 model_shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
                 raise ModelImportError(
@@ -189,6 +189,13 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
                     f"{dtypes.name(dtypes.from_onnx(tensor_type.elem_type))!r})] or "
                     f"--input {name}:{'x'.join('1' if not isinstance(s, int) or s <= 0 else str(s) for s in shape)}"
                 )
+
+
+def _is_static_dim(dim) -> bool:
+    """Whether a declared dimension is fixed. Exporters write an unknown one as a dim_param, an
+    unset value, or (Paddle) `dim_value: -1`; 0 is unknown too when input_info gives a size,
+    as tf2onnx and older exporters write it."""
+    return dim.HasField("dim_value") and dim.dim_value > 0
 
 
 def _infer_types(proto: onnx.ModelProto, initializers, forget_declared: bool = False) -> dict[str, TensorInfo]:
