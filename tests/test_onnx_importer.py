@@ -139,3 +139,45 @@ def test_minus_one_dimension_without_input_info_is_named():
 def test_minus_one_dimensions_still_check_the_fixed_ones():
     with pytest.raises(ModelImportError, match=r"input 'x' has shape \[-1, 3, -1, -1\] in the model, input_info gives \[1, 4, 8, 8\]"):
         import_onnx(_paddle_style_model(), input_info=[("x", [1, 4, 8, 8], np.float32)])
+
+
+def _if_reading_outer_values(condition: str) -> "onnx.ModelProto":
+    """y = If(cond, then: Identity(a), else: Concat(a, a)) + 1, the branches reading `a`
+    from the outer graph and giving different shapes (so the If's own shape is unknown and
+    each node's inference must see `a`). `condition` is "shape" (x's batch == 1, known at
+    compile time) or "value" (sum(x) > 0, known only at run time)."""
+    then_g = helper.make_graph([helper.make_node("Identity", ["a"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Concat", ["a", "a"], ["e"], axis=1)], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"])]
+    if condition == "shape":
+        nodes += [helper.make_node("Shape", ["x"], ["shape"]),
+                  helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+                  helper.make_node("Equal", ["batch", "one"], ["cond"])]
+        initializers = [("zero", np.int64(0)), ("one", np.int64(1))]
+    else:
+        nodes += [helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+                  helper.make_node("Greater", ["sum", "fzero"], ["cond"])]
+        initializers = [("fzero", np.float32(0))]
+    nodes += [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+              helper.make_node("Add", ["y", "fone"], ["z"])]
+    return make_onnx(nodes, [("x", [1, 4])], [("z", [1, "n"])], initializers + [("fone", np.float32(1))])
+
+
+@pytest.mark.parametrize("condition", ["shape", "value"])
+def test_if_whose_branches_read_outer_values_matches_onnxruntime(condition):
+    import onnxruntime as ort
+
+    import rblnc
+
+    model = _if_reading_outer_values(condition)
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    fallbacks = {r.op_type for p in compiled.artifact.partitions for r in p.fallback_reasons}
+    # A condition known at compile time inlines its branch: nothing is left for the host.
+    assert ("If" in fallbacks) == (condition == "value")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runtime = compiled.create_runtime()
+    for x in (np.array([[1, -2, 3, -4]], np.float32), np.array([[1, 2, 3, -1]], np.float32)):
+        ref = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(runtime.run(x), ref, rtol=1e-6)

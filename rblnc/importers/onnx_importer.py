@@ -14,7 +14,7 @@ from onnx import numpy_helper, version_converter
 from .. import dtypes
 from ..errors import DynamicShapeError, ModelImportError, UnsupportedOpError
 from ..ir.graph import CANONICAL_OPSET, Graph, Node, TensorInfo
-from ..ir.onnx_bridge import attr_from_onnx, node_from_onnx
+from ..ir.onnx_bridge import constant_node_value, node_from_onnx, outer_scope_reads
 from ..ir.shape_inference import ShapeInferenceError, infer_shapes, info_from_onnx_type
 from .input_info import InputSpec, parse_input_info
 
@@ -99,7 +99,7 @@ def _check_graph_structure(proto: onnx.ModelProto, initializers, origin: str) ->
         label = f"node {node.name or index!r} ({node.op_type})"
         if node.domain in _DEFAULT_DOMAINS + ("ai.onnx.ml",) and not onnx.defs.has(node.op_type, node.domain):
             raise UnsupportedOpError(f"{origin}: {label}: {node.op_type!r} is not an ONNX operator")
-        for name in list(node.input) + _outer_scope_reads(node):
+        for name in list(node.input) + outer_scope_reads(node):
             if name and name not in defined:
                 later = any(name in n.output for n in proto.graph.node[index + 1:])
                 raise ModelImportError(
@@ -253,10 +253,14 @@ def _build_graph(proto, opset: int, initializers, inferred, origin: str) -> Grap
     for index, node_proto in enumerate(proto.graph.node):
         name = _unique_node_name(node_proto, index, used_names)
         if node_proto.op_type == "Constant" and node_proto.domain in _DEFAULT_DOMAINS:
-            graph.add_constant(node_proto.output[0], _constant_value(node_proto, origin, name))
+            try:
+                value = constant_node_value(node_proto)
+            except ValueError as exc:
+                raise ModelImportError(f"{origin}: Constant node {name!r}: {exc}") from None
+            graph.add_constant(node_proto.output[0], value)
             continue
         node = node_from_onnx(node_proto, name)
-        node.implicit_inputs = _outer_scope_reads(node_proto)
+        node.implicit_inputs = outer_scope_reads(node_proto)
         try:
             graph.add_node(node)
         except Exception as exc:
@@ -279,39 +283,6 @@ def _unique_node_name(node_proto, index: int, used: set[str]) -> str:
         i += 1
     used.add(name)
     return name
-
-
-def _constant_value(node_proto, origin: str, name: str) -> np.ndarray:
-    attr = node_proto.attribute[0] if node_proto.attribute else None
-    if attr is None:
-        raise ModelImportError(f"{origin}: Constant node {name!r} has no value")
-    value = attr_from_onnx(attr)
-    if attr.name == "value":
-        return value
-    if attr.name in ("value_float", "value_floats"):
-        return np.asarray(value, dtype=np.float32)
-    if attr.name in ("value_int", "value_ints"):
-        return np.asarray(value, dtype=np.int64)
-    if attr.name in ("value_string", "value_strings"):
-        return np.asarray(value, dtype=object)
-    raise ModelImportError(f"{origin}: Constant node {name!r}: attribute {attr.name!r} is not supported")
-
-
-def _outer_scope_reads(node_proto: onnx.NodeProto) -> list[str]:
-    """Names a node's subgraph attributes read from the enclosing graph."""
-    reads: list[str] = []
-    for attr in node_proto.attribute:
-        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else []
-        for sub in subgraphs + list(attr.graphs):
-            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for n in sub.node:
-                defined.update(n.output)
-            inner_reads = []
-            for n in sub.node:
-                inner_reads.extend(i for i in n.input if i)
-                inner_reads.extend(_outer_scope_reads(n))
-            reads.extend(r for r in inner_reads if r not in defined and r not in reads)
-    return reads
 
 
 def _short(exc: Exception) -> str:
