@@ -100,7 +100,10 @@ def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_
             disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback, no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
     frozen .pb) into a .rbln file."""
+    from .format.writer import check_output_path
+
     framework = _detect_framework(model)
+    check_output_path(output)
     input_info = [parse_input_option(text) for text in inputs] or None
     start = time.perf_counter()
     options = dict(

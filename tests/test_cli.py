@@ -103,3 +103,10 @@ def test_conv_model_compiles_with_dtype_flag(tmp_path):
     rblnc("compile", tmp_path / "c.onnx", "-o", tmp_path / "c.rbln", "--dtype", "fp32")
     bad = rblnc("compile", tmp_path / "c.onnx", "-o", tmp_path / "d.rbln", "--dtype", "int4", check=False)
     assert bad.returncode == 1 and "dtype 'int4' is unknown" in bad.stderr
+
+
+def test_compile_into_a_missing_folder_is_one_line(tmp_path):
+    onnx.save(conv_relu_model(), tmp_path / "m.onnx")
+    result = rblnc("compile", tmp_path / "m.onnx", "-o", tmp_path / "no" / "such" / "m.rbln", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: cannot write {tmp_path}/no/such/m.rbln: the folder {tmp_path}/no/such does not exist"
