@@ -114,20 +114,6 @@ def test_unsupported_argument_is_reported_with_the_reason():
         import_torchscript(_traced(model, torch.rand(1, 3, 8, 8)))
 
 
-def test_write_into_a_view_is_refused():
-    def fill_column(x):
-        y = x * 2
-        y[:, 0] = 0.0
-        return y
-
-    class Model(nn.Module):
-        def forward(self, x):
-            return fill_column(x)
-
-    with pytest.raises(UnsupportedOpError, match="writes in place into a view of another tensor"):
-        import_torchscript(_traced(Model(), torch.rand(2, 3)))
-
-
 # ----------------------------------------------------------------------------- scripted control flow
 
 

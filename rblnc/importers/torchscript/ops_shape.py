@@ -11,7 +11,7 @@ from .emit import (
     BOOL, DataDependent, Emitter, Poisoned, TensorRef, Unsupported, normalize_dim, numpy_dtype, scalar_type_number,
     torch_dtype,
 )
-from .registry import converts, int_list
+from .registry import converts, int_list, is_tensor
 
 _INT64_MAX = 2**63 - 1
 
@@ -502,3 +502,76 @@ def new_full(e: Emitter, self, size, fill_value=None, dtype=None, **_):
     value = {"aten::new_zeros": 0, "aten::new_ones": 1, "aten::new_empty": 0}.get(e.source_op, fill_value)
     np_dtype = numpy_dtype(dtype) if dtype is not None else e.dtype(self)
     return _filled(e, int_list(size, name="size"), value, torch_dtype(np_dtype))
+
+
+# ----------------------------------------------------------------------------- writes (x[...] = v)
+
+
+def broadcast_to(e: Emitter, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """`value` (a tensor or a number) broadcast to `shape` and cast to `dtype`, as torch does
+    when it writes it into a tensor of that shape and type."""
+    if not is_tensor(value):
+        return torch.full(shape, value, dtype=torch_dtype(dtype))
+    if isinstance(value, torch.Tensor):
+        return value.to(torch_dtype(dtype)).expand(shape).clone()
+    ref = e.tensor(value, dtype)
+    return ref if e.shape(ref) == tuple(shape) else e.op("Expand", [ref, e.int64s(shape)])
+
+
+def write_at(e: Emitter, base: Any, positions: torch.Tensor, values: Any, accumulate: bool = False) -> Any:
+    """`base` with its elements at the flat `positions` (int64, any shape) set to `values`
+    (or increased by them), broadcast to the positions' shape. All constant: a constant.
+    Constant values: Where over a constant mask. Run-time values: ScatterND into the
+    flattened base."""
+    shape, dtype = e.shape(base), e.dtype(base)
+    flat = positions.reshape(-1)
+    values = broadcast_to(e, values, tuple(positions.shape), dtype)
+    if isinstance(base, torch.Tensor) and isinstance(values, torch.Tensor):
+        result = base.clone().reshape(-1)
+        result.index_put_((flat,), values.reshape(-1), accumulate=accumulate)
+        return result.reshape(shape)
+    if isinstance(values, torch.Tensor) and not accumulate and len(set(flat.tolist())) == flat.numel():
+        mask = torch.zeros(int(np.prod(shape, dtype=np.int64)), dtype=torch.bool)
+        mask[flat] = True
+        filled = torch.zeros(mask.shape, dtype=torch_dtype(dtype))
+        filled[flat] = values.reshape(-1)
+        return e.op("Where", [e.tensor(mask.reshape(shape)), e.tensor(filled.reshape(shape)), e.tensor(base)])
+    attrs = {"reduction": "add"} if accumulate else {}
+    scattered = e.op("ScatterND", [e.reshape(e.tensor(base), [-1]), e.tensor(flat.reshape(-1, 1)),
+                                   e.reshape(e.tensor(values), [flat.numel()])], attrs)
+    return e.reshape(scattered, shape)
+
+
+def flat_positions(shape: tuple[int, ...]) -> torch.Tensor:
+    """Each element's flat index, in a tensor of `shape`: applying a view op to it tells which
+    elements of the base the view covers."""
+    return torch.arange(int(np.prod(shape, dtype=np.int64)), dtype=torch.int64).reshape(shape)
+
+
+@converts("aten::fill", "aten::zero")
+def fill(e: Emitter, self, value=0, **_):
+    """A constant, or Expand of the value (what `x[...] = v` writes)."""
+    return broadcast_to(e, value, e.shape(self), e.dtype(self))
+
+
+@converts("aten::copy")
+def copy(e: Emitter, self, src, **_):
+    """Expand + Cast of the source to the destination's shape and type (`x[...] = y`)."""
+    return broadcast_to(e, src, e.shape(self), e.dtype(self))
+
+
+@converts("aten::index_put")
+def index_put(e: Emitter, self, indices, values, accumulate=False, **_):
+    """Where (a boolean mask, constant values) or ScatterND (constant integer indices)."""
+    shape = e.shape(self)
+    masks = [t for t in indices if t is not None and e.dtype(t) == BOOL]
+    if len(masks) == 1 and len(indices) == 1 and not accumulate and e.shape(masks[0]) == shape:
+        if is_tensor(values) and e.shape(values) not in ((), (1,)):
+            raise DataDependent("writing a tensor through a boolean mask (how many values it takes depends on the mask)")
+        return e.op("Where", [e.tensor(masks[0], BOOL), e.tensor(values, e.dtype(self)), e.tensor(self)])
+    if any(isinstance(t, TensorRef) for t in indices):
+        raise Unsupported("index_put_ with indices computed at run time")
+    if masks:
+        raise Unsupported("index_put_ with a boolean mask that is not the tensor's whole shape")
+    positions = flat_positions(shape)[tuple(slice(None) if t is None else t for t in indices)]
+    return write_at(e, self, positions, values, accumulate=bool(accumulate))
