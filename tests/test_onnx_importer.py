@@ -181,3 +181,68 @@ def test_if_whose_branches_read_outer_values_matches_onnxruntime(condition):
     for x in (np.array([[1, -2, 3, -4]], np.float32), np.array([[1, 2, 3, -1]], np.float32)):
         ref = session.run(None, {"x": x})[0]
         np.testing.assert_allclose(runtime.run(x), ref, rtol=1e-6)
+
+
+def _mode_switch_model() -> "onnx.ModelProto":
+    """y = If(mode == 1, then: Relu(x), else: Neg(x)) with `mode` an int64 input."""
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    return make_onnx([helper.make_node("Equal", ["mode", "one"], ["cond"]),
+                      helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+                     [("x", [1, 4]), ("mode", [], TensorProto.INT64)], [("y", [1, 4])], [("one", np.int64(1))])
+
+
+@pytest.mark.parametrize("mode", [1, 0])
+def test_constant_args_make_an_onnx_input_a_constant_and_the_if_folds(mode):
+    import onnxruntime as ort
+
+    import rblnc
+
+    model = _mode_switch_model()
+    compiled = rblnc.compile_from_onnx(model, constant_args={"mode": mode}, dtype="fp32")
+    assert compiled.input_names == ["x"]
+    assert not [r for p in compiled.artifact.partitions for r in p.fallback_reasons]  # If gone, all on the NPU
+    x = np.array([[1, -2, 3, -4]], np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "mode": np.array(mode, np.int64)})[0]
+    np.testing.assert_array_equal(compiled.create_runtime().run(x), ref)
+
+
+def test_constant_args_naming_no_onnx_input():
+    with pytest.raises(ModelImportError, match=r"constant_args names 'sr', but the model's inputs are 'x', 'mode'"):
+        import_onnx(_mode_switch_model(), constant_args={"sr": 1})
+    with pytest.raises(ModelImportError, match=r"constant_args\['mode'\] has shape \[2\], the input's is \[\]"):
+        import_onnx(_mode_switch_model(), constant_args={"mode": [1, 2]})
+
+
+def test_an_inlined_branch_with_computed_shapes_runs_on_the_npu():
+    """The branch reshapes x to a shape computed from Shape(x): unknown when the branch is
+    inlined, static once the chain folds (refine_shapes), so nothing is left for the host."""
+    import onnxruntime as ort
+
+    import rblnc
+
+    branch_nodes = [helper.make_node("Shape", ["x"], ["s"]),
+                    helper.make_node("Gather", ["s", "i1"], ["d1"], axis=0),
+                    helper.make_node("Gather", ["s", "i0"], ["d0"], axis=0),
+                    helper.make_node("Concat", ["d1", "d0"], ["shape"], axis=0),
+                    helper.make_node("Reshape", ["x", "shape"], ["r"]),
+                    helper.make_node("Relu", ["r"], ["t"])]
+    then_g = helper.make_graph(branch_nodes, "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+                               [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("i0", 0), ("i1", 1))])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    model = make_onnx([helper.make_node("Equal", ["mode", "one"], ["cond"]),
+                       helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+                       helper.make_node("Sigmoid", ["y"], ["z"])],
+                      [("x", [2, 3]), ("mode", [], TensorProto.INT64)], [("z", ["a", "b"])], [("one", np.int64(1))])
+    compiled = rblnc.compile_from_onnx(model, constant_args={"mode": 1}, dtype="fp32")
+    assert not [r.reason for p in compiled.artifact.partitions for r in p.fallback_reasons]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "mode": np.array(1, np.int64)})[0]
+    out = compiled.create_runtime().run(x)
+    assert out.shape == (3, 2)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -28,8 +28,10 @@ _MAX_INFERENCE_CONSTANT = 4096
 def import_onnx(
     model: str | os.PathLike | bytes | onnx.ModelProto,
     input_info: Sequence | None = None,
+    constant_args: Mapping[str, Any] | None = None,
 ) -> Graph:
-    """Import an ONNX model from a path, serialized bytes or a ModelProto."""
+    """Import an ONNX model from a path, serialized bytes or a ModelProto. `constant_args` =
+    {input name: value} turns inputs into constants (in the input's declared type)."""
     proto, origin = _load(model)
     specs = parse_input_info(input_info)
     if not proto.HasField("graph") or not proto.graph.node and not proto.graph.output:
@@ -38,6 +40,8 @@ def import_onnx(
     if opset < MIN_OPSET:
         raise ModelImportError(f"{origin}: opset {opset} is older than {MIN_OPSET}, the oldest supported")
     proto, opset = _convert_opset(proto, opset)
+    if constant_args:
+        proto = _bind_constants(proto, dict(constant_args), origin)
     initializers = {t.name: t for t in proto.graph.initializer}
     _check_graph_structure(proto, initializers, origin)
     _apply_input_info(proto, specs, initializers, origin)
@@ -137,6 +141,42 @@ def _nodes_valid(proto: onnx.ModelProto, opset: int) -> bool:
     except onnx.checker.ValidationError:
         return False
     return True
+
+
+def _bind_constants(proto: onnx.ModelProto, constant_args: dict[str, Any], origin: str) -> onnx.ModelProto:
+    """A copy of `proto` whose inputs named in `constant_args` are initializers holding the values."""
+    initializer_names = {t.name for t in proto.graph.initializer}
+    graph_inputs = {i.name: i for i in proto.graph.input if i.name not in initializer_names}
+    unknown = sorted(set(constant_args) - set(graph_inputs))
+    if unknown:
+        raise ModelImportError(
+            f"{origin}: constant_args names {', '.join(map(repr, unknown))}, but the model's inputs are "
+            f"{', '.join(map(repr, graph_inputs))}"
+        )
+    bound = onnx.ModelProto()
+    bound.CopyFrom(proto)
+    kept = [i for i in bound.graph.input if i.name not in constant_args]
+    del bound.graph.input[:]
+    bound.graph.input.extend(kept)
+    for name, value in constant_args.items():
+        tensor_type = graph_inputs[name].type.tensor_type
+        dtype = dtypes.from_onnx(tensor_type.elem_type) if tensor_type.elem_type else None
+        try:
+            array = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise ModelImportError(f"{origin}: constant_args[{name!r}] = {value!r} is not a {dtype} value ({exc})") from None
+        if tensor_type.HasField("shape"):
+            declared = [d.dim_value if _is_static_dim(d) else None for d in tensor_type.shape.dim]
+            if len(declared) != array.ndim or any(d is not None and d != s for d, s in zip(declared, array.shape)):
+                if array.size == 1 and all(d in (None, 1) for d in declared):
+                    array = array.reshape([1] * len(declared))
+                else:
+                    raise ModelImportError(
+                        f"{origin}: constant_args[{name!r}] has shape {list(array.shape)}, the input's is "
+                        f"{[d if d is not None else '?' for d in declared]}"
+                    )
+        bound.graph.initializer.append(numpy_helper.from_array(array, name))
+    return bound
 
 
 def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) -> None:

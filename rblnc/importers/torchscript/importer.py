@@ -11,13 +11,15 @@ together, each with the user's module and source line.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ...errors import DataDependentError, DynamicShapeError, ModelImportError, UnsupportedOpError
@@ -67,29 +69,55 @@ class _Problem:
 
 
 def import_torchscript(model: Any, input_info: Sequence | None = None,
-                       input_names: Sequence[str] | None = None) -> Graph:
+                       input_names: Sequence[str] | None = None,
+                       constant_args: Mapping[str, Any] | None = None) -> Graph:
     """Import a torch.jit.ScriptModule (traced or scripted) or a saved TorchScript file.
 
     `input_info` = [(name, shape, dtype)], one entry per tensor argument of forward, in
     order; its names become the compiled model's input names. Without it, shapes come from
     the example inputs a live traced module recorded, and names from forward's arguments
-    (or `input_names`)."""
+    (or `input_names`). `constant_args` = {name: value} binds forward arguments (an int
+    sample rate, a mode flag, a tensor) to values at compile time: they are not inputs, and
+    control flow on them folds."""
     module, origin = _load(model)
     specs = parse_input_info(input_info)
     recorded = _recorded_inputs(module)
     with torch.no_grad():
         graph_ts, schema = _frozen_graph(module, origin)
         name = Path(origin).stem if isinstance(model, (str, os.PathLike)) else origin
-        return _Importer(graph_ts, schema, origin, name).run(specs, recorded, input_names)
+        importer = _Importer(graph_ts, schema, origin, name)
+        return importer.run(specs, recorded, input_names, dict(constant_args or {}))
 
 
-def trace_module(module: Any, input_info: Sequence | None) -> torch.jit.ScriptModule:
+class _BoundArguments(torch.nn.Module):
+    """`module` called with some keyword arguments fixed, so tracing bakes them in."""
+
+    def __init__(self, module: torch.nn.Module, constant_args: dict[str, Any]):
+        super().__init__()
+        self.module, self.constant_args = module, constant_args
+
+    def forward(self, *args):
+        return self.module(*args, **self.constant_args)
+
+
+def trace_module(module: Any, input_info: Sequence | None,
+                 constant_args: Mapping[str, Any] | None = None) -> torch.jit.ScriptModule:
     """torch.jit.trace of a plain nn.Module (in eval mode) on inputs of the `input_info` shapes:
-    uniform [0, 1) for floating-point inputs, zeros for integer ones (valid token ids)."""
+    uniform [0, 1) for floating-point inputs, zeros for integer ones (valid token ids).
+    `constant_args` are passed to forward by name on every call the trace records."""
     if isinstance(module, torch.jit.ScriptModule):
         return module
     if not isinstance(module, torch.nn.Module):
         raise ModelImportError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if constant_args:
+        parameters = inspect.signature(module.forward).parameters
+        unknown = sorted(set(constant_args) - set(parameters))
+        if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            raise ModelImportError(
+                f"{type(module).__name__}: constant_args names {', '.join(map(repr, unknown))}, but forward's "
+                f"arguments are {', '.join(map(repr, parameters)) or 'none'}"
+            )
+        module = _BoundArguments(module, dict(constant_args))
     specs = parse_input_info(input_info)
     if not specs:
         raise ModelImportError(
@@ -204,8 +232,8 @@ class _Importer:
     # -- inputs and outputs -----------------------------------------------------------
 
     def run(self, specs: list[InputSpec], recorded: list[InputSpec] | None,
-            input_names: Sequence[str] | None) -> Graph:
-        self._bind_inputs(specs, recorded, input_names)
+            input_names: Sequence[str] | None, constant_args: dict[str, Any]) -> Graph:
+        self._bind_inputs(specs, recorded, input_names, constant_args)
         self._convert_block(self.ts.nodes())
         outputs = self._flatten_outputs([self._value(v) for v in self.ts.outputs()])
         self._raise_problems()
@@ -218,18 +246,31 @@ class _Importer:
         for name in [c for c in self.graph.constants if not self.graph.consumers(c) and c not in self.graph.outputs]:
             self.graph.remove_constant(name)
 
-    def _bind_inputs(self, specs, recorded, input_names) -> None:
+    def _bind_inputs(self, specs, recorded, input_names, constant_args: dict[str, Any]) -> None:
         args = list(self.ts.inputs())
         arguments = list(self.schema.arguments)
         if args and args[0].type().kind() == "ClassType":  # the module itself
             args, arguments = args[1:], arguments[1:]
+        unknown = sorted(set(constant_args) - {a.name for a in arguments})
+        if unknown:
+            raise ModelImportError(
+                f"{self.origin}: constant_args names {', '.join(map(repr, unknown))}, but forward's arguments "
+                f"are {', '.join(repr(a.name) for a in arguments) or 'none'}"
+            )
+        bound = {a.name for a in arguments if a.name in constant_args}
+        for value, argument in zip(args, arguments):
+            if argument.name in bound:
+                self.values[value.unique()] = _bound_value(self.origin, argument, value.type(), constant_args[argument.name])
+        args, arguments = [v for v, a in zip(args, arguments) if a.name not in bound], \
+            [a for a in arguments if a.name not in bound]
         tensor_args = [(v, a) for v, a in zip(args, arguments) if _is_tensor_type(v.type())]
         for value, argument in zip(args, arguments):
             if not _is_tensor_type(value.type()):
                 if not argument.has_default_value():
                     raise ModelImportError(
                         f"{self.origin}: forward argument {argument.name!r} is a {argument.type}, not a tensor, "
-                        "and has no default; rblnc compiles tensor inputs only"
+                        f"and has no default; bind it at compile time with constant_args={{{argument.name!r}: ...}} "
+                        f"(--const {argument.name}=VALUE)"
                     )
                 self.values[value.unique()] = argument.default_value
         required = [(v, a) for v, a in tensor_args if not _is_optional(v.type())]
@@ -762,6 +803,22 @@ _STRUCTURAL = {
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _bound_value(origin: str, argument, value_type, value: Any) -> Any:
+    """A constant_args value in the form forward's argument takes (a tensor for a Tensor)."""
+    if _is_tensor_type(value_type):
+        try:
+            return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelImportError(f"{origin}: constant_args[{argument.name!r}] is not a tensor ({_first_line(exc)})") from None
+    kind = value_type.kind()
+    expected = {"IntType": int, "FloatType": (int, float), "BoolType": bool, "StringType": str}.get(kind)
+    if isinstance(value, bool) and kind == "IntType" or expected is not None and not isinstance(value, expected):
+        raise ModelImportError(
+            f"{origin}: constant_args[{argument.name!r}] is {value!r}, but forward's {argument.name!r} is a {argument.type}"
+        )
+    return float(value) if kind == "FloatType" else value
 
 
 def _is_tensor_type(t) -> bool:
