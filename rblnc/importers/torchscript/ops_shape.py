@@ -575,3 +575,29 @@ def index_put(e: Emitter, self, indices, values, accumulate=False, **_):
         raise Unsupported("index_put_ with a boolean mask that is not the tensor's whole shape")
     positions = flat_positions(shape)[tuple(slice(None) if t is None else t for t in indices)]
     return write_at(e, self, positions, values, accumulate=bool(accumulate))
+
+
+@converts("aten::repeat_interleave")
+def repeat_interleave(e: Emitter, self=None, repeats=None, dim=None, output_size=None, **_):
+    """Unsqueeze, Expand, Reshape (one repeat count); Gather (a constant count per element)."""
+    if self is None:  # repeat_interleave(repeats): indices, all constants unless repeats is computed
+        raise DataDependent("repeat_interleave(repeats) has as many elements as the sum of repeats")
+    x = e.tensor(self)
+    if dim is None:
+        x = e.reshape(x, [int(np.prod(e.shape(x), dtype=np.int64))])
+        dim = 0
+    shape = list(e.shape(x))
+    axis = normalize_dim(dim, len(shape))
+    if isinstance(repeats, TensorRef):
+        raise DataDependent("repeat_interleave with repeats computed at run time (the output size depends on them)")
+    counts = repeats.reshape(-1).tolist() if isinstance(repeats, torch.Tensor) else [int(repeats)]
+    if len(counts) == 1:
+        count = int(counts[0])
+        expanded = e.op("Unsqueeze", [x, e.int64s([axis + 1])])
+        target = shape[:axis + 1] + [count] + shape[axis + 1:]
+        expanded = e.op("Expand", [expanded, e.int64s(target)])
+        return e.reshape(expanded, shape[:axis] + [shape[axis] * count] + shape[axis + 1:])
+    if len(counts) != shape[axis]:
+        raise Unsupported(f"repeats has {len(counts)} counts for a dimension of {shape[axis]}")
+    indices = np.repeat(np.arange(shape[axis], dtype=np.int64), counts)
+    return e.op("Gather", [x, e.constant(indices, "repeat_indices")], {"axis": axis})
