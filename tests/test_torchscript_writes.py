@@ -131,3 +131,28 @@ def test_write_at_run_time_positions_is_refused_not_dropped():
 
     with pytest.raises(UnsupportedOpError, match=r"aten::index_put_ at .*indices computed at run time"):
         import_torchscript(torch.jit.trace(Model(), torch.rand(2, 4, 4)))
+
+
+class DetectHead(nn.Module):
+    """YOLOv5's head writes decoded boxes into slices of its prediction: y[..., 0:2] = ..."""
+
+    def forward(self, x):
+        y = x.sigmoid()
+        y[..., 0:2] = y[..., 0:2] * 2 - 0.5
+        y[..., 2:4] = (y[..., 2:4] * 2) ** 2
+        return y
+
+
+@pytest.mark.parametrize("model_class", [FillSlices, CopyIntoSlices, DetectHead], ids=lambda c: c.__name__)
+def test_writes_into_boxes_stay_on_the_npu(model_class):
+    """A slice write is Slices and Concats around the written box: no ScatterND or Where for the host."""
+    model = model_class().eval()
+    x = torch.rand(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    compiled = rblnc.compile_from_torch(model, [("x", [2, 4, 4, 4], "float32")], dtype="fp32")
+    assert not [r.op_type for p in compiled.artifact.partitions for r in p.fallback_reasons]
+    expected = model(x.clone())
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    outputs = compiled.create_runtime().run(x.numpy())
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    for out, ref in zip(outputs, expected):
+        np.testing.assert_allclose(out, ref.detach().numpy(), rtol=0, atol=1e-6 * float(ref.abs().max()))

@@ -521,8 +521,9 @@ def broadcast_to(e: Emitter, value: Any, shape: tuple[int, ...], dtype: np.dtype
 def write_at(e: Emitter, base: Any, positions: torch.Tensor, values: Any, accumulate: bool = False) -> Any:
     """`base` with its elements at the flat `positions` (int64, any shape) set to `values`
     (or increased by them), broadcast to the positions' shape. All constant: a constant.
-    Constant values: Where over a constant mask. Run-time values: ScatterND into the
-    flattened base."""
+    A box of the base in order (x[a:b, c:d] = v): Slices and Concats, which the NPU runs.
+    Otherwise constant values: Where over a constant mask; run-time values: ScatterND into
+    the flattened base."""
     shape, dtype = e.shape(base), e.dtype(base)
     flat = positions.reshape(-1)
     values = broadcast_to(e, values, tuple(positions.shape), dtype)
@@ -530,6 +531,9 @@ def write_at(e: Emitter, base: Any, positions: torch.Tensor, values: Any, accumu
         result = base.clone().reshape(-1)
         result.index_put_((flat,), values.reshape(-1), accumulate=accumulate)
         return result.reshape(shape)
+    box = None if accumulate else _box(positions, shape)
+    if box is not None:
+        return _write_box(e, e.tensor(base), box, e.reshape(e.tensor(values), [hi - lo for lo, hi in box]))
     if isinstance(values, torch.Tensor) and not accumulate and len(set(flat.tolist())) == flat.numel():
         mask = torch.zeros(int(np.prod(shape, dtype=np.int64)), dtype=torch.bool)
         mask[flat] = True
@@ -540,6 +544,36 @@ def write_at(e: Emitter, base: Any, positions: torch.Tensor, values: Any, accumu
     scattered = e.op("ScatterND", [e.reshape(e.tensor(base), [-1]), e.tensor(flat.reshape(-1, 1)),
                                    e.reshape(e.tensor(values), [flat.numel()])], attrs)
     return e.reshape(scattered, shape)
+
+
+def _box(positions: torch.Tensor, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """[(start, stop) per axis] when `positions` are exactly a box of a tensor of `shape`,
+    in its row-major order (what slices with step 1, selects and reshapes of them make)."""
+    if positions.numel() == 0:
+        return None
+    coordinates = np.unravel_index(positions.reshape(-1).numpy(), shape)
+    box = [(int(c.min()), int(c.max()) + 1) for c in coordinates]
+    expected = flat_positions(shape)[tuple(slice(lo, hi) for lo, hi in box)].reshape(-1)
+    return box if torch.equal(expected, positions.reshape(-1)) else None
+
+
+def _write_box(e: Emitter, base: TensorRef, box: list[tuple[int, int]], values: TensorRef) -> TensorRef:
+    """`base` with the box replaced by `values`: along the first axis the box does not span,
+    Concat(the part before, the box written into the middle slab, the part after)."""
+    shape = e.shape(base)
+    axis = next((a for a, (lo, hi) in enumerate(box) if (lo, hi) != (0, shape[a])), None)
+    if axis is None:
+        return values
+    lo, hi = box[axis]
+
+    def part(start: int, stop: int) -> TensorRef:
+        return e.op("Slice", [base, e.int64s([start]), e.int64s([stop]), e.int64s([axis])])
+
+    inner_box = list(box)
+    inner_box[axis] = (0, hi - lo)
+    middle = _write_box(e, part(lo, hi), inner_box, values)
+    pieces = ([part(0, lo)] if lo > 0 else []) + [middle] + ([part(hi, shape[axis])] if hi < shape[axis] else [])
+    return pieces[0] if len(pieces) == 1 else e.op("Concat", pieces, {"axis": axis})
 
 
 def flat_positions(shape: tuple[int, ...]) -> torch.Tensor:
