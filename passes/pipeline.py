@@ -13,6 +13,8 @@ from .fuse_bias import fuse_bias
 from .fuse_elementwise_chains import fuse_elementwise_chains
 from .fuse_matmul_add import fuse_matmul_add, fuse_matmul_bias
 from .fuse_residual_add import fuse_residual_add
+from .inline_known_branches import inline_known_branches
+from .refine_shapes import refine_shapes
 from .manager import GraphPass
 from .recognize_activations import recognize_gelu, recognize_hardswish, recognize_silu
 from .recognize_normalizations import recognize_layer_norm, recognize_softmax
@@ -25,12 +27,15 @@ from .sink_transposes import sink_transposes
 # Unsqueeze of initializers...) that must become constants before partitioning, or the
 # weights would be recomputed on the host at every inference.
 # fold_static_shapes first: Shape->Gather->Concat->Reshape chains then fold entirely (docs/partitioning.md).
-LEVEL_0 = [fold_static_shapes, fold_constants, remove_dead_nodes]
+# An If on a folded condition is inlined at every level: left alone, its branch runs on the host.
+LEVEL_0 = [fold_static_shapes, fold_constants, inline_known_branches, refine_shapes, remove_dead_nodes]
 
 # -O1: rewrites that leave every computed value bit for bit the same.
 LEVEL_1 = [
     fold_static_shapes,               # Shape of a static tensor is a constant: shape chains fold below
     fold_constants,                   # first: later matches need shape subgraphs to be constants
+    inline_known_branches,            # an If on a now-constant condition becomes its branch's nodes
+    refine_shapes,                    # shapes unknown at import, now that their inputs folded
     remove_identities,                # before matching: a Dropout or Identity between two ops hides the pair
     rewrite_sum_as_add,               # the fusions below look for Add only
     collapse_reshapes,                # Reshape chains from flattening code become one op
@@ -43,6 +48,8 @@ LEVEL_1 = [
 LEVEL_2 = [
     fold_static_shapes,
     fold_constants,
+    inline_known_branches,
+    refine_shapes,
     remove_identities,
     rewrite_sum_as_add,
     collapse_reshapes,

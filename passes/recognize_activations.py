@@ -4,6 +4,7 @@
     Mul(x, HardSigmoid(x, 1/6, 1/2))                     => HardSwish(x)
     x * Clip(x + 3, 0, 6) / 6   (and * 1/6, either order) => HardSwish(x)
     x * 0.5 * (1 + Erf(x / sqrt 2))   (any product order) => ai.rblnc::Gelu(x)
+    x * 0.5 * (1 - Erf(-x / sqrt 2))  (TF's erfc form)    => ai.rblnc::Gelu(x)
     x * 0.5 * (1 + Tanh(sqrt(2/pi) (x + 0.044715 x^3)))  => ai.rblnc::Gelu(x, approximate="tanh")
 
 A pattern is replaced only when its intermediate values are read by the pattern alone.
@@ -115,12 +116,21 @@ def recognize_gelu(graph: Graph, ctx: PassContext) -> int:
 
 
 def _gelu(graph: Graph, core: Node, ctx: PassContext) -> bool:
-    head = _erf_argument(graph, core) if core.op_type == "Erf" else _tanh_argument(graph, core)
+    one_plus = only_consumer(graph, core.outputs[0])
+    if one_plus is None:
+        return False
+    negated = core.op_type == "Erf" and one_plus.op_type == "Sub"
+    if negated:
+        head = _negated_erf_argument(graph, core)
+    else:
+        head = _erf_argument(graph, core) if core.op_type == "Erf" else _tanh_argument(graph, core)
     if head is None:
         return False
     x, head_nodes = head
-    one_plus = only_consumer(graph, core.outputs[0])
-    if one_plus is None or one_plus.op_type != "Add" or scalar(graph, other_input(one_plus, core.outputs[0])) != 1.0:
+    if negated:  # 1 - erf(-x / sqrt 2) = erfc(-x / sqrt 2) = 1 + erf(x / sqrt 2): TF's exact GELU
+        if one_plus.op_type != "Sub" or one_plus.inputs[1] != core.outputs[0] or scalar(graph, one_plus.inputs[0]) != 1.0:
+            return False
+    elif one_plus.op_type != "Add" or scalar(graph, other_input(one_plus, core.outputs[0])) != 1.0:
         return False
     tail = _half_x_times(graph, one_plus, x)
     if tail is None:
@@ -144,6 +154,21 @@ def _erf_argument(graph: Graph, erf: Node) -> tuple[str, list[Node]] | None:
         for x, c in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
             if close_to(scalar(graph, c), 1 / math.sqrt(2)):
                 return x, [node]
+    return None
+
+
+def _negated_erf_argument(graph: Graph, erf: Node) -> tuple[str, list[Node]] | None:
+    """(x, nodes) when Erf's input is -x / sqrt 2: Neg(x) * (1 / sqrt 2) (TF's gelu) or x * (-1 / sqrt 2)."""
+    node = producer(graph, erf.inputs[0], "Mul")
+    if node is None:
+        return None
+    for a, c in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+        factor = scalar(graph, c)
+        if close_to(factor, -1 / math.sqrt(2)):
+            return a, [node]
+        negation = producer(graph, a, "Neg")
+        if close_to(factor, 1 / math.sqrt(2)) and negation is not None and only_consumer(graph, a) is node:
+            return negation.inputs[0], [negation, node]
     return None
 
 

@@ -11,7 +11,7 @@ from .errors import (
     InputNameError, InputShapeError, ModelImportError, RBLNError, RuntimeClosedError,
     UnsupportedOpError,
 )
-from .errors import DataDependentError
+from .errors import ArtifactWriteError, DataDependentError
 
 # Public names from modules that import torch or onnxruntime are loaded on first use, so
 # `rblnc inspect` and `import rblnc` stay quick.
@@ -33,7 +33,7 @@ __all__ = [
     "InputError", "InputNameError", "InputShapeError", "ModelImportError", "RBLNError",
     "RuntimeClosedError", "UnsupportedOpError",
 ]
-__all__ += ["DataDependentError"]
+__all__ += ["DataDependentError", "ArtifactWriteError"]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .compiler import CompileOptionsIn, CompileReport, compile_graph
 from .format.artifact import Artifact
@@ -71,11 +71,12 @@ def _options(kwargs: dict[str, Any], caller: str) -> CompileOptionsIn:
 
 
 def compile_from_onnx(model: str | os.PathLike | bytes | Any, input_info: Sequence | None = None,
-                      **compile_options: Any) -> RBLNCompiledModel:
+                      constant_args: Mapping[str, Any] | None = None, **compile_options: Any) -> RBLNCompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto). `input_info` = [(name, shape, dtype)]
-    fixes dynamic dimensions; options: dtype, opt_level, target, verify_each, ..."""
+    fixes dynamic dimensions; `constant_args` = {input name: value} makes inputs constants
+    (an If on them folds); options: dtype, opt_level, target, verify_each, ..."""
     options = _options(compile_options, "compile_from_onnx")
-    graph = import_onnx(model, input_info)
+    graph = import_onnx(model, input_info, constant_args)
     artifact, report = compile_graph(graph, options, "onnx")
     return RBLNCompiledModel(artifact, report=report)
 
@@ -117,26 +118,32 @@ def compile_from_tf_saved_model(path: str | os.PathLike, input_info: Sequence | 
 
 
 def compile_from_torchscript(mod: Any, input_names: Sequence[str] | None = None, input_info: Sequence | None = None,
+                             constant_args: Mapping[str, Any] | None = None,
                              **compile_options: Any) -> RBLNCompiledModel:
     """Compile a torch.jit.ScriptModule (traced or scripted) or a saved TorchScript file.
 
     `input_info` = [(name, shape, dtype)], one per tensor argument of forward in order; its
     names become the compiled model's input names. A live traced module needs none (its
-    example inputs' shapes are used); a scripted or loaded one does. Options as compile_from_onnx."""
+    example inputs' shapes are used); a scripted or loaded one does. `constant_args` =
+    {argument: value} binds forward arguments at compile time (`forward(self, x, sr: int)`
+    with {"sr": 16000}); control flow on them folds. Options as compile_from_onnx."""
     from .importers.torchscript import import_torchscript
 
     options = _options(compile_options, "compile_from_torchscript")
-    graph = import_torchscript(mod, input_info, input_names)
+    graph = import_torchscript(mod, input_info, input_names, constant_args)
     artifact, report = compile_graph(graph, options, "torchscript")
     return RBLNCompiledModel(artifact, report=report)
 
 
-def compile_from_torch(module: Any, input_info: Sequence, **compile_options: Any) -> RBLNCompiledModel:
+def compile_from_torch(module: Any, input_info: Sequence, constant_args: Mapping[str, Any] | None = None,
+                       **compile_options: Any) -> RBLNCompiledModel:
     """Compile a plain torch.nn.Module: it is traced (in eval mode) on inputs of the shapes in
-    `input_info` = [(name, shape, dtype)], then compiled as compile_from_torchscript does."""
+    `input_info` = [(name, shape, dtype)], with forward's `constant_args` passed by name, then
+    compiled as compile_from_torchscript does."""
     from .importers.torchscript import import_torchscript, trace_module
 
     options = _options(compile_options, "compile_from_torch")
-    graph = import_torchscript(trace_module(module, input_info), input_info)
+    traced = trace_module(module, input_info, constant_args)
+    graph = import_torchscript(traced, input_info, constant_args=None if traced is not module else constant_args)
     artifact, report = compile_graph(graph, options, "torchscript")
     return RBLNCompiledModel(artifact, report=report)

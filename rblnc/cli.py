@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shlex
 import sys
@@ -61,9 +62,13 @@ def _is_tensorflow_model(path: Path) -> bool:
     return path.suffix.lower() in _TENSORFLOW_SUFFIXES
 
 
-def _compile_model(framework: str, path: Path, input_info, options: dict):
+def _compile_model(framework: str, path: Path, input_info, options: dict, constant_args: dict):
     from . import api
 
+    if constant_args and framework == "tensorflow":
+        raise click.UsageError("--const binds inputs of ONNX and TorchScript models only")
+    if constant_args:
+        options = dict(options, constant_args=constant_args)
     if framework == "tensorflow":
         if path.name == "saved_model.pb":  # the SavedModel's own file names its directory
             path = path.parent
@@ -80,6 +85,9 @@ def _compile_model(framework: str, path: Path, input_info, options: dict):
               help="Where to write the .rbln file.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:1x3x224x224[:float32]",
               help="Shape and dtype of an input (repeat for several); required where the model's are dynamic.")
+@click.option("--const", "constants", multiple=True, metavar="NAME=VALUE",
+              help="Bind a forward argument (TorchScript) or an input (ONNX) to a value at compile time, "
+                   "e.g. sr=16000; control flow on it folds (repeat for several).")
 @click.option("--dtype", default="bf16", show_default=True,
               help="Precision of NPU compute: bf16, fp16 or fp32 (docs/precision.md).")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
@@ -96,12 +104,16 @@ def _compile_model(framework: str, path: Path, input_info, options: dict):
               help="Fail, listing every op the NPU cannot run, instead of running ops on the host.")
 @click.option("--no-refine", is_flag=True,
               help="Keep every supported op on the NPU (no cost-driven moves to the host).")
-def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_each, dump_ir_after,
+def compile(model: Path, output: Path, inputs, constants, dtype, opt_level, target, verify_each, dump_ir_after,
             disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback, no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
     frozen .pb) into a .rbln file."""
+    from .format.writer import check_output_path
+
     framework = _detect_framework(model)
+    check_output_path(output)
     input_info = [parse_input_option(text) for text in inputs] or None
+    constant_args = dict(_parse_constant(text) for text in constants)
     start = time.perf_counter()
     options = dict(
         dtype=dtype, opt_level=opt_level, target=target, verify_each=verify_each,
@@ -111,7 +123,7 @@ def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
     click.echo(f"compiling {model} ({framework})", err=True)
-    compiled = _compile_model(framework, model, input_info, options)
+    compiled = _compile_model(framework, model, input_info, options, constant_args)
     compiled.save(output)
     seconds = time.perf_counter() - start
     if pass_stats and compiled.report and compiled.report.passes:
@@ -123,6 +135,18 @@ def compile(model: Path, output: Path, inputs, dtype, opt_level, target, verify_
         f"{len(report['partitions'])} partition(s), {npu} on the NPU; "
         f"nodes {report['nodes_before_passes']} -> {report['nodes_after_passes']}"
     )
+
+
+def _parse_constant(text: str) -> tuple[str, object]:
+    """NAME=VALUE; VALUE a Python literal (16000, 0.5, True, [1, 2]) or else a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise click.BadParameter(f"{text!r}: expected NAME=VALUE, e.g. sr=16000", param_hint="--const")
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = value
+    return name.strip(), parsed
 
 
 def _report(artifact, source: str) -> dict:

@@ -12,7 +12,7 @@ from .errors import CompileError
 from .format.artifact import Artifact, CompileOptions
 from .ir import Graph, verify_graph
 from .lower import lower_graph
-from .partition import PartitionOptions, partition_graph
+from .partition import Legalisation, PartitionOptions, legalize_graph, partition_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
 from .target import TargetSpec, load_target
 
@@ -48,6 +48,8 @@ class CompileOptionsIn:
 class CompileReport:
     passes: PassReport | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    # Ops rewritten to fit the target's limits before the support check (docs/partitioning.md).
+    legalised: list[Legalisation] = field(default_factory=list)
 
 
 def check_options(options: CompileOptionsIn) -> None:
@@ -91,10 +93,17 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
     stage("passes", start)
 
     start = time.perf_counter()
+    placement = PartitionOptions.build(options.host_ops, options.npu_ops, host_fallback=options.host_fallback,
+                                       refine=options.refine_partitions, dtype=options.dtype)
+    report.legalised = legalize_graph(graph, target, keep=placement.host_ops)
+    if report.legalised:
+        say(f"legalised {len(report.legalised)} op(s) for {target.name}")
+        verify_graph(graph)
+    stage("legalize", start)
+
+    start = time.perf_counter()
     say("partitioning")
-    plan = partition_graph(graph, target, PartitionOptions.build(
-        options.host_ops, options.npu_ops, host_fallback=options.host_fallback,
-        refine=options.refine_partitions, dtype=options.dtype))
+    plan = partition_graph(graph, target, placement)
     stage("partition", start)
 
     start = time.perf_counter()

@@ -60,6 +60,10 @@ class HostFallbackError(CompileError):
         super().__init__(f"host fallback is disabled but {len(offending)} op(s) cannot run on the NPU:\n{listed}")
 
 
+class ArtifactWriteError(RBLNError, OSError):
+    """A .rbln file cannot be written: its folder is missing or not writable, the disk is full."""
+
+
 class InputError(RBLNError):
     """Base of the errors about the inputs given to `run`."""
 

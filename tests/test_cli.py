@@ -103,3 +103,30 @@ def test_conv_model_compiles_with_dtype_flag(tmp_path):
     rblnc("compile", tmp_path / "c.onnx", "-o", tmp_path / "c.rbln", "--dtype", "fp32")
     bad = rblnc("compile", tmp_path / "c.onnx", "-o", tmp_path / "d.rbln", "--dtype", "int4", check=False)
     assert bad.returncode == 1 and "dtype 'int4' is unknown" in bad.stderr
+
+
+def test_compile_into_a_missing_folder_is_one_line(tmp_path):
+    onnx.save(conv_relu_model(), tmp_path / "m.onnx")
+    result = rblnc("compile", tmp_path / "m.onnx", "-o", tmp_path / "no" / "such" / "m.rbln", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: cannot write {tmp_path}/no/such/m.rbln: the folder {tmp_path}/no/such does not exist"
+
+
+def test_compile_with_const_binds_an_input(tmp_path):
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [1, 4])])
+    model = make_onnx([helper.make_node("Equal", ["sr", "rate"], ["cond"]),
+                       helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+                      [("x", [1, 4]), ("sr", [], onnx.TensorProto.INT64)], [("y", [1, 4])], [("rate", np.int64(16000))])
+    onnx.save(model, tmp_path / "m.onnx")
+    rblnc("compile", tmp_path / "m.onnx", "-o", tmp_path / "m.rbln", "--const", "sr=16000", "--dtype", "fp32")
+    report = json.loads(rblnc("inspect", tmp_path / "m.rbln", "--json").stdout)
+    assert [i["name"] for i in report["inputs"]] == ["x"]
+    x = np.array([[1, -2, 3, -4]], np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    rblnc("run", tmp_path / "m.rbln", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["y"], np.maximum(x, 0))
+    bad = rblnc("compile", tmp_path / "m.onnx", "-o", tmp_path / "m.rbln", "--const", "sr", check=False)
+    assert bad.returncode == 2 and "expected NAME=VALUE" in bad.stderr

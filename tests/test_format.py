@@ -204,3 +204,17 @@ def test_failed_save_keeps_old_file(tmp_path):
         save_artifact(broken, target)
     assert target.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.rbln"]
+
+
+def test_save_into_a_missing_folder_is_an_rblnc_error_naming_it(tmp_path):
+    from rblnc import ArtifactWriteError, RBLNCompiledModel
+
+    target = tmp_path / "no" / "such" / "m.rbln"
+    with pytest.raises(ArtifactWriteError, match=rf"cannot write .*m\.rbln: the folder {tmp_path}/no/such does not exist"):
+        RBLNCompiledModel(full_artifact()).save(target)
+    with pytest.raises(OSError):  # also the builtin it matches
+        save_artifact(full_artifact(), target)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ArtifactWriteError, match="the folder .*file is not a folder"):
+        save_artifact(full_artifact(), tmp_path / "file" / "m.rbln")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -99,3 +99,150 @@ def test_constant_nodes_become_constants():
     )
     graph = import_onnx(model)
     assert np.array_equal(graph.constants["c"], [1, 2]) and [n.op_type for n in graph.nodes] == ["Add"]
+
+
+def _paddle_style_model() -> "onnx.ModelProto":
+    """Conv -> Relu -> GlobalAveragePool with every unknown dimension written as Paddle writes
+    it, `dim_value: -1`, on the input, the output and a value_info."""
+    rng = np.random.default_rng(0)
+    model = make_onnx(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["y"])],
+        [("x", [-1, 3, -1, -1])], [("y", [-1, 4, 1, 1])],
+        [("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32))],
+    )
+    model.graph.value_info.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [-1, 4, -1, -1]))
+    return model
+
+
+def test_minus_one_dimensions_are_dynamic_and_input_info_fixes_them():
+    import onnxruntime as ort
+
+    import rblnc
+
+    model = _paddle_style_model()
+    assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_value == -1
+    compiled = rblnc.compile_from_onnx(model, input_info=[("x", [1, 3, 12, 20], np.float32)], dtype="fp32")
+    x = np.random.default_rng(1).standard_normal((1, 3, 12, 20)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = compiled.create_runtime().run(x)
+    assert out.shape == (1, 4, 1, 1)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_minus_one_dimension_without_input_info_is_named():
+    with pytest.raises(DynamicShapeError, match=r"input 'x' has a dynamic dimension '\?' at axis 0"):
+        import_onnx(_paddle_style_model())
+
+
+def test_minus_one_dimensions_still_check_the_fixed_ones():
+    with pytest.raises(ModelImportError, match=r"input 'x' has shape \[-1, 3, -1, -1\] in the model, input_info gives \[1, 4, 8, 8\]"):
+        import_onnx(_paddle_style_model(), input_info=[("x", [1, 4, 8, 8], np.float32)])
+
+
+def _if_reading_outer_values(condition: str) -> "onnx.ModelProto":
+    """y = If(cond, then: Identity(a), else: Concat(a, a)) + 1, the branches reading `a`
+    from the outer graph and giving different shapes (so the If's own shape is unknown and
+    each node's inference must see `a`). `condition` is "shape" (x's batch == 1, known at
+    compile time) or "value" (sum(x) > 0, known only at run time)."""
+    then_g = helper.make_graph([helper.make_node("Identity", ["a"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Concat", ["a", "a"], ["e"], axis=1)], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"])]
+    if condition == "shape":
+        nodes += [helper.make_node("Shape", ["x"], ["shape"]),
+                  helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+                  helper.make_node("Equal", ["batch", "one"], ["cond"])]
+        initializers = [("zero", np.int64(0)), ("one", np.int64(1))]
+    else:
+        nodes += [helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+                  helper.make_node("Greater", ["sum", "fzero"], ["cond"])]
+        initializers = [("fzero", np.float32(0))]
+    nodes += [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+              helper.make_node("Add", ["y", "fone"], ["z"])]
+    return make_onnx(nodes, [("x", [1, 4])], [("z", [1, "n"])], initializers + [("fone", np.float32(1))])
+
+
+@pytest.mark.parametrize("condition", ["shape", "value"])
+def test_if_whose_branches_read_outer_values_matches_onnxruntime(condition):
+    import onnxruntime as ort
+
+    import rblnc
+
+    model = _if_reading_outer_values(condition)
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    fallbacks = {r.op_type for p in compiled.artifact.partitions for r in p.fallback_reasons}
+    # A condition known at compile time inlines its branch: nothing is left for the host.
+    assert ("If" in fallbacks) == (condition == "value")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runtime = compiled.create_runtime()
+    for x in (np.array([[1, -2, 3, -4]], np.float32), np.array([[1, 2, 3, -1]], np.float32)):
+        ref = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(runtime.run(x), ref, rtol=1e-6)
+
+
+def _mode_switch_model() -> "onnx.ModelProto":
+    """y = If(mode == 1, then: Relu(x), else: Neg(x)) with `mode` an int64 input."""
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    return make_onnx([helper.make_node("Equal", ["mode", "one"], ["cond"]),
+                      helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+                     [("x", [1, 4]), ("mode", [], TensorProto.INT64)], [("y", [1, 4])], [("one", np.int64(1))])
+
+
+@pytest.mark.parametrize("mode", [1, 0])
+def test_constant_args_make_an_onnx_input_a_constant_and_the_if_folds(mode):
+    import onnxruntime as ort
+
+    import rblnc
+
+    model = _mode_switch_model()
+    compiled = rblnc.compile_from_onnx(model, constant_args={"mode": mode}, dtype="fp32")
+    assert compiled.input_names == ["x"]
+    assert not [r for p in compiled.artifact.partitions for r in p.fallback_reasons]  # If gone, all on the NPU
+    x = np.array([[1, -2, 3, -4]], np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "mode": np.array(mode, np.int64)})[0]
+    np.testing.assert_array_equal(compiled.create_runtime().run(x), ref)
+
+
+def test_constant_args_naming_no_onnx_input():
+    with pytest.raises(ModelImportError, match=r"constant_args names 'sr', but the model's inputs are 'x', 'mode'"):
+        import_onnx(_mode_switch_model(), constant_args={"sr": 1})
+    with pytest.raises(ModelImportError, match=r"constant_args\['mode'\] has shape \[2\], the input's is \[\]"):
+        import_onnx(_mode_switch_model(), constant_args={"mode": [1, 2]})
+
+
+def test_an_inlined_branch_with_computed_shapes_runs_on_the_npu():
+    """The branch reshapes x to a shape computed from Shape(x): unknown when the branch is
+    inlined, static once the chain folds (refine_shapes), so nothing is left for the host."""
+    import onnxruntime as ort
+
+    import rblnc
+
+    branch_nodes = [helper.make_node("Shape", ["x"], ["s"]),
+                    helper.make_node("Gather", ["s", "i1"], ["d1"], axis=0),
+                    helper.make_node("Gather", ["s", "i0"], ["d0"], axis=0),
+                    helper.make_node("Concat", ["d1", "d0"], ["shape"], axis=0),
+                    helper.make_node("Reshape", ["x", "shape"], ["r"]),
+                    helper.make_node("Relu", ["r"], ["t"])]
+    then_g = helper.make_graph(branch_nodes, "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+                               [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("i0", 0), ("i1", 1))])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    model = make_onnx([helper.make_node("Equal", ["mode", "one"], ["cond"]),
+                       helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+                       helper.make_node("Sigmoid", ["y"], ["z"])],
+                      [("x", [2, 3]), ("mode", [], TensorProto.INT64)], [("z", ["a", "b"])], [("one", np.int64(1))])
+    compiled = rblnc.compile_from_onnx(model, constant_args={"mode": 1}, dtype="fp32")
+    assert not [r.reason for p in compiled.artifact.partitions for r in p.fallback_reasons]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "mode": np.array(1, np.int64)})[0]
+    out = compiled.create_runtime().run(x)
+    assert out.shape == (3, 2)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)

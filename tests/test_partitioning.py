@@ -7,6 +7,7 @@ rtol 1e-5 / atol 1e-5; integer outputs (indices) must be equal."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -173,8 +174,60 @@ def test_limits_come_from_the_target_spec():
     pool = next(iter(graph.nodes))
     assert check_npu_support(pool, graph, load_target("rbln-ca12")).supported  # max_kernel_size 16
     verdict = check_npu_support(pool, graph, load_target("edge-tiny"))       # max_kernel_size 7
-    assert verdict.reason == ("kernel [9, 9] exceeds edge-tiny's max_kernel_size 7; split it into smaller "
-                              "kernels to keep it on the NPU")
+    assert verdict.reason == ("kernel [9, 9] exceeds edge-tiny's max_kernel_size 7 and no exact rewrite fits "
+                              "(rblnc rewrites a global pool, and a pool whose stride equals a kernel side that "
+                              "factors into parts <= 4); it runs on the host")
+
+
+# -- legalisation ---------------------------------------------------------------------------
+
+_BIG_POOLS = [
+    # DeepLabV3+'s image pooling: a 32x32 AveragePool over a 32x32 map is a global pool.
+    ("AveragePool", {"kernel_shape": [32, 32]}, [1, 4, 32, 32], "rbln-ca12", ("GlobalAveragePool",)),
+    # Non-overlapping: 32 = 8 x 4 (strides are limited to 8), the 70 wide side loses its tail as before.
+    ("AveragePool", {"kernel_shape": [32, 32], "strides": [32, 32]}, [1, 4, 64, 70], "rbln-ca12",
+     ("AveragePool", "AveragePool")),
+    ("MaxPool", {"kernel_shape": [24, 3], "strides": [24, 1]}, [1, 4, 48, 10], "rbln-ca12", ("MaxPool", "MaxPool")),
+    # A target without GlobalMaxPool: ReduceMax over the spatial axes.
+    ("MaxPool", {"kernel_shape": [20, 20]}, [1, 2, 20, 20], "no-global-pools", ("ReduceMax",)),
+]
+
+
+def _target(name: str):
+    if name != "no-global-pools":
+        return name
+    spec = load_target("rbln-ca12")
+    return dataclasses.replace(spec, supported_ops=tuple(o for o in spec.supported_ops if not o.startswith("Global")))
+
+
+@pytest.mark.parametrize("op, attrs, shape, target, became", _BIG_POOLS, ids=lambda v: str(v) if isinstance(v, str) else None)
+def test_pools_beyond_the_kernel_limit_are_legalised_onto_the_npu(op, attrs, shape, target, became):
+    model = make_onnx([N(op, ["x"], ["y"], **attrs)], [("x", shape)], [("y", ["n", "c", "h", "w"])])
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32", target=_target(target))
+    assert [(entry.op_type, entry.became) for entry in compiled.report.legalised] == [(op, became)]
+    assert [p.device for p in compiled.artifact.partitions] == [Device.NPU]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    (want,) = reference(model, {"x": x})
+    (got,) = run_compiled(compiled, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_pool_no_rewrite_fits_falls_back_with_the_reason():
+    """17 is prime: no split into sides <= 8; overlapping windows have none either."""
+    for attrs in ({"kernel_shape": [17, 17], "strides": [17, 17]}, {"kernel_shape": [17, 17], "strides": [1, 1]}):
+        model = make_onnx([N("AveragePool", ["x"], ["y"], **attrs)], [("x", [1, 2, 34, 34])], [("y", ["n", "c", "h", "w"])])
+        compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+        assert not compiled.report.legalised
+        (reason,) = [r.reason for p in compiled.artifact.partitions for r in p.fallback_reasons]
+        assert reason.startswith("kernel [17, 17] exceeds rbln-ca12's max_kernel_size 16 and no exact rewrite fits")
+
+
+def test_host_ops_keep_a_pool_as_it_is():
+    model = make_onnx([N("AveragePool", ["x"], ["y"], kernel_shape=[32, 32])], [("x", [1, 4, 32, 32])],
+                      [("y", [1, 4, 1, 1])])
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32", host_ops="AveragePool")
+    assert not compiled.report.legalised
+    assert [p.device for p in compiled.artifact.partitions] == [Device.HOST]
 
 
 # -- shape folding --------------------------------------------------------------------------

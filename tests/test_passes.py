@@ -32,7 +32,7 @@ def conv_bn_relu_onnx() -> onnx.ModelProto:
 
 def test_levels_grow_and_every_level_ends_with_dead_code_elimination():
     names = {level: [p.name for p in passes] for level, passes in PIPELINES.items()}
-    assert names[0] == ["fold_static_shapes", "fold_constants", "remove_dead_nodes"]
+    assert names[0] == ["fold_static_shapes", "fold_constants", "inline_known_branches", "refine_shapes", "remove_dead_nodes"]
     for level in (1, 2, 3):
         assert set(names[level - 1]) <= set(names[level]) and names[level][-1] == "remove_dead_nodes"
     assert "fuse_elementwise_chains" in names[3] and "fuse_elementwise_chains" not in names[2]
@@ -113,7 +113,7 @@ def test_dump_after_a_pass_and_unknown_dump_names():
     PassManager(pipeline(2), dump_after=["fold_batchnorm"], on_dump=lambda name, text: dumps.append((name, text))).run(g)
     assert len(dumps) == 1 and dumps[0][0] == "fold_batchnorm"
     assert "BatchNormalization" not in dumps[0][1] and "Relu(" in dumps[0][1]
-    with pytest.raises(ValueError, match="not in this pipeline: fuse_activation; it runs fold_static_shapes, fold_constants, remove_dead_nodes"):
+    with pytest.raises(ValueError, match="not in this pipeline: fuse_activation; it runs fold_static_shapes, fold_constants, inline_known_branches, refine_shapes, remove_dead_nodes"):
         PassManager(pipeline(0), dump_after=["fuse_activation"])
 
 

@@ -198,3 +198,27 @@ def test_forms_torch_exports_at_an_old_opset_are_recognized(tmp_path):
     assert counts.get("ai.rblnc::FusedMatMul") == 1 and "Erf" not in counts
     (fc,) = [n for n in after.nodes if n.op_type == "FusedMatMul"]
     assert fc.attrs["activation"] == "Gelu"
+
+
+@pytest.mark.parametrize("negation", ["neg_then_scale", "negative_scale"])
+def test_gelu_erfc_form_from_tensorflow(negation):
+    """TF's exact GELU is 0.5 x erfc(-x / sqrt 2); our tf2onnx handler writes erfc(z) as 1 - Erf(z)."""
+    head = ([N("Neg", ["x"], ["nx"]), N("Mul", ["nx", "k"], ["d"])] if negation == "neg_then_scale"
+            else [N("Mul", ["x", "k"], ["d"])])
+    k = 1 / math.sqrt(2) if negation == "neg_then_scale" else -1 / math.sqrt(2)
+    g = graph_of([*head, N("Erf", ["d"], ["e"]), N("Sub", ["one", "e"], ["p"]),
+                  N("Mul", ["half", "x"], ["h"]), N("Mul", ["h", "p"], ["y"])],
+                 [("x", [2, 16])], [("y", [2, 16])], [("k", scalar(k)), ("one", scalar(1)), ("half", scalar(0.5))])
+    after, _ = rewrite_and_compare(g, ["recognize_gelu"])
+    (gelu,) = after.nodes
+    assert gelu.qualified_type == "ai.rblnc::Gelu" and gelu.attrs["approximate"] == "none"
+
+
+def test_one_plus_erf_of_minus_x_is_not_gelu():
+    """1 + Erf(-x / sqrt 2) is 0.5 x erfc(x / sqrt 2)-shaped, not GELU: only 1 - Erf(-x/sqrt 2) is."""
+    g = graph_of([N("Neg", ["x"], ["nx"]), N("Mul", ["nx", "k"], ["d"]), N("Erf", ["d"], ["e"]),
+                  N("Add", ["one", "e"], ["p"]), N("Mul", ["half", "x"], ["h"]), N("Mul", ["h", "p"], ["y"])],
+                 [("x", [2, 16])], [("y", [2, 16])],
+                 [("k", scalar(1 / math.sqrt(2))), ("one", scalar(1)), ("half", scalar(0.5))])
+    after, _ = rewrite_and_compare(g, ["recognize_gelu"])
+    assert "ai.rblnc::Gelu" not in after.op_counts()

@@ -334,3 +334,20 @@ def test_cli_dynamic_batch_is_one_line_exit_1(saved_unet, tmp_path):
     assert last == (f"error: {saved_unet / 'exported'}: input 'x' has shape [?, 64, 64, 3]; fix its dynamic "
                     "dimensions with input_info=[('x', [...], 'float32')] or --input x:1x64x64x3:float32")
     assert not (tmp_path / "x.rbln").exists()
+
+
+def test_keras3_exact_gelu_and_grouped_conv_match_keras():
+    """Keras 3's exact GELU is TF's Erfc (tf2onnx has no handler: we register one), and its
+    grouped Conv2D (ConvNeXt's depthwise) is a call XLA must compile (grappler would not inline
+    it). Both import, GELU is recognised as one NPU op, and the result matches Keras."""
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same", groups=4)(inputs)
+    x = keras.layers.Activation("gelu")(x)
+    x = keras.layers.Dense(6, activation=keras.activations.gelu)(x)
+    model = keras.Model(inputs, x)
+    x_in = np.random.default_rng(0).standard_normal((1, 8, 8, 4)).astype(np.float32) * 3
+    compiled = rblnc.compile_from_tf_function(model, input_info=[("x", [1, 8, 8, 4], np.float32)], dtype="fp32")
+    assert not [r.op_type for p in compiled.artifact.partitions for r in p.fallback_reasons]
+    expected = np.asarray(model(x_in))
+    np.testing.assert_allclose(compiled.create_runtime().run(x_in), expected, rtol=0, atol=1e-5 * np.abs(expected).max())

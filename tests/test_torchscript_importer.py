@@ -114,20 +114,6 @@ def test_unsupported_argument_is_reported_with_the_reason():
         import_torchscript(_traced(model, torch.rand(1, 3, 8, 8)))
 
 
-def test_write_into_a_view_is_refused():
-    def fill_column(x):
-        y = x * 2
-        y[:, 0] = 0.0
-        return y
-
-    class Model(nn.Module):
-        def forward(self, x):
-            return fill_column(x)
-
-    with pytest.raises(UnsupportedOpError, match="writes in place into a view of another tensor"):
-        import_torchscript(_traced(Model(), torch.rand(2, 3)))
-
-
 # ----------------------------------------------------------------------------- scripted control flow
 
 
@@ -375,3 +361,47 @@ def test_files_that_are_not_torchscript_are_refused(tmp_path):
 def test_supported_ops_doc_is_current():
     """Regenerate with: python -m rblnc.importers.torchscript > docs/torch_ops.md"""
     assert DOCS.read_text() == supported_ops_markdown()
+
+
+# ----------------------------------------------------------------------------- constant arguments
+
+
+class SampleRateFrontEnd(nn.Module):
+    """forward(x, sr: int) branching on the sample rate, as silero-vad's does."""
+
+    def forward(self, x, sr: int):
+        if sr == 16000:
+            return torch.tanh(x[:, ::2]) * 2.0
+        return torch.sigmoid(x)
+
+
+def test_non_tensor_argument_without_a_value_names_constant_args():
+    with pytest.raises(ModelImportError, match=r"forward argument 'sr' is a int.*constant_args=\{'sr': \.\.\.\} \(--const sr=VALUE\)"):
+        import_torchscript(torch.jit.script(SampleRateFrontEnd()), [("x", [1, 64], "float32")])
+
+
+@pytest.mark.parametrize("sr", [16000, 8000])
+def test_constant_args_bind_a_scripted_int_argument_and_fold_its_branch(sr):
+    model = SampleRateFrontEnd()
+    x = torch.rand(1, 64)
+    compiled = rblnc.compile_from_torchscript(torch.jit.script(model), input_info=[("x", [1, 64], "float32")],
+                                              constant_args={"sr": sr}, dtype="fp32")
+    assert compiled.input_names == ["x"]
+    np.testing.assert_allclose(_run(compiled, x.numpy()), model(x, sr).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_constant_args_for_compile_from_torch_are_passed_when_tracing():
+    model = SampleRateFrontEnd()
+    x = torch.rand(1, 64)
+    compiled = rblnc.compile_from_torch(model, [("x", [1, 64], "float32")], constant_args={"sr": 16000}, dtype="fp32")
+    np.testing.assert_allclose(_run(compiled, x.numpy()), model(x, 16000).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_constant_args_errors_name_the_argument():
+    scripted = torch.jit.script(SampleRateFrontEnd())
+    with pytest.raises(ModelImportError, match=r"constant_args names 'rate', but forward's arguments are 'x', 'sr'"):
+        import_torchscript(scripted, [("x", [1, 64], "float32")], constant_args={"rate": 16000})
+    with pytest.raises(ModelImportError, match=r"constant_args\['sr'\] is '16k', but forward's 'sr' is a int"):
+        import_torchscript(scripted, [("x", [1, 64], "float32")], constant_args={"sr": "16k"})
+    with pytest.raises(ModelImportError, match=r"constant_args names 'rate', but forward's arguments are 'x', 'sr'"):
+        rblnc.compile_from_torch(SampleRateFrontEnd(), [("x", [1, 64], "float32")], constant_args={"rate": 1})

@@ -162,6 +162,21 @@ CASES = {
                  + F.interpolate(x, size=(12, 12), mode="bilinear", align_corners=True), [X], []),
     "bicubic": (lambda x: F.interpolate(x, size=(11, 13), mode="bicubic"), [X], []),
     "pixel_shuffle": (lambda x: F.pixel_unshuffle(F.pixel_shuffle(x, 2) * 2, 2), [floats(1, 8, 3, 3)], []),
+    # arithmetic, unfold, repeat, attention, recurrence
+    "addcmul": (lambda x, y: torch.addcmul(x, y, x, value=0.5) + torch.addcmul(x, y, y), [X, floats(8)], []),
+    "unfold": (lambda x, m: m(x) + F.unfold(x, 2, stride=2).sum(), [X], [nn.Unfold(3, dilation=2, padding=1, stride=2)]),
+    "repeat_interleave": (lambda x: x.repeat_interleave(2, dim=1).reshape(2, 3, 2, 8, 8).sum(2) + x.repeat_interleave(3).reshape(2, 3, 8, 24)[..., :8]
+                          + x.repeat_interleave(torch.tensor([1, 3, 2, 1, 1, 1, 1, 2]), dim=3)[..., :8], [X], []),
+    "mha_fast_path": (lambda x, m: m(x, x, x, need_weights=False)[0], [V[..., :4]],
+                      [nn.MultiheadAttention(4, 2, batch_first=True)]),
+    "mha_weights_padding_mask": (lambda x, m: (lambda o: o[0].sum(-1) + o[1].sum(-1) + o[1][..., 0])(
+        m(x, x, x, key_padding_mask=torch.tensor([[False] * 4 + [True], [False] * 5]))), [V[..., :4]],
+        [nn.MultiheadAttention(4, 2, batch_first=True)]),
+    "lstm": (lambda x, m: (lambda o: torch.cat([o[0].flatten(1), o[1][0].transpose(0, 1).flatten(1),
+                                                 o[1][1].transpose(0, 1).flatten(1)], 1))(m(x)), [V],
+             [nn.LSTM(6, 4, num_layers=2, batch_first=True, bidirectional=True)]),
+    "lstm_initial_state": (lambda x, h, c, m: m(x, (h, c))[0], [V.transpose(1, 0, 2).copy(), floats(1, 2, 3), floats(1, 2, 3)],
+                           [nn.LSTM(6, 3)]),
 }
 
 

@@ -13,6 +13,7 @@ import flatbuffers
 import numpy as np
 
 from .. import dtypes
+from ..errors import ArtifactWriteError
 from . import rbln_generated as fb
 from .artifact import (
     ALIGNMENT, FILE_IDENTIFIER, FOOTER_MAGIC, Artifact, Command, NpuProgram, Partition,
@@ -25,19 +26,38 @@ FOOTER = struct.Struct("<QI4s")  # FlatBuffer size, CRC-32, magic
 def save_artifact(artifact: Artifact, path: str | os.PathLike) -> Path:
     """Write atomically: a temporary file in the same folder, renamed over `path` when complete."""
     path = Path(path)
+    directory = check_output_path(path)
     flatbuffer, blobs = serialize(artifact)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise ArtifactWriteError(f"cannot write {path}: {exc.strerror or exc} in the folder {directory}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             _write(f, flatbuffer, blobs)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise ArtifactWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """The folder `path` would be written to; ArtifactWriteError when it cannot hold the file
+    (checked before compiling too, so a typo in -o does not cost a whole compile)."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        what = "is not a folder" if directory.exists() else "does not exist"
+        raise ArtifactWriteError(f"cannot write {path}: the folder {directory} {what}")
+    if path.is_dir():
+        raise ArtifactWriteError(f"cannot write {path}: it is a folder")
+    return directory
 
 
 def serialize(artifact: Artifact) -> tuple[bytes, list[memoryview]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -14,7 +14,7 @@ from onnx import numpy_helper, version_converter
 from .. import dtypes
 from ..errors import DynamicShapeError, ModelImportError, UnsupportedOpError
 from ..ir.graph import CANONICAL_OPSET, Graph, Node, TensorInfo
-from ..ir.onnx_bridge import attr_from_onnx, node_from_onnx
+from ..ir.onnx_bridge import constant_node_value, node_from_onnx, outer_scope_reads
 from ..ir.shape_inference import ShapeInferenceError, infer_shapes, info_from_onnx_type
 from .input_info import InputSpec, parse_input_info
 
@@ -28,8 +28,10 @@ _MAX_INFERENCE_CONSTANT = 4096
 def import_onnx(
     model: str | os.PathLike | bytes | onnx.ModelProto,
     input_info: Sequence | None = None,
+    constant_args: Mapping[str, Any] | None = None,
 ) -> Graph:
-    """Import an ONNX model from a path, serialized bytes or a ModelProto."""
+    """Import an ONNX model from a path, serialized bytes or a ModelProto. `constant_args` =
+    {input name: value} turns inputs into constants (in the input's declared type)."""
     proto, origin = _load(model)
     specs = parse_input_info(input_info)
     if not proto.HasField("graph") or not proto.graph.node and not proto.graph.output:
@@ -38,6 +40,8 @@ def import_onnx(
     if opset < MIN_OPSET:
         raise ModelImportError(f"{origin}: opset {opset} is older than {MIN_OPSET}, the oldest supported")
     proto, opset = _convert_opset(proto, opset)
+    if constant_args:
+        proto = _bind_constants(proto, dict(constant_args), origin)
     initializers = {t.name: t for t in proto.graph.initializer}
     _check_graph_structure(proto, initializers, origin)
     _apply_input_info(proto, specs, initializers, origin)
@@ -99,7 +103,7 @@ def _check_graph_structure(proto: onnx.ModelProto, initializers, origin: str) ->
         label = f"node {node.name or index!r} ({node.op_type})"
         if node.domain in _DEFAULT_DOMAINS + ("ai.onnx.ml",) and not onnx.defs.has(node.op_type, node.domain):
             raise UnsupportedOpError(f"{origin}: {label}: {node.op_type!r} is not an ONNX operator")
-        for name in list(node.input) + _outer_scope_reads(node):
+        for name in list(node.input) + outer_scope_reads(node):
             if name and name not in defined:
                 later = any(name in n.output for n in proto.graph.node[index + 1:])
                 raise ModelImportError(
@@ -139,6 +143,42 @@ def _nodes_valid(proto: onnx.ModelProto, opset: int) -> bool:
     return True
 
 
+def _bind_constants(proto: onnx.ModelProto, constant_args: dict[str, Any], origin: str) -> onnx.ModelProto:
+    """A copy of `proto` whose inputs named in `constant_args` are initializers holding the values."""
+    initializer_names = {t.name for t in proto.graph.initializer}
+    graph_inputs = {i.name: i for i in proto.graph.input if i.name not in initializer_names}
+    unknown = sorted(set(constant_args) - set(graph_inputs))
+    if unknown:
+        raise ModelImportError(
+            f"{origin}: constant_args names {', '.join(map(repr, unknown))}, but the model's inputs are "
+            f"{', '.join(map(repr, graph_inputs))}"
+        )
+    bound = onnx.ModelProto()
+    bound.CopyFrom(proto)
+    kept = [i for i in bound.graph.input if i.name not in constant_args]
+    del bound.graph.input[:]
+    bound.graph.input.extend(kept)
+    for name, value in constant_args.items():
+        tensor_type = graph_inputs[name].type.tensor_type
+        dtype = dtypes.from_onnx(tensor_type.elem_type) if tensor_type.elem_type else None
+        try:
+            array = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise ModelImportError(f"{origin}: constant_args[{name!r}] = {value!r} is not a {dtype} value ({exc})") from None
+        if tensor_type.HasField("shape"):
+            declared = [d.dim_value if _is_static_dim(d) else None for d in tensor_type.shape.dim]
+            if len(declared) != array.ndim or any(d is not None and d != s for d, s in zip(declared, array.shape)):
+                if array.size == 1 and all(d in (None, 1) for d in declared):
+                    array = array.reshape([1] * len(declared))
+                else:
+                    raise ModelImportError(
+                        f"{origin}: constant_args[{name!r}] has shape {list(array.shape)}, the input's is "
+                        f"{[d if d is not None else '?' for d in declared]}"
+                    )
+        bound.graph.initializer.append(numpy_helper.from_array(array, name))
+    return bound
+
+
 def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) -> None:
     graph_inputs = {i.name: i for i in proto.graph.input if i.name not in initializers}
     unknown = [s.name for s in specs if s.name not in graph_inputs]
@@ -159,7 +199,7 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
         if tensor_type.HasField("shape"):
             dims = tensor_type.shape.dim
             if len(dims) != len(spec.shape) or any(
-                d.HasField("dim_value") and d.dim_value not in (0, s) for d, s in zip(dims, spec.shape)
+                _is_static_dim(d) and d.dim_value != s for d, s in zip(dims, spec.shape)
             ):
                 model_shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
                 raise ModelImportError(
@@ -189,6 +229,13 @@ def _apply_input_info(proto, specs: list[InputSpec], initializers, origin: str) 
                     f"{dtypes.name(dtypes.from_onnx(tensor_type.elem_type))!r})] or "
                     f"--input {name}:{'x'.join('1' if not isinstance(s, int) or s <= 0 else str(s) for s in shape)}"
                 )
+
+
+def _is_static_dim(dim) -> bool:
+    """Whether a declared dimension is fixed. Exporters write an unknown one as a dim_param, an
+    unset value, or (Paddle) `dim_value: -1`; 0 is unknown too when input_info gives a size,
+    as tf2onnx and older exporters write it."""
+    return dim.HasField("dim_value") and dim.dim_value > 0
 
 
 def _infer_types(proto: onnx.ModelProto, initializers, forget_declared: bool = False) -> dict[str, TensorInfo]:
@@ -246,10 +293,14 @@ def _build_graph(proto, opset: int, initializers, inferred, origin: str) -> Grap
     for index, node_proto in enumerate(proto.graph.node):
         name = _unique_node_name(node_proto, index, used_names)
         if node_proto.op_type == "Constant" and node_proto.domain in _DEFAULT_DOMAINS:
-            graph.add_constant(node_proto.output[0], _constant_value(node_proto, origin, name))
+            try:
+                value = constant_node_value(node_proto)
+            except ValueError as exc:
+                raise ModelImportError(f"{origin}: Constant node {name!r}: {exc}") from None
+            graph.add_constant(node_proto.output[0], value)
             continue
         node = node_from_onnx(node_proto, name)
-        node.implicit_inputs = _outer_scope_reads(node_proto)
+        node.implicit_inputs = outer_scope_reads(node_proto)
         try:
             graph.add_node(node)
         except Exception as exc:
@@ -272,39 +323,6 @@ def _unique_node_name(node_proto, index: int, used: set[str]) -> str:
         i += 1
     used.add(name)
     return name
-
-
-def _constant_value(node_proto, origin: str, name: str) -> np.ndarray:
-    attr = node_proto.attribute[0] if node_proto.attribute else None
-    if attr is None:
-        raise ModelImportError(f"{origin}: Constant node {name!r} has no value")
-    value = attr_from_onnx(attr)
-    if attr.name == "value":
-        return value
-    if attr.name in ("value_float", "value_floats"):
-        return np.asarray(value, dtype=np.float32)
-    if attr.name in ("value_int", "value_ints"):
-        return np.asarray(value, dtype=np.int64)
-    if attr.name in ("value_string", "value_strings"):
-        return np.asarray(value, dtype=object)
-    raise ModelImportError(f"{origin}: Constant node {name!r}: attribute {attr.name!r} is not supported")
-
-
-def _outer_scope_reads(node_proto: onnx.NodeProto) -> list[str]:
-    """Names a node's subgraph attributes read from the enclosing graph."""
-    reads: list[str] = []
-    for attr in node_proto.attribute:
-        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else []
-        for sub in subgraphs + list(attr.graphs):
-            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for n in sub.node:
-                defined.update(n.output)
-            inner_reads = []
-            for n in sub.node:
-                inner_reads.extend(i for i in n.input if i)
-                inner_reads.extend(_outer_scope_reads(n))
-            reads.extend(r for r in inner_reads if r not in defined and r not in reads)
-    return reads
 
 
 def _short(exc: Exception) -> str:

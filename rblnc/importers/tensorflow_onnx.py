@@ -40,6 +40,8 @@ def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str]
                 tensors_to_rename=dict(renames),
             )
 
+    register_missing_handlers()
+    graph_def = _inlinable(graph_def)
     with quiet_tensorflow():
         try:
             with tf.Graph().as_default():  # grappler: constant folding, function inlining
@@ -56,6 +58,63 @@ def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str]
         except Exception:  # an optimiser failed half-way: start again with tf2onnx's rollbacks
             onnx_graph = optimizer.optimize_graph(convert(optimized), catch_errors=True)
         return onnx_graph.make_model(f"converted from {origin}")
+
+
+# Keras 3 runs grouped convolutions (ConvNeXt's depthwise Conv2D(groups=C)) in a
+# tf.function(jit_compile=True); grappler never inlines a function marked for XLA, and
+# tf2onnx has no mapping for the call that is left (StatefulPartitionedCall).
+_XLA_ATTRIBUTES = ("_XlaMustCompile", "_XlaCompile", "_XlaScope", "_XlaSeparateCompiledGradients", "_noinline")
+
+
+def _inlinable(graph_def):
+    """A copy of `graph_def` without the attributes that keep grappler from inlining calls."""
+    if not any(a in n.attr for n in _graph_def_nodes(graph_def) for a in _XLA_ATTRIBUTES) and not any(
+            a in f.attr for f in graph_def.library.function for a in _XLA_ATTRIBUTES):
+        return graph_def
+    copy = type(graph_def)()
+    copy.CopyFrom(graph_def)
+    for node in _graph_def_nodes(copy):
+        for name in _XLA_ATTRIBUTES:
+            if name in node.attr:
+                del node.attr[name]
+    for function in copy.library.function:
+        for name in _XLA_ATTRIBUTES:
+            if name in function.attr:
+                del function.attr[name]
+    return copy
+
+
+def _graph_def_nodes(graph_def) -> Iterator:
+    yield from graph_def.node
+    for function in graph_def.library.function:
+        yield from function.node_def
+
+
+_HANDLERS_REGISTERED = False
+
+
+def register_missing_handlers() -> None:
+    """Our tf2onnx handlers for TF ops it has none for (tf2onnx's `tf_op` registry), for ops
+    Keras 3 and TF 2.x emit: Erfc (exact GELU: 0.5 * x * erfc(-x / sqrt(2)))."""
+    global _HANDLERS_REGISTERED
+    if _HANDLERS_REGISTERED:
+        return
+    import numpy as np
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:  # noqa: F841 - registered by the decorator
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            """1 - Erf(x): exact to fp32 rounding where erfc(x) is not tiny (x < ~3)."""
+            node.type = "Erf"
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{node.name}_erfc"),
+                                          inputs=[one.output[0], node.output[0]])
+
+    _HANDLERS_REGISTERED = True
 
 
 def _refuse_unmapped_ops(onnx_graph, origin: str) -> None:

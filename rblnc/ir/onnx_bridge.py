@@ -52,6 +52,38 @@ def node_from_onnx(proto: onnx.NodeProto, name: str) -> Node:
     )
 
 
+def constant_node_value(proto: onnx.NodeProto) -> np.ndarray:
+    """The value of an ONNX Constant node (ValueError when it has none we can read)."""
+    attr = proto.attribute[0] if proto.attribute else None
+    if attr is None:
+        raise ValueError("it has no value")
+    value = attr_from_onnx(attr)
+    if attr.name == "value":
+        return value
+    if attr.name in ("value_float", "value_floats"):
+        return np.asarray(value, dtype=np.float32)
+    if attr.name in ("value_int", "value_ints"):
+        return np.asarray(value, dtype=np.int64)
+    if attr.name in ("value_string", "value_strings"):
+        return np.asarray(value, dtype=object)
+    raise ValueError(f"attribute {attr.name!r} is not supported")
+
+
+def outer_scope_reads(proto: onnx.NodeProto) -> list[str]:
+    """Names the subgraph attributes of `proto` (If/Loop/Scan bodies) read from the enclosing graph."""
+    reads: list[str] = []
+    for attr in proto.attribute:
+        subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else []
+        for sub in subgraphs + list(attr.graphs):
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            defined.update(o for n in sub.node for o in n.output)
+            for n in sub.node:
+                for name in list(n.input) + outer_scope_reads(n):
+                    if name and name not in defined and name not in reads:
+                        reads.append(name)
+    return reads
+
+
 def node_to_onnx(node: Node) -> onnx.NodeProto:
     proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name,
                              domain=node.domain or None)

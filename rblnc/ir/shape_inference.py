@@ -50,7 +50,8 @@ def infer_shapes(graph: Graph, *, only_missing: bool = True) -> None:
 
 def _infer_with_onnx(graph: Graph, node: Node) -> list[TensorInfo]:
     inputs, initializers = [], []
-    for name in dict.fromkeys(i for i in node.inputs if i):
+    # A subgraph (If/Loop/Scan branch) reads outer values by name: inference needs their types too.
+    for name in dict.fromkeys(i for i in node.inputs + node.implicit_inputs if i):
         if name not in graph.tensors:
             raise ShapeInferenceError(f"{node.name}: input {name!r} has no known type")
         value = graph.constants.get(name)

@@ -130,8 +130,12 @@ def constraint_window(node: Node, graph: Graph, target: TargetSpec) -> str | Non
     if kernel is None and node.op_type == "Conv" and len(node.inputs) > 1 and node.inputs[1] in graph.tensors:
         kernel = graph.tensors[node.inputs[1]].shape[2:]
     if kernel and max(kernel) > target.max_kernel_size:
-        return (f"kernel {list(kernel)} exceeds {target.name}'s max_kernel_size {target.max_kernel_size}; "
-                "split it into smaller kernels to keep it on the NPU")
+        exceeds = f"kernel {list(kernel)} exceeds {target.name}'s max_kernel_size {target.max_kernel_size}"
+        if node.op_type in ("AveragePool", "MaxPool"):  # what legalize.py could not rewrite
+            return (f"{exceeds} and no exact rewrite fits (rblnc rewrites a global pool, and a pool whose stride "
+                    f"equals a kernel side that factors into parts <= {min(target.max_kernel_size, target.max_stride)}); "
+                    "it runs on the host")
+        return f"{exceeds}; rblnc does not split {node.op_type} kernels, so it runs on the host"
     strides = node.attrs.get("strides")
     if strides and max(strides) > target.max_stride:
         return (f"stride {list(strides)} exceeds {target.name}'s max_stride {target.max_stride}; "

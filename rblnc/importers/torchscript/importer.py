@@ -11,13 +11,15 @@ together, each with the user's module and source line.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ...errors import DataDependentError, DynamicShapeError, ModelImportError, UnsupportedOpError
@@ -26,7 +28,8 @@ from ..input_info import InputSpec, parse_input_info
 from .emit import (
     DataDependent, Emitter, Poisoned, TensorRef, Unsupported, contains, numpy_dtype, torch_dtype,
 )
-from .registry import CONVERTERS
+from .ops_shape import broadcast_to, flat_positions, write_at
+from .registry import CONVERTERS, is_tensor
 
 # Ops never run at compile time even with constant inputs: their result is random, or they
 # have effects beyond their outputs.
@@ -35,12 +38,19 @@ _NEVER_EVALUATE = {
     "aten::randperm", "aten::bernoulli", "aten::multinomial", "aten::normal", "aten::uniform_", "aten::normal_",
     "prim::Print", "aten::warn", "prim::RaiseException", "prim::profile", "prim::SetAttr",
 }
-# Ops that only make a value visible under another name (to the interpreter).
+# Ops whose result may share memory with their first input: an in-place write into the
+# result must reach that input (x[a:b] = v is slice + fill_). Whether it does (reshape copies a
+# non-contiguous tensor) is found by replaying the ops on a tensor of element positions.
 _VIEW_OPS = {
     "aten::view", "aten::reshape", "aten::slice", "aten::select", "aten::narrow", "aten::transpose", "aten::permute",
     "aten::expand", "aten::squeeze", "aten::unsqueeze", "aten::t", "aten::flatten", "aten::as_strided",
     "aten::diagonal", "aten::unflatten", "aten::chunk", "aten::split", "aten::unbind", "aten::__getitem__",
+    "aten::contiguous", "aten::detach", "aten::view_as", "aten::reshape_as", "aten::alias", "aten::movedim",
+    "aten::swapaxes", "aten::split_with_sizes", "aten::tensor_split", "aten::expand_as", "aten::unsafe_chunk",
+    "aten::unsafe_split",
 }
+# The first argument of an op that writes into it: `Tensor(a!) self`.
+_WRITES_SELF = re.compile(r"^[\w:.]+\(Tensor\(\w!\) self\b")
 _IGNORED = {"prim::Print", "aten::warn", "prim::profile", "aten::set_grad_enabled"}
 _MAX_UNROLL = 100_000
 _TORCH_DIR = str(Path(torch.__file__).parent)
@@ -59,29 +69,55 @@ class _Problem:
 
 
 def import_torchscript(model: Any, input_info: Sequence | None = None,
-                       input_names: Sequence[str] | None = None) -> Graph:
+                       input_names: Sequence[str] | None = None,
+                       constant_args: Mapping[str, Any] | None = None) -> Graph:
     """Import a torch.jit.ScriptModule (traced or scripted) or a saved TorchScript file.
 
     `input_info` = [(name, shape, dtype)], one entry per tensor argument of forward, in
     order; its names become the compiled model's input names. Without it, shapes come from
     the example inputs a live traced module recorded, and names from forward's arguments
-    (or `input_names`)."""
+    (or `input_names`). `constant_args` = {name: value} binds forward arguments (an int
+    sample rate, a mode flag, a tensor) to values at compile time: they are not inputs, and
+    control flow on them folds."""
     module, origin = _load(model)
     specs = parse_input_info(input_info)
     recorded = _recorded_inputs(module)
     with torch.no_grad():
         graph_ts, schema = _frozen_graph(module, origin)
         name = Path(origin).stem if isinstance(model, (str, os.PathLike)) else origin
-        return _Importer(graph_ts, schema, origin, name).run(specs, recorded, input_names)
+        importer = _Importer(graph_ts, schema, origin, name)
+        return importer.run(specs, recorded, input_names, dict(constant_args or {}))
 
 
-def trace_module(module: Any, input_info: Sequence | None) -> torch.jit.ScriptModule:
+class _BoundArguments(torch.nn.Module):
+    """`module` called with some keyword arguments fixed, so tracing bakes them in."""
+
+    def __init__(self, module: torch.nn.Module, constant_args: dict[str, Any]):
+        super().__init__()
+        self.module, self.constant_args = module, constant_args
+
+    def forward(self, *args):
+        return self.module(*args, **self.constant_args)
+
+
+def trace_module(module: Any, input_info: Sequence | None,
+                 constant_args: Mapping[str, Any] | None = None) -> torch.jit.ScriptModule:
     """torch.jit.trace of a plain nn.Module (in eval mode) on inputs of the `input_info` shapes:
-    uniform [0, 1) for floating-point inputs, zeros for integer ones (valid token ids)."""
+    uniform [0, 1) for floating-point inputs, zeros for integer ones (valid token ids).
+    `constant_args` are passed to forward by name on every call the trace records."""
     if isinstance(module, torch.jit.ScriptModule):
         return module
     if not isinstance(module, torch.nn.Module):
         raise ModelImportError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if constant_args:
+        parameters = inspect.signature(module.forward).parameters
+        unknown = sorted(set(constant_args) - set(parameters))
+        if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            raise ModelImportError(
+                f"{type(module).__name__}: constant_args names {', '.join(map(repr, unknown))}, but forward's "
+                f"arguments are {', '.join(map(repr, parameters)) or 'none'}"
+            )
+        module = _BoundArguments(module, dict(constant_args))
     specs = parse_input_info(input_info)
     if not specs:
         raise ModelImportError(
@@ -183,15 +219,21 @@ class _Importer:
         self.graph = Graph(name=name, opset=CANONICAL_OPSET)
         self.emit = Emitter(self.graph)
         self.values: dict[int, Any] = {}
+        # A view value -> the value it views into (the root, never itself a view).
         self.view_base: dict[int, torch._C.Value] = {}
+        # A root value -> the nodes that made views of it, in order, by their first output
+        # (re-run after a write).
+        self.view_nodes: dict[int, dict[int, torch._C.Node]] = {}
+        # A value -> the results of in-place ops on it (the same tensor under other names).
+        self.aliases: dict[int, list[torch._C.Value]] = {}
         self.problems: list[_Problem] = []
         self._schemas: dict[str, list[str] | None] = {}
 
     # -- inputs and outputs -----------------------------------------------------------
 
     def run(self, specs: list[InputSpec], recorded: list[InputSpec] | None,
-            input_names: Sequence[str] | None) -> Graph:
-        self._bind_inputs(specs, recorded, input_names)
+            input_names: Sequence[str] | None, constant_args: dict[str, Any]) -> Graph:
+        self._bind_inputs(specs, recorded, input_names, constant_args)
         self._convert_block(self.ts.nodes())
         outputs = self._flatten_outputs([self._value(v) for v in self.ts.outputs()])
         self._raise_problems()
@@ -204,18 +246,31 @@ class _Importer:
         for name in [c for c in self.graph.constants if not self.graph.consumers(c) and c not in self.graph.outputs]:
             self.graph.remove_constant(name)
 
-    def _bind_inputs(self, specs, recorded, input_names) -> None:
+    def _bind_inputs(self, specs, recorded, input_names, constant_args: dict[str, Any]) -> None:
         args = list(self.ts.inputs())
         arguments = list(self.schema.arguments)
         if args and args[0].type().kind() == "ClassType":  # the module itself
             args, arguments = args[1:], arguments[1:]
+        unknown = sorted(set(constant_args) - {a.name for a in arguments})
+        if unknown:
+            raise ModelImportError(
+                f"{self.origin}: constant_args names {', '.join(map(repr, unknown))}, but forward's arguments "
+                f"are {', '.join(repr(a.name) for a in arguments) or 'none'}"
+            )
+        bound = {a.name for a in arguments if a.name in constant_args}
+        for value, argument in zip(args, arguments):
+            if argument.name in bound:
+                self.values[value.unique()] = _bound_value(self.origin, argument, value.type(), constant_args[argument.name])
+        args, arguments = [v for v, a in zip(args, arguments) if a.name not in bound], \
+            [a for a in arguments if a.name not in bound]
         tensor_args = [(v, a) for v, a in zip(args, arguments) if _is_tensor_type(v.type())]
         for value, argument in zip(args, arguments):
             if not _is_tensor_type(value.type()):
                 if not argument.has_default_value():
                     raise ModelImportError(
                         f"{self.origin}: forward argument {argument.name!r} is a {argument.type}, not a tensor, "
-                        "and has no default; rblnc compiles tensor inputs only"
+                        f"and has no default; bind it at compile time with constant_args={{{argument.name!r}: ...}} "
+                        f"(--const {argument.name}=VALUE)"
                     )
                 self.values[value.unique()] = argument.default_value
         required = [(v, a) for v, a in tensor_args if not _is_optional(v.type())]
@@ -330,70 +385,189 @@ class _Importer:
         if any(contains(v, Poisoned) for v in inputs):
             self._poison(node, inputs)
             return
+        if _WRITES_SELF.match(node.schema()) and is_tensor(inputs[0]):
+            self._convert_write(node, kind, inputs)
+            return
         if not contains(inputs, TensorRef) and kind not in _NEVER_EVALUATE and not node.isNondeterministic():
             try:
                 result = self._evaluate(node, inputs)
-                self._set_outputs(node, result)
-                if "!" in node.schema() and node.inputsSize() and isinstance(inputs[0], torch.Tensor):
-                    self._set(node.inputsAt(0), result)  # an in-place op on a constant
-                return
             except Exception:  # noqa: BLE001 - torch could not run it: convert it as a run-time op
                 pass
+            else:
+                self._set_outputs(node, result)
+                self._note_view(node)
+                return
         self._convert_op(node, kind, inputs)
 
     def _convert_op(self, node: torch._C.Node, kind: str, inputs: list[Any]) -> None:
         converter = CONVERTERS.get(kind)
-        in_place = converter is None and kind.endswith("_") and not kind.endswith("__")
-        if in_place and node.inputsSize() and self._writes_into_live_view(node):
-            self._problem(node, "writes in place into a view of another tensor (x[...] = y or x[...] += y); "
-                                "write it out of place (torch.cat, torch.where, masked_fill)")
-            self._poison(node, inputs, reported=True)
-            return
-        if in_place:
-            converter = CONVERTERS.get(kind[:-1])
         if converter is None:
             self._problem(node, "")
             self._poison(node, inputs, reported=True)
             return
+        result = self._run_converter(node, kind, converter, inputs)
+        if result is _FAILED:
+            return
+        self._set_outputs(node, result)
+        self._note_view(node)
+
+    def _run_converter(self, node: torch._C.Node, kind: str, converter, inputs: list[Any]) -> Any:
+        """The converter's result, or _FAILED once the problem is recorded."""
         self.emit.begin(kind, self._node_prefix(node, kind), _location(node))
         try:
-            result = converter(self.emit, **self._named(node, inputs))
+            return converter(self.emit, **self._named(node, inputs))
         except DataDependent as exc:
             self._problem(node, str(exc), data_dependent=True)
-            self._poison(node, inputs, reported=True)
-            return
         except Unsupported as exc:
             self._problem(node, str(exc))
-            self._poison(node, inputs, reported=True)
-            return
         except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
             # A use of the op the converter does not expect (an overload it does not know):
             # still reported like any other problem, with the user's line, not as a crash.
             self._problem(node, f"cannot convert this use of it ({type(exc).__name__}: {_first_line(exc)})")
+        self._poison(node, inputs, reported=True)
+        return _FAILED
+
+    # -- in-place writes ----------------------------------------------------------------
+    #
+    # TorchScript keeps torch's aliasing: `m[a:b, c:d] = k` is slice + slice + fill_ on a view
+    # of m, and every later read of m (or of another view of it) must see the write. The IR
+    # has values, not memory, so a write becomes a new value of the tensor written (the op's
+    # out-of-place form), then a new value of the root it views into (the written elements
+    # replaced, found by replaying the view ops on a tensor of element positions), then new
+    # values of the other views of that root (their view ops run again).
+
+    def _note_view(self, node: torch._C.Node) -> None:
+        if node.kind() not in _VIEW_OPS or not node.inputsSize():
+            return
+        source = node.inputsAt(0)
+        root = self.view_base.get(source.unique(), source)
+        for out in node.outputs():
+            self.view_base[out.unique()] = root
+        self.view_nodes.setdefault(root.unique(), {}).setdefault(node.outputsAt(0).unique(), node)
+
+    def _convert_write(self, node: torch._C.Node, kind: str, inputs: list[Any]) -> None:
+        target = node.inputsAt(0)
+        written = self._written_value(node, kind, inputs)
+        if written is _FAILED:
+            return
+        root = self.view_base.get(target.unique(), target)
+        self.aliases.setdefault(target.unique(), []).extend(node.outputs())  # it returns its first argument
+        self._set_all(target, written)
+        for out in node.outputs():
+            if out.unique() != root.unique():
+                self.view_base[out.unique()] = root
+        try:
+            written_root, positions = self._view_positions(target, root)
+        except (Unsupported, RuntimeError, TypeError, ValueError, IndexError) as exc:
+            self._problem(node, f"writes into a view this importer cannot follow ({_first_line(exc)}); "
+                                "write it out of place (torch.cat, torch.where, masked_fill)")
             self._poison(node, inputs, reported=True)
             return
-        self._set_outputs(node, result)
-        if in_place and node.inputsSize():
-            self.values[node.inputsAt(0).unique()] = self._value(node.output())
-        if kind in _VIEW_OPS and node.inputsSize():
-            base = node.inputsAt(0)
-            base = self.view_base.get(base.unique(), base)
-            for out in node.outputs():
-                self.view_base[out.unique()] = base
-
-    def _writes_into_live_view(self, node: torch._C.Node) -> bool:
-        """An in-place op on a view whose base is read afterwards: rebinding the view alone
-        would hide the write from those reads."""
-        base = self.view_base.get(node.inputsAt(0).unique())
-        if base is None:
-            return False
-        for use in base.uses():
+        if written_root.unique() != target.unique():
+            self.emit.begin(kind, self._node_prefix(node, kind), _location(node))
             try:
-                if use.user.isAfter(node):
-                    return True
-            except RuntimeError:  # in another block: assume the worst
-                return True
-        return any(base.unique() == o.unique() for o in self.ts.outputs())
+                self._set_all(written_root, write_at(self.emit, self._value(written_root), positions, written))
+            except Unsupported as exc:
+                self._problem(node, str(exc))
+                self._poison(node, inputs, reported=True)
+                return
+        self._refresh_views(node, root, written_root, target)
+
+    def _written_value(self, node: torch._C.Node, kind: str, inputs: list[Any]) -> Any:
+        """The new value of the tensor an in-place op writes (its out-of-place form), in
+        that tensor's type and shape."""
+        if not contains(inputs, TensorRef) and not node.isNondeterministic():
+            try:  # _evaluate clones the target: a constant is never changed under its readers
+                return self._evaluate(node, inputs)
+            except Exception:  # noqa: BLE001 - torch could not run it: convert it
+                pass
+        converter = CONVERTERS.get(kind[:-1])
+        if converter is None:
+            self._problem(node, "")
+            self._poison(node, inputs, reported=True)
+            return _FAILED
+        result = self._run_converter(node, kind, converter, inputs)
+        if result is _FAILED:
+            return _FAILED
+        target = inputs[0]
+        shape, dtype = self.emit.shape(target), self.emit.dtype(target)
+        if is_tensor(result) and (self.emit.dtype(result) != dtype or self.emit.shape(result) != shape):
+            result = broadcast_to(self.emit, result, shape, dtype)
+        return result
+
+    def _view_chain(self, value: torch._C.Value, root: torch._C.Value) -> list | None:
+        """The view ops (producer, produced value) from `root` down to `value`, in order;
+        None when `value` does not derive from `root`. In-place ops are aliases: skipped."""
+        chain = []
+        while value.unique() != root.unique():
+            producer = value.node()
+            if producer.kind() in ("prim::ListUnpack", "prim::TupleUnpack") or producer.kind() in _VIEW_OPS:
+                chain.append((producer, value))
+            elif not _WRITES_SELF.match(producer.schema()):
+                return None
+            if not producer.inputsSize():
+                return None
+            value = producer.inputsAt(0)
+        return chain[::-1]
+
+    def _replay(self, chain: list, root: torch._C.Value) -> tuple[torch._C.Value, Any]:
+        """The view ops of `chain` run on the element positions of `root`: (the value they
+        still share memory with, each element's flat position in it). A view op that
+        copies (reshape of a non-contiguous tensor) starts a new tensor: a write below it
+        does not reach above it."""
+        shared = root
+        positions = flat_positions(self.emit.shape(self._value(root)))
+        current: Any = positions
+        for producer, produced in chain:
+            if producer.kind() in ("prim::ListUnpack", "prim::TupleUnpack"):
+                current = list(current)[list(producer.outputs()).index(produced)]
+            else:
+                rest = [self._value(v) for v in list(producer.inputs())[1:]]
+                if contains(rest, TensorRef):
+                    raise Unsupported(f"{producer.kind()} with an argument computed at run time")
+                current = self._evaluate(producer, [current, *rest])
+            pieces = current if isinstance(current, (list, tuple)) else [current]
+            if any(p.untyped_storage().data_ptr() != positions.untyped_storage().data_ptr() for p in pieces):
+                shared = produced
+                positions = flat_positions(self.emit.shape(self._value(produced)))
+                current = positions
+        return shared, current
+
+    def _view_positions(self, target: torch._C.Value, root: torch._C.Value) -> tuple[torch._C.Value, Any]:
+        return self._replay(self._view_chain(target, root) or [], root)
+
+    def _refresh_views(self, node: torch._C.Node, root: torch._C.Value, written_root: torch._C.Value,
+                       target: torch._C.Value) -> None:
+        """Views of the tensor `node` wrote into that are read later: their view ops run
+        again on its new value (the written view itself already has its new value)."""
+        view_nodes = list(self.view_nodes.get(root.unique(), {}).values())
+        sources = {n.inputsAt(0).unique() for n in view_nodes}
+        for view_node in view_nodes:
+            outputs = list(view_node.outputs())
+            if any(o.unique() == target.unique() for o in outputs):
+                continue
+            if not any(_used_after(o, node, self.ts) or o.unique() in sources for o in outputs):
+                continue
+            chain = self._view_chain(outputs[0], written_root)
+            if not chain or any(contains(self._value(v), Poisoned) for v in view_node.inputs()):
+                continue
+            try:
+                shared, _ = self._replay(chain, written_root)
+            except (Unsupported, RuntimeError, TypeError, ValueError, IndexError):
+                shared = None
+            if shared is None or shared.unique() != written_root.unique():
+                continue  # not a view of what was written (a copy on the way)
+            self._convert_node(view_node)
+            for unpack in _unpacks_of(outputs):
+                self._convert_node(unpack)
+            for out in outputs:
+                self._set_all(out, self._value(out))
+
+    def _set_all(self, value: torch._C.Value, python_value: Any) -> None:
+        """Set `value` and every alias an in-place op made of it."""
+        self._set(value, python_value)
+        for alias in self.aliases.get(value.unique(), []):
+            self._set_all(alias, python_value)
 
     def _named(self, node: torch._C.Node, inputs: list[Any]) -> dict[str, Any]:
         text = node.schema()
@@ -455,6 +629,10 @@ class _Importer:
             return
         for out, item in zip(outputs, items):
             self._set(out, item)
+        source = node.inputsAt(0).unique()
+        if source in self.view_base:  # x.chunk(2) unpacked: each piece views x
+            for out in outputs:
+                self.view_base[out.unique()] = self.view_base[source]
 
     def _tuple_index(self, node, inputs) -> None:
         self._set(node.output(), inputs[0][inputs[1]])
@@ -583,6 +761,24 @@ def _rename_tensor(graph: Graph, old: str, new: str) -> None:
     graph.outputs = [new if o == old else o for o in graph.outputs]
 
 
+def _used_after(value: torch._C.Value, node: torch._C.Node, graph: torch._C.Graph) -> bool:
+    for use in value.uses():
+        try:
+            if use.user.isAfter(node):
+                return True
+        except RuntimeError:  # a use in another block: assume it comes after
+            return True
+    return any(value.unique() == o.unique() for o in graph.outputs())
+
+
+def _unpacks_of(outputs) -> list[torch._C.Node]:
+    return [use.user for o in outputs for use in o.uses()
+            if use.user.kind() in ("prim::ListUnpack", "prim::TupleUnpack")]
+
+
+_FAILED = object()
+
+
 def _walk(values):
     for v in values:
         if isinstance(v, (list, tuple)):
@@ -607,6 +803,22 @@ _STRUCTURAL = {
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _bound_value(origin: str, argument, value_type, value: Any) -> Any:
+    """A constant_args value in the form forward's argument takes (a tensor for a Tensor)."""
+    if _is_tensor_type(value_type):
+        try:
+            return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelImportError(f"{origin}: constant_args[{argument.name!r}] is not a tensor ({_first_line(exc)})") from None
+    kind = value_type.kind()
+    expected = {"IntType": int, "FloatType": (int, float), "BoolType": bool, "StringType": str}.get(kind)
+    if isinstance(value, bool) and kind == "IntType" or expected is not None and not isinstance(value, expected):
+        raise ModelImportError(
+            f"{origin}: constant_args[{argument.name!r}] is {value!r}, but forward's {argument.name!r} is a {argument.type}"
+        )
+    return float(value) if kind == "FloatType" else value
 
 
 def _is_tensor_type(t) -> bool:

@@ -569,3 +569,11 @@ def log_softmax(e: Emitter, self, dim, dtype=None, half_to_float=False, **_):
     """LogSoftmax."""
     x = e.cast(e.tensor(self), numpy_dtype(dtype) if isinstance(dtype, int) else None)
     return e.op("LogSoftmax", [x], {"axis": normalize_dim(dim, e.rank(x))})
+
+
+@converts("aten::addcmul")
+def addcmul(e: Emitter, self, tensor1, tensor2, value=1, **_):
+    """Mul, Mul by the value, Add."""
+    dtype = e.result_dtype(self, tensor1, tensor2)
+    product = scaled(e, binary(e, "Mul", tensor1, tensor2, dtype), value)
+    return binary(e, "Add", self, product, dtype)

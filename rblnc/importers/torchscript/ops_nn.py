@@ -344,3 +344,115 @@ def pixel_unshuffle(e: Emitter, self, downscale_factor, **_):
     x = e.reshape(e.tensor(self), [n, c, h // r, r, w // r, r])
     x = e.op("Transpose", [x], {"perm": [0, 1, 3, 5, 2, 4]})
     return e.reshape(x, [n, c * r * r, h // r, w // r])
+
+
+# ----------------------------------------------------------------------------- unfold, attention, recurrence
+
+
+@converts("aten::im2col")
+def im2col(e: Emitter, self, kernel_size, dilation, padding, stride, **_):
+    """Conv with a constant one-hot weight (one output channel per input channel and kernel
+    position, grouped by channel), then Reshape to (N, C*kh*kw, L): nn.Unfold."""
+    x = e.tensor(self)
+    n, c, _, _ = e.shape(x)
+    kh, kw = int_list(kernel_size, 2, "kernel_size")
+    weight = np.zeros((c * kh * kw, 1, kh, kw), dtype=e.dtype(x))
+    for channel in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                weight[(channel * kh + i) * kw + j, 0, i, j] = 1
+    pads = int_list(padding, 2, "padding")
+    patches = e.op("Conv", [x, e.constant(weight, "unfold_weight")],
+                   {"kernel_shape": [kh, kw], "strides": int_list(stride, 2, "stride"),
+                    "dilations": int_list(dilation, 2, "dilation"), "pads": pads * 2, "group": c})
+    _, channels, oh, ow = e.shape(patches)
+    return e.reshape(patches, [n, channels, oh * ow])
+
+
+@converts("aten::_native_multi_head_attention")
+def native_multi_head_attention(e: Emitter, query, key, value, embed_dim, num_head, qkv_weight, qkv_bias,
+                                proj_weight, proj_bias, mask=None, need_weights=True, average_attn_weights=True,
+                                mask_type=None, **_):
+    """nn.MultiheadAttention's fast path (batch first): the three projections (MatMul + Add),
+    per-head MatMul, scale, mask, Softmax, MatMul, output projection."""
+    if not all(isinstance(w, torch.Tensor) for w in (qkv_weight, qkv_bias)):
+        raise Unsupported("projection weights computed at run time")
+    heads, width = int(num_head), int(embed_dim)
+    head_dim = width // heads
+    projected = []
+    for i, source in enumerate((query, key, value)):
+        w = qkv_weight[i * width:(i + 1) * width]
+        b = qkv_bias[i * width:(i + 1) * width]
+        y = linear(e, source, w.contiguous(), b.contiguous())
+        batch, length, _ = e.shape(y)
+        y = e.reshape(y, [batch, length, heads, head_dim])
+        projected.append(e.op("Transpose", [y], {"perm": [0, 2, 1, 3]}))
+    q, k, v = projected
+    dtype = e.dtype(q)
+    scores = e.op("MatMul", [q, e.op("Transpose", [k], {"perm": [0, 1, 3, 2]})])
+    scores = e.op("Mul", [scores, e.tensor(1.0 / math.sqrt(head_dim), dtype)])
+    if mask is not None:
+        batch, _, length, source_length = e.shape(scores)
+        if mask_type == 1:  # key padding: (batch, source length)
+            mask = e.reshape(e.tensor(mask), [batch, 1, 1, source_length])
+        if e.dtype(mask) == BOOL:
+            mask = e.op("Where", [e.tensor(mask), e.tensor(float("-inf"), dtype), e.tensor(0.0, dtype)])
+        scores = e.op("Add", [scores, e.tensor(mask, dtype)])
+    weights = e.op("Softmax", [scores], {"axis": -1})
+    attended = e.op("Transpose", [e.op("MatMul", [weights, v])], {"perm": [0, 2, 1, 3]})
+    batch, length, _, _ = e.shape(attended)
+    output = linear(e, e.reshape(attended, [batch, length, width]), proj_weight, proj_bias)
+    if not need_weights:
+        return output, torch.empty(0, dtype=torch.float32)
+    if average_attn_weights:
+        weights = e.op("ReduceMean", [weights], {"axes": [1], "keepdims": 0})
+    return output, weights
+
+
+@converts("aten::lstm")
+def lstm(e: Emitter, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first=False, **_):
+    """ONNX LSTM per layer (gates reordered from torch's i, f, g, o to ONNX's i, o, f, c);
+    outputs concatenated over directions; batch_first by Transposes."""
+    if not isinstance(params, (list, tuple)) or not all(isinstance(p, torch.Tensor) for p in params):
+        raise Unsupported("LSTM weights computed at run time")
+    directions = 2 if bidirectional else 1
+    per_direction = 4 if has_biases else 2
+    if len(params) != num_layers * directions * per_direction:
+        raise Unsupported("LSTM with projections (proj_size) is not supported")
+    x = e.tensor(input)
+    if batch_first:
+        x = e.op("Transpose", [x], {"perm": [1, 0, 2]})
+    h0, c0 = (e.tensor(h) for h in hx)
+    hidden = int(params[1].shape[1])
+    order = np.concatenate([np.arange(0, hidden), np.arange(3 * hidden, 4 * hidden),   # i, o
+                            np.arange(hidden, 2 * hidden), np.arange(2 * hidden, 3 * hidden)])  # f, c(g)
+    final_h, final_c = [], []
+    for layer in range(num_layers):
+        weights = [params[(layer * directions + d) * per_direction:(layer * directions + d + 1) * per_direction]
+                   for d in range(directions)]
+        w = np.stack([p[0].numpy()[order] for p in weights])
+        r = np.stack([p[1].numpy()[order] for p in weights])
+        inputs = [x, e.constant(w, "lstm_W"), e.constant(r, "lstm_R")]
+        if has_biases:
+            inputs.append(e.constant(np.stack([np.concatenate([p[2].numpy()[order], p[3].numpy()[order]])
+                                               for p in weights]), "lstm_B"))
+        else:
+            inputs.append(None)
+        start, end = layer * directions, (layer + 1) * directions
+        inputs += [None, _rows(e, h0, start, end), _rows(e, c0, start, end)]
+        y, y_h, y_c = e.op("LSTM", inputs, {"hidden_size": hidden,
+                                             "direction": "bidirectional" if bidirectional else "forward"}, outputs=3)
+        seq, _, batch, _ = e.shape(y)
+        x = e.reshape(e.op("Transpose", [y], {"perm": [0, 2, 1, 3]}), [seq, batch, directions * hidden])
+        final_h.append(y_h)
+        final_c.append(y_c)
+    if batch_first:
+        x = e.op("Transpose", [x], {"perm": [1, 0, 2]})
+    concat = (lambda parts: parts[0] if len(parts) == 1 else e.op("Concat", parts, {"axis": 0}))
+    return x, concat(final_h), concat(final_c)
+
+
+def _rows(e: Emitter, tensor: TensorRef, start: int, end: int) -> TensorRef:
+    if (start, end) == (0, e.shape(tensor)[0]):
+        return tensor
+    return e.op("Slice", [tensor, e.int64s([start]), e.int64s([end]), e.int64s([0])])

@@ -11,7 +11,7 @@ from .emit import (
     BOOL, DataDependent, Emitter, Poisoned, TensorRef, Unsupported, normalize_dim, numpy_dtype, scalar_type_number,
     torch_dtype,
 )
-from .registry import converts, int_list
+from .registry import converts, int_list, is_tensor
 
 _INT64_MAX = 2**63 - 1
 
@@ -502,3 +502,136 @@ def new_full(e: Emitter, self, size, fill_value=None, dtype=None, **_):
     value = {"aten::new_zeros": 0, "aten::new_ones": 1, "aten::new_empty": 0}.get(e.source_op, fill_value)
     np_dtype = numpy_dtype(dtype) if dtype is not None else e.dtype(self)
     return _filled(e, int_list(size, name="size"), value, torch_dtype(np_dtype))
+
+
+# ----------------------------------------------------------------------------- writes (x[...] = v)
+
+
+def broadcast_to(e: Emitter, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """`value` (a tensor or a number) broadcast to `shape` and cast to `dtype`, as torch does
+    when it writes it into a tensor of that shape and type."""
+    if not is_tensor(value):
+        return torch.full(shape, value, dtype=torch_dtype(dtype))
+    if isinstance(value, torch.Tensor):
+        return value.to(torch_dtype(dtype)).expand(shape).clone()
+    ref = e.tensor(value, dtype)
+    return ref if e.shape(ref) == tuple(shape) else e.op("Expand", [ref, e.int64s(shape)])
+
+
+def write_at(e: Emitter, base: Any, positions: torch.Tensor, values: Any, accumulate: bool = False) -> Any:
+    """`base` with its elements at the flat `positions` (int64, any shape) set to `values`
+    (or increased by them), broadcast to the positions' shape. All constant: a constant.
+    A box of the base in order (x[a:b, c:d] = v): Slices and Concats, which the NPU runs.
+    Otherwise constant values: Where over a constant mask; run-time values: ScatterND into
+    the flattened base."""
+    shape, dtype = e.shape(base), e.dtype(base)
+    flat = positions.reshape(-1)
+    values = broadcast_to(e, values, tuple(positions.shape), dtype)
+    if isinstance(base, torch.Tensor) and isinstance(values, torch.Tensor):
+        result = base.clone().reshape(-1)
+        result.index_put_((flat,), values.reshape(-1), accumulate=accumulate)
+        return result.reshape(shape)
+    box = None if accumulate else _box(positions, shape)
+    if box is not None:
+        return _write_box(e, e.tensor(base), box, e.reshape(e.tensor(values), [hi - lo for lo, hi in box]))
+    if isinstance(values, torch.Tensor) and not accumulate and len(set(flat.tolist())) == flat.numel():
+        mask = torch.zeros(int(np.prod(shape, dtype=np.int64)), dtype=torch.bool)
+        mask[flat] = True
+        filled = torch.zeros(mask.shape, dtype=torch_dtype(dtype))
+        filled[flat] = values.reshape(-1)
+        return e.op("Where", [e.tensor(mask.reshape(shape)), e.tensor(filled.reshape(shape)), e.tensor(base)])
+    attrs = {"reduction": "add"} if accumulate else {}
+    scattered = e.op("ScatterND", [e.reshape(e.tensor(base), [-1]), e.tensor(flat.reshape(-1, 1)),
+                                   e.reshape(e.tensor(values), [flat.numel()])], attrs)
+    return e.reshape(scattered, shape)
+
+
+def _box(positions: torch.Tensor, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """[(start, stop) per axis] when `positions` are exactly a box of a tensor of `shape`,
+    in its row-major order (what slices with step 1, selects and reshapes of them make)."""
+    if positions.numel() == 0:
+        return None
+    coordinates = np.unravel_index(positions.reshape(-1).numpy(), shape)
+    box = [(int(c.min()), int(c.max()) + 1) for c in coordinates]
+    expected = flat_positions(shape)[tuple(slice(lo, hi) for lo, hi in box)].reshape(-1)
+    return box if torch.equal(expected, positions.reshape(-1)) else None
+
+
+def _write_box(e: Emitter, base: TensorRef, box: list[tuple[int, int]], values: TensorRef) -> TensorRef:
+    """`base` with the box replaced by `values`: along the first axis the box does not span,
+    Concat(the part before, the box written into the middle slab, the part after)."""
+    shape = e.shape(base)
+    axis = next((a for a, (lo, hi) in enumerate(box) if (lo, hi) != (0, shape[a])), None)
+    if axis is None:
+        return values
+    lo, hi = box[axis]
+
+    def part(start: int, stop: int) -> TensorRef:
+        return e.op("Slice", [base, e.int64s([start]), e.int64s([stop]), e.int64s([axis])])
+
+    inner_box = list(box)
+    inner_box[axis] = (0, hi - lo)
+    middle = _write_box(e, part(lo, hi), inner_box, values)
+    pieces = ([part(0, lo)] if lo > 0 else []) + [middle] + ([part(hi, shape[axis])] if hi < shape[axis] else [])
+    return pieces[0] if len(pieces) == 1 else e.op("Concat", pieces, {"axis": axis})
+
+
+def flat_positions(shape: tuple[int, ...]) -> torch.Tensor:
+    """Each element's flat index, in a tensor of `shape`: applying a view op to it tells which
+    elements of the base the view covers."""
+    return torch.arange(int(np.prod(shape, dtype=np.int64)), dtype=torch.int64).reshape(shape)
+
+
+@converts("aten::fill", "aten::zero")
+def fill(e: Emitter, self, value=0, **_):
+    """A constant, or Expand of the value (what `x[...] = v` writes)."""
+    return broadcast_to(e, value, e.shape(self), e.dtype(self))
+
+
+@converts("aten::copy")
+def copy(e: Emitter, self, src, **_):
+    """Expand + Cast of the source to the destination's shape and type (`x[...] = y`)."""
+    return broadcast_to(e, src, e.shape(self), e.dtype(self))
+
+
+@converts("aten::index_put")
+def index_put(e: Emitter, self, indices, values, accumulate=False, **_):
+    """Where (a boolean mask, constant values) or ScatterND (constant integer indices)."""
+    shape = e.shape(self)
+    masks = [t for t in indices if t is not None and e.dtype(t) == BOOL]
+    if len(masks) == 1 and len(indices) == 1 and not accumulate and e.shape(masks[0]) == shape:
+        if is_tensor(values) and e.shape(values) not in ((), (1,)):
+            raise DataDependent("writing a tensor through a boolean mask (how many values it takes depends on the mask)")
+        return e.op("Where", [e.tensor(masks[0], BOOL), e.tensor(values, e.dtype(self)), e.tensor(self)])
+    if any(isinstance(t, TensorRef) for t in indices):
+        raise Unsupported("index_put_ with indices computed at run time")
+    if masks:
+        raise Unsupported("index_put_ with a boolean mask that is not the tensor's whole shape")
+    positions = flat_positions(shape)[tuple(slice(None) if t is None else t for t in indices)]
+    return write_at(e, self, positions, values, accumulate=bool(accumulate))
+
+
+@converts("aten::repeat_interleave")
+def repeat_interleave(e: Emitter, self=None, repeats=None, dim=None, output_size=None, **_):
+    """Unsqueeze, Expand, Reshape (one repeat count); Gather (a constant count per element)."""
+    if self is None:  # repeat_interleave(repeats): indices, all constants unless repeats is computed
+        raise DataDependent("repeat_interleave(repeats) has as many elements as the sum of repeats")
+    x = e.tensor(self)
+    if dim is None:
+        x = e.reshape(x, [int(np.prod(e.shape(x), dtype=np.int64))])
+        dim = 0
+    shape = list(e.shape(x))
+    axis = normalize_dim(dim, len(shape))
+    if isinstance(repeats, TensorRef):
+        raise DataDependent("repeat_interleave with repeats computed at run time (the output size depends on them)")
+    counts = repeats.reshape(-1).tolist() if isinstance(repeats, torch.Tensor) else [int(repeats)]
+    if len(counts) == 1:
+        count = int(counts[0])
+        expanded = e.op("Unsqueeze", [x, e.int64s([axis + 1])])
+        target = shape[:axis + 1] + [count] + shape[axis + 1:]
+        expanded = e.op("Expand", [expanded, e.int64s(target)])
+        return e.reshape(expanded, shape[:axis] + [shape[axis] * count] + shape[axis + 1:])
+    if len(counts) != shape[axis]:
+        raise Unsupported(f"repeats has {len(counts)} counts for a dimension of {shape[axis]}")
+    indices = np.repeat(np.arange(shape[axis], dtype=np.int64), counts)
+    return e.op("Gather", [x, e.constant(indices, "repeat_indices")], {"axis": axis})
