@@ -13,6 +13,8 @@ Outputs are written over a dying input where the memory plan put them there (`in
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -54,38 +56,96 @@ def prepare_split(ctx: CommandContext):
 
 @prepare("Resize")
 def prepare_resize(ctx: CommandContext):
-    if ctx.attrs.get("mode", "nearest") != "nearest":
+    mode = ctx.attrs.get("mode", "nearest")
+    if mode not in ("nearest", "linear"):
         return None
     for i in (2, 3):  # scales, sizes: set the output coordinates, so must be known now
         if i < len(ctx.input_shapes) and ctx.input_shapes[i] is not None and ctx.constants[i] is None:
             return None
     scales = ctx.constants[2] if len(ctx.constants) > 2 else None
     scales = scales.tolist() if scales is not None and scales.numel() else None
-    steps = resize_plan(ctx.attrs, ctx.input_shapes[0], ctx.output_shapes[0], scales)
+    in_shape, out_shape = ctx.input_shapes[0], ctx.output_shapes[0]
+    if mode == "linear":
+        return _torch_linear_resize(ctx, in_shape, out_shape, scales)
+    steps = resize_plan(ctx.attrs, in_shape, out_shape, scales)
     if not steps:
         return lambda args: [args[0].clone()]
-    if _is_torch_nearest(steps, ctx.input_shapes[0], ctx.output_shapes[0]):
+    torch_mode = _torch_nearest_mode(steps, in_shape, out_shape)
+    if torch_mode is not None:
         # One pass over the data that keeps a channels-last input channels-last (what the
         # convolutions around it read), instead of a gather per axis into NCHW.
-        size = list(ctx.output_shapes[0][2:])
-        return lambda args: [F.interpolate(args[0], size=size, mode="nearest")]
+        size = list(out_shape[2:])
+        return lambda args: [F.interpolate(args[0], size=size, mode=torch_mode)]
     return lambda args: [apply_resize(args[0], steps).contiguous()]
 
 
-def _is_torch_nearest(steps, in_shape, out_shape) -> bool:
-    """Whether F.interpolate(mode="nearest") picks the source indices of `steps` on every axis
-    (it does for integer upsampling with asymmetric coordinates and floor rounding, the usual
-    detector neck): spatial axes only, of a 1-D to 3-D image."""
+def _torch_nearest_mode(steps, in_shape, out_shape) -> str | None:
+    """The F.interpolate mode ("nearest": asymmetric coordinates, floor; "nearest-exact":
+    half-pixel, rounding halves up) that picks the source indices of `steps` on every axis, if
+    one does: spatial axes only, of a 1-D to 3-D image."""
     if not 3 <= len(in_shape) <= 5 or any(axis < 2 for axis, _ in steps):
-        return False
-    for axis, indices in steps:
-        if not isinstance(indices, torch.Tensor):
-            return False
-        ramp = torch.arange(in_shape[axis], dtype=torch.float32).reshape(1, 1, -1)
-        picked = F.interpolate(ramp, size=out_shape[axis], mode="nearest").reshape(-1).long()
-        if not torch.equal(picked, indices):
-            return False
-    return True
+        return None
+    for torch_mode in ("nearest", "nearest-exact"):
+        for axis, indices in steps:
+            if not isinstance(indices, torch.Tensor):
+                return None
+            ramp = torch.arange(in_shape[axis], dtype=torch.float32).reshape(1, 1, -1)
+            picked = F.interpolate(ramp, size=out_shape[axis], mode=torch_mode).reshape(-1).long()
+            if not torch.equal(picked, indices):
+                break
+        else:
+            return torch_mode
+    return None
+
+
+_TORCH_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _torch_linear_resize(ctx: CommandContext, in_shape, out_shape, scales):
+    """Linear Resize of the spatial axes as F.interpolate, which keeps channels-last inputs
+    channels-last and computes reduced-precision inputs in fp32 with one rounding. Its source
+    coordinates are ONNX's for half_pixel (negative ones clamped to 0, as ONNX's edge padding
+    gives), pytorch_half_pixel with every output axis longer than 1, and align_corners where
+    the output length is the resized length; None (the general path) otherwise."""
+    attrs = ctx.attrs
+    rank = len(in_shape) - 2
+    if (rank not in _TORCH_LINEAR or tuple(in_shape[:2]) != tuple(out_shape[:2]) or attrs.get("axes")
+            or attrs.get("antialias", 0) or attrs.get("exclude_outside", 0)):
+        return None
+    transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+    spatial_out = list(out_shape[2:])
+    if scales is not None:
+        spatial_scales = [float(s) for s in scales[2:]]
+        if len(scales) != len(in_shape) or list(scales[:2]) != [1.0, 1.0] or \
+                [math.floor(n * s) for n, s in zip(in_shape[2:], spatial_scales)] != spatial_out:
+            return None
+    if transform == "pytorch_half_pixel" and min(spatial_out) > 1:
+        transform = "half_pixel"
+    if transform == "half_pixel":
+        align_corners = False
+    elif transform == "align_corners" and (scales is None or all(
+            n * s == o for n, s, o in zip(in_shape[2:], spatial_scales, spatial_out))):
+        align_corners = True
+    else:
+        return None
+    mode = _TORCH_LINEAR[rank]
+    if scales is not None and not align_corners:
+        # ONNX's coordinates divide by the given scale, not by output / input length.
+        where = {"scale_factor": spatial_scales, "recompute_scale_factor": False}
+    else:
+        where = {"size": spatial_out}
+    general = KERNELS["Resize"]
+    float_type = ctx.float_type
+
+    def run(args):
+        x = args[0]
+        if not x.is_floating_point():
+            return general(args, ctx.attrs)
+        if x.dtype == torch.float16:  # no fp32 arithmetic inside torch's fp16 kernel: widen, round once
+            return [F.interpolate(x.float(), mode=mode, align_corners=align_corners, **where).to(float_type)]
+        return [F.interpolate(x, mode=mode, align_corners=align_corners, **where)]
+
+    return run
 
 
 # -- elementwise: one torch op, fp32 inside, one rounding ----------------------------------
