@@ -367,6 +367,8 @@ def onednn_unary(name: str | None, params=()) -> tuple[str, list, str] | None:
         return "hardtanh", params, ""
     if name == "LeakyRelu" and len(params) == 1:
         return "leaky_relu", params, ""
+    if name == "HardSigmoid" and len(params) == 2 and abs(params[0] - 1 / 6) < 1e-7 and params[1] == 0.5:
+        return "hardsigmoid", [], ""  # oneDNN's is PyTorch's (slope 1/6, offset 1/2), whatever the scalars
     return None
 
 

@@ -57,6 +57,13 @@ class Profile:
                 row.seconds += s
                 row.calls += 1
 
+    def reset(self) -> None:
+        """Forget the runs so far (e.g. a first run that paid for oneDNN's primitive creation)."""
+        with self._lock:
+            for row in self.rows:
+                row.seconds, row.calls = 0.0, 0
+            self.runs = dict.fromkeys(self.runs, 0)
+
     def per_op_type(self) -> list[dict]:
         """Per op type: commands, emulated ms per run, modelled ns per run; slowest first."""
         totals: dict[str, dict] = {}
