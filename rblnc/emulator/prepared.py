@@ -222,6 +222,36 @@ def prepare_batch_normalization(ctx: CommandContext):
     return lambda args: [torch.batch_norm(args[0], scale, bias, mean, var, False, 0.0, eps, False)]
 
 
+@prepare("LayerNormalization")
+def prepare_layer_normalization(ctx: CommandContext):
+    """F.layer_norm over the axes from `axis` on (fp32 inside for bf16 and fp16, one rounding),
+    when the scale and bias are constants and the mean and inverse deviation are not asked for."""
+    shape = ctx.input_shapes[0]
+    axis = ctx.attrs.get("axis", -1) % len(shape)
+    normalized = list(shape[axis:])
+    count = math.prod(normalized)
+    scale = ctx.constants[1]
+    has_bias = len(ctx.input_shapes) > 2 and ctx.input_shapes[2] is not None
+    bias = ctx.constants[2] if has_bias else None
+    if (scale is None or scale.numel() != count or (has_bias and (bias is None or bias.numel() != count))
+            or any(s != () for s in ctx.output_shapes[1:])):
+        return None
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    widen = ctx.float_type == torch.float16  # no fp32 statistics inside torch's fp16 kernel
+    compute = torch.float32 if widen else ctx.float_type
+    weight = scale.reshape(normalized).to(compute)
+    shift = None if bias is None else bias.reshape(normalized).to(compute)
+    float_type = ctx.float_type
+
+    def run(args):
+        x = args[0]
+        if widen:
+            return [F.layer_norm(x.float(), normalized, weight, shift, eps).to(float_type)]
+        return [F.layer_norm(x.to(compute), normalized, weight, shift, eps)]
+
+    return run
+
+
 @prepare("AveragePool")
 def prepare_average_pool(ctx: CommandContext):
     kernel_shape = list(ctx.attrs["kernel_shape"])
