@@ -234,12 +234,14 @@ class NpuProgramRunner:
         self._profile = (profile, profile.add_program(self.name, self.program, self.applied_by))
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._profile is not None:
-            return self._run_profiled(inputs)
+        # Profiled, each step's time is taken; otherwise the loop pays one test per step.
+        profile = self._profile
+        seconds = [0.0] * len(self._steps) if profile is not None else None
         slots = self._bind(inputs)
         step = 0
         try:
             with torch.inference_mode():
+                started = time.perf_counter() if seconds is not None else 0.0
                 for step, (fn, ins, outs, release) in enumerate(self._steps):
                     results = fn([slots[i] if i >= 0 else None for i in ins])
                     for index, value in zip(outs, results):
@@ -247,34 +249,16 @@ class NpuProgramRunner:
                             slots[index] = value
                     for index in release:
                         slots[index] = None
-                return self._results(slots)
-        except Exception as exc:
-            raise self._failure(step, exc) from exc
-
-    def _run_profiled(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`run`, timing each command (the last one's time includes bringing the outputs back)."""
-        profile, rows = self._profile
-        seconds = [0.0] * len(self._steps)
-        slots = self._bind(inputs)
-        step = 0
-        try:
-            with torch.inference_mode():
-                started = time.perf_counter()
-                for step, (fn, ins, outs, release) in enumerate(self._steps):
-                    results = fn([slots[i] if i >= 0 else None for i in ins])
-                    for index, value in zip(outs, results):
-                        if index >= 0:
-                            slots[index] = value
-                    for index in release:
-                        slots[index] = None
-                    now = time.perf_counter()
-                    seconds[step], started = now - started, now
+                    if seconds is not None:
+                        now = time.perf_counter()
+                        seconds[step], started = now - started, now
                 outputs = self._results(slots)
-                if seconds:
-                    seconds[-1] += time.perf_counter() - started
         except Exception as exc:
             raise self._failure(step, exc) from exc
-        profile.record(self.name, rows, seconds)
+        if seconds is not None:
+            if seconds:  # the last command's time includes bringing the outputs back
+                seconds[-1] += time.perf_counter() - started
+            profile[0].record(self.name, profile[1], seconds)
         return outputs
 
     def _bind(self, inputs: Mapping[str, np.ndarray]) -> list:
