@@ -8,7 +8,8 @@ from (a DeepLabV3+ on ResNet-50 built locally with seeded random weights, since 
 hub is out of reach) and where the data comes from (a folder laid out as NYU Depth V2's
 validation set, generated when absent). After the tutorial's code, the script measures what
 concurrency gained (see examples/concurrency_report.py) and checks rblnc's outputs against
-Keras's own; it exits 1 if they differ by more than the tolerance.
+Keras's own; it exits 1 if they differ by more than the tolerance. Last it prints the process's
+peak memory (docs/emulator.md has the figures: about 10 GB at 512x512, most of it TensorFlow's).
 """
 
 import argparse
