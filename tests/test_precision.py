@@ -276,3 +276,20 @@ def test_linear_resize_after_a_convolution_is_the_kernel_rounded_once(precision,
 
         session = ort.InferenceSession(both.SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(actual, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_gemm_with_a_constant_weight_is_one_product_rounded_once(precision, trans_a):
+    """Gemm (and transA) through the matrix-product fast path: the stored operands multiplied
+    in fp32, the result rounded once."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3, 5) if trans_a else (5, 3)).astype(np.float32)
+    b, c = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    model = make_onnx([helper.make_node("Gemm", ["a", "b", "c"], ["y"], transA=trans_a)],
+                      [("a", list(a.shape))], [("y", [5, 4])], [("b", b), ("c", c)])
+    actual = rblnc.compile_from_onnx(model, dtype=precision).create_runtime().run(a)
+    stored = [rounded(v, precision).astype(np.float64) for v in (a, b, c)]
+    expected = rounded((stored[0].T if trans_a else stored[0]) @ stored[1] + stored[2], precision)
+    step = np.abs(expected) * (2.0**-7 if precision == "bf16" else 1e-6) + 1e-6
+    assert np.all(np.abs(actual - expected) <= step)

@@ -436,9 +436,7 @@ def linear_closure(ctx: CommandContext, weight: torch.Tensor, bias: torch.Tensor
     bias = None if bias is None else bias.reshape(-1).to(compute).contiguous()
     round_out = _rounder(ctx, compute)
     unary, scalars, algorithm = post_op
-    rows = 1
-    for d in (a_shape[::-1] if trans_a else a_shape[:-1]):
-        rows *= d
+    rows = a_shape[1] if trans_a else math.prod(a_shape[:-1])
     k, n = weight.shape[1], weight.shape[0]
     out_shape = [a_shape[1], n] if trans_a else [*a_shape[:-1], n]
     if not _MKLDNN:
