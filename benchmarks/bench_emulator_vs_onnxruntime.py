@@ -285,7 +285,10 @@ def bench_case(case: Case, precisions: list[str], rounds: int, per_block: int, t
             except RuntimeError as exc:
                 skipped.append(f"{case.label} {precision}: does not compile or run ({exc})")
         if case.keras:
-            workers["tensorflow"] = Worker("tensorflow", case, threads=threads)
+            try:
+                workers["tensorflow"] = Worker("tensorflow", case, threads=threads)
+            except RuntimeError as exc:
+                skipped.append(f"{case.label} TensorFlow's own time: not measured ({exc})")
         measured = [p for p in precisions if p in workers]
         if not measured:
             return [], skipped
