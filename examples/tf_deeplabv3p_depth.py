@@ -8,11 +8,13 @@ from (a DeepLabV3+ on ResNet-50 built locally with seeded random weights, since 
 hub is out of reach) and where the data comes from (a folder laid out as NYU Depth V2's
 validation set, generated when absent). After the tutorial's code, the script measures what
 concurrency gained (see examples/concurrency_report.py) and checks rblnc's outputs against
-Keras's own; it exits 1 if they differ by more than the tolerance.
+Keras's own; it exits 1 if they differ by more than the tolerance. Last it prints the process's
+peak memory (docs/emulator.md has the figures: about 11 GB at 512x512, most of it TensorFlow's).
 """
 
 import argparse
 import gc
+import resource
 import sys
 import time
 
@@ -31,6 +33,7 @@ from rblnc.zoo.keras_models import deeplabv3plus
 import concurrency_report as report  # rblnc: the measurements printed after the tutorial's code
 from nyu_depth_v2_like import ensure_nyu_depth_v2
 
+script_started = time.perf_counter()  # rblnc: for the report at the end
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 report.add_common_arguments(parser, size=512, data_root="build/data/nyu_depth_v2")
 args = parser.parse_args()
@@ -130,6 +133,11 @@ if args.paced_samples > 0:
         failures.append("the paced runs gave other outputs than the functional ones")
     if args.trace is not None:
         report.show(f"wrote {args.trace} (the paced async run; open in ui.perfetto.dev or chrome://tracing)")
+
+# rblnc: the process's peak resident memory (TensorFlow, the Keras model, the compiled models, the
+# samples and every output kept for the comparisons), for sizing a machine for this example.
+report.show(f"peak memory (RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB, "
+            f"{time.perf_counter() - script_started:.0f} s after the imports")
 
 for failure in failures:
     print(f"FAILED: {failure}", file=sys.stderr)

@@ -196,6 +196,9 @@ def inspect(artifact: Path, as_json: bool, dot_path: Path | None) -> None:
               help="Warn on stderr about inputs and outputs holding NaN or infinity (the run goes on).")
 @click.option("--host-threads", type=click.IntRange(min=1), default=None,
               help="Threads of each onnxruntime session that runs a host partition (default: onnxruntime's).")
+@click.option("--profile", "profile", is_flag=True,
+              help="Time every emulated command; print time per op type and the slowest commands beside "
+                   "their modelled time.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run on Ray Data: INPUTS is a .npz or a folder of .npy/.npz shards or images, one row per request; "
                    "-o is the folder for the output shards.")
@@ -206,7 +209,7 @@ def inspect(artifact: Path, as_json: bool, dot_path: Path | None) -> None:
               help="--ray: rows per batch handed to an actor.")
 def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace: bool, pace_scale: float | None,
         parallel: int | None, repeat: int, trace_path: Path | None, plot_path: Path | None,
-        check_finite: bool, host_threads: int | None, use_ray: bool, address: str | None, workers: int,
+        check_finite: bool, host_threads: int | None, profile: bool, use_ray: bool, address: str | None, workers: int,
         batch_size: int) -> None:
     """Run ARTIFACT (.rbln) on the arrays in INPUTS (.npz, keyed by input name).
 
@@ -222,7 +225,7 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
                            pace=pace_value, parallel=parallel,
                            local_only={"--async": use_async, "--repeat": repeat != 1, "--trace": trace_path,
                                        "--plot": plot_path, "--check-finite": check_finite,
-                                       "--host-threads": host_threads})
+                                       "--host-threads": host_threads, "--profile": profile})
     ray_only = [name for name, given in (("--address", address), ("--workers", workers != 1),
                                          ("--batch-size", batch_size != 64)) if given]
     if ray_only:
@@ -243,9 +246,10 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
         warnings.simplefilter("always", RuntimeWarning)
         if use_async:
             runtime = AsyncRuntime(artifact, pace=pace_value, parallel=parallel, trace=tracing and 10**7,
-                                   host_threads=host_threads)
+                                   host_threads=host_threads, profile=profile)
         else:
-            runtime = Runtime(artifact, pace=pace_value, trace=tracing and 10**7, host_threads=host_threads)
+            runtime = Runtime(artifact, pace=pace_value, trace=tracing and 10**7, host_threads=host_threads,
+                              profile=profile)
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
     try:
@@ -266,6 +270,9 @@ def run(artifact: Path, inputs: Path, output: Path | None, use_async: bool, pace
                  if value.size and value.dtype.kind in "fiu" else "")
         click.echo(f"{name}: {dtypes.name(value.dtype)}[{'x'.join(map(str, value.shape))}] {stats}")
     _print_summary(runtime, len(results), latencies, seconds, use_async)
+    if profile:
+        click.echo("")
+        click.echo(runtime.profile().table())
     if output is not None:
         arrays = {name: values[0] if len(values) == 1 else np.stack(values)
                   for name, values in zip(runtime.output_names, per_output)}

@@ -22,6 +22,7 @@ ACTIVATIONS = {
     "": lambda x, p: x, "Relu": lambda x, p: torch.relu(x), "SiLU": lambda x, p: F.silu(x),
     "Clip": lambda x, p: torch.clamp(x, p[0], p[1]), "LeakyRelu": lambda x, p: F.leaky_relu(x, p[0]),
     "GeluTanh": lambda x, p: F.gelu(x, approximate="tanh"), "Sigmoid": lambda x, p: torch.sigmoid(x),
+    "HardSigmoid": lambda x, p: torch.clamp(x * p[0] + p[1], 0.0, 1.0),
 }
 
 
@@ -89,7 +90,9 @@ def _conv_program(dtype, activation: str, params: list[float], with_addend: bool
 @pytest.mark.parametrize("with_addend", [True, False])
 @pytest.mark.parametrize("precision, dtype", [("fp32", np.float32), ("bf16", bfloat16)])
 @pytest.mark.parametrize("activation, params", [("", []), ("Relu", []), ("SiLU", []), ("Clip", [0.0, 6.0]),
-                                                ("LeakyRelu", [0.1]), ("GeluTanh", [])])
+                                                ("LeakyRelu", [0.1]), ("GeluTanh", []),
+                                                ("HardSigmoid", [float(np.float32(1 / 6)), 0.5]),
+                                                ("HardSigmoid", [0.2, 0.5])])
 def test_fused_conv_is_one_convolution_with_post_ops(precision, dtype, activation, params, with_addend):
     program = _conv_program(dtype, activation, params, with_addend)
     tensors = {t.name: t for t in program.tensors}
@@ -108,8 +111,10 @@ def test_fused_conv_is_one_convolution_with_post_ops(precision, dtype, activatio
     step = np.abs(expected) * (1e-5 if precision == "fp32" else 2.0**-7) + 1e-6
     assert np.all(np.abs(actual - expected) <= step)
     fast = runner._steps[1][0]
-    # oneDNN takes the addend with no activation or ReLU after it; the rest runs the kernel in fp32
-    assert ("conv2d_closure" in fast.__qualname__) == (activation in ("", "Relu") or not with_addend)
+    # oneDNN takes the addend with no activation or ReLU after it, and its hardsigmoid is only
+    # PyTorch's (slope 1/6); the rest runs the kernel in fp32
+    one_convolution = (activation in ("", "Relu") or not with_addend) and params != [0.2, 0.5]
+    assert ("conv2d_closure" in fast.__qualname__) == one_convolution
 
 
 @pytest.mark.parametrize("dtype", [np.float32, bfloat16])

@@ -220,6 +220,8 @@ def test_tf_deeplabv3p_example_runs_end_to_end(tmp_path):
     assert found and float(found.group(1)) <= 1e-3
     _check_trace(trace, result.stdout)
     assert len(list((tmp_path / "nyu" / "val" / "official").glob("*.h5"))) == 3
+    peak = re.search(r"^peak memory \(RSS\): (\S+) GiB, \d+ s after the imports$", result.stdout, re.M)
+    assert peak and 0.1 < float(peak.group(1)) < 64
 
 
 # --------------------------------------------------------------------------- make demo's check

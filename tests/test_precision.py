@@ -234,3 +234,62 @@ def test_nearest_resize_after_a_convolution_picks_the_kernels_elements(precision
                                   "nearest_mode": nearest_mode})[0].numpy()
     actual = rblnc.compile_from_onnx(both, dtype=precision).create_runtime().run(x)
     assert actual.shape == tuple(size) and np.array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("transform, sizes, scales", [
+    ("half_pixel", [1, 5, 24, 24], None), ("half_pixel", [1, 5, 9, 15], None),
+    ("half_pixel", None, [1, 1, 1.5, 2.5]), ("pytorch_half_pixel", [1, 5, 13, 4], None),
+    ("align_corners", [1, 5, 11, 17], None), ("asymmetric", [1, 5, 12, 12], None),
+])
+def test_linear_resize_after_a_convolution_is_the_kernel_rounded_once(precision, transform, sizes, scales):
+    """Bilinear Resize on a convolution's channels-last result (F.interpolate where its source
+    coordinates are ONNX's) equals the registered kernel computed in fp32 on the stored operand
+    and rounded once, within one rounding step; in fp32 it also matches onnxruntime."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((5, 3, 1, 1)).astype(np.float32)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["c"])
+    constants = [("w", w)]
+    if scales is not None:
+        constants.append(("scales", np.array(scales, np.float32)))
+        out_shape = [int(np.floor(n * s)) for n, s in zip([1, 5, 6, 6], scales)]
+        resize_inputs = ["c", "", "scales"]
+    else:
+        constants.append(("sizes", np.array(sizes, np.int64)))
+        out_shape, resize_inputs = sizes, ["c", "", "", "sizes"]
+    resize = helper.make_node("Resize", resize_inputs, ["y"], mode="linear", coordinate_transformation_mode=transform)
+    conv_only = make_onnx([conv], [("x", [1, 3, 6, 6])], [("c", [1, 5, 6, 6])], constants[:1])
+    both = make_onnx([conv, resize], [("x", [1, 3, 6, 6])], [("y", out_shape)], constants)
+    c = rblnc.compile_from_onnx(conv_only, dtype=precision).create_runtime().run(x)
+    reference = KERNELS["Resize"](
+        [torch.from_numpy(c), None, None if scales is None else torch.tensor(scales),
+         None if sizes is None else torch.tensor(sizes)],
+        {"mode": "linear", "coordinate_transformation_mode": transform})[0].numpy()
+    expected = rounded(reference, precision)
+    actual = rblnc.compile_from_onnx(both, dtype=precision).create_runtime().run(x)
+    assert actual.shape == tuple(out_shape)
+    step = np.abs(expected) * {"fp32": 2.0**-22, "bf16": 2.0**-7, "fp16": 2.0**-10}[precision] + 1e-6
+    assert np.all(np.abs(actual - expected) <= step), np.abs(actual - expected).max()
+    if precision == "fp32":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(both.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(actual, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_gemm_with_a_constant_weight_is_one_product_rounded_once(precision, trans_a):
+    """Gemm (and transA) through the matrix-product fast path: the stored operands multiplied
+    in fp32, the result rounded once."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3, 5) if trans_a else (5, 3)).astype(np.float32)
+    b, c = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    model = make_onnx([helper.make_node("Gemm", ["a", "b", "c"], ["y"], transA=trans_a)],
+                      [("a", list(a.shape))], [("y", [5, 4])], [("b", b), ("c", c)])
+    actual = rblnc.compile_from_onnx(model, dtype=precision).create_runtime().run(a)
+    stored = [rounded(v, precision).astype(np.float64) for v in (a, b, c)]
+    expected = rounded((stored[0].T if trans_a else stored[0]) @ stored[1] + stored[2], precision)
+    step = np.abs(expected) * (2.0**-7 if precision == "bf16" else 1e-6) + 1e-6
+    assert np.all(np.abs(actual - expected) <= step)

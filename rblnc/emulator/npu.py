@@ -12,6 +12,7 @@ the output in the input's bytes); commands without a fast path call the register
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Mapping
 
@@ -98,6 +99,8 @@ class NpuProgramRunner:
                 if i >= 0:
                     consumers[i] = consumers.get(i, 0) + 1
         absorbed: dict[int, int] = {}  # step applied by an earlier command -> input it passes on
+        self.applied_by: dict[int, int] = {}  # such a step -> the step that applies it
+        self._profile = None
         for step, command in enumerate(program.commands):
             ins, outs = tuple(command.inputs), tuple(command.outputs)
             if step in absorbed:
@@ -126,6 +129,7 @@ class NpuProgramRunner:
                                         f"({qualified}): {exc}") from exc
                 if context.fused:
                     absorbed.update(following)
+                    self.applied_by.update((k, step) for k in following)
                     ins = ins + extra
                 fresh = inplace is not None or not _may_return_view(command)
                 for o in outs:
@@ -224,14 +228,20 @@ class NpuProgramRunner:
                 return position
         return None
 
+    def profile_into(self, profile) -> None:
+        """Time every command of later runs into `profile` (rblnc.emulator.profile.Profile);
+        without it `run` takes no timings at all."""
+        self._profile = (profile, profile.add_program(self.name, self.program, self.applied_by))
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        slots = list(self._initial)
-        for name, index, dtype in self._inputs:
-            value = to_torch(inputs[name])
-            slots[index] = value if value.dtype == dtype or not value.is_floating_point() else value.to(dtype)
+        # Profiled, each step's time is taken; otherwise the loop pays one test per step.
+        profile = self._profile
+        seconds = [0.0] * len(self._steps) if profile is not None else None
+        slots = self._bind(inputs)
         step = 0
         try:
             with torch.inference_mode():
+                started = time.perf_counter() if seconds is not None else 0.0
                 for step, (fn, ins, outs, release) in enumerate(self._steps):
                     results = fn([slots[i] if i >= 0 else None for i in ins])
                     for index, value in zip(outs, results):
@@ -239,13 +249,31 @@ class NpuProgramRunner:
                             slots[index] = value
                     for index in release:
                         slots[index] = None
-                return {name: to_numpy(slots[index], self._host_dtypes.get(name))
-                        for name, index in self._outputs}
+                    if seconds is not None:
+                        now = time.perf_counter()
+                        seconds[step], started = now - started, now
+                outputs = self._results(slots)
         except Exception as exc:
-            command = self._commands[step]
-            raise EmulatorError(
-                f"{self.name}: command {command.name} ({command.op_type}) failed: {exc}"
-            ) from exc
+            raise self._failure(step, exc) from exc
+        if seconds is not None:
+            if seconds:  # the last command's time includes bringing the outputs back
+                seconds[-1] += time.perf_counter() - started
+            profile[0].record(self.name, profile[1], seconds)
+        return outputs
+
+    def _bind(self, inputs: Mapping[str, np.ndarray]) -> list:
+        slots = list(self._initial)
+        for name, index, dtype in self._inputs:
+            value = to_torch(inputs[name])
+            slots[index] = value if value.dtype == dtype or not value.is_floating_point() else value.to(dtype)
+        return slots
+
+    def _results(self, slots: list) -> dict[str, np.ndarray]:
+        return {name: to_numpy(slots[index], self._host_dtypes.get(name)) for name, index in self._outputs}
+
+    def _failure(self, step: int, exc: Exception) -> EmulatorError:
+        command = self._commands[step]
+        return EmulatorError(f"{self.name}: command {command.name} ({command.op_type}) failed: {exc}")
 
 
 def _copy_between_memories(args):

@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..emulator.profile import Profile
 from ..errors import RuntimeClosedError
 from .engine import (
     Engine, Request, RequestState, Step, StepRecord, active_steps, next_request_id, pace_scale_of, plan_steps,
 )
 from .executor import ModelExecutor
 from .io import bind_inputs, deliver_outputs
-from .runtime import check_runtime_options, describe, resolve_artifact, trace_capacity_of, warn_if_unpaceable
+from .runtime import check_runtime_options, describe, profile_of, resolve_artifact, trace_capacity_of, warn_if_unpaceable
 
 DEFAULT_MAX_INFLIGHT = 64
 MAX_DEFAULT_PARALLEL = 8
@@ -253,7 +254,8 @@ class AsyncRuntime:
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np", parallel: int | None = None,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, pace: bool | float = False,
-                 host_workers: int | None = None, host_threads: int | None = None, trace: bool | int = False):
+                 host_workers: int | None = None, host_threads: int | None = None, trace: bool | int = False,
+                 profile: bool = False):
         check_runtime_options(device, tensor_type)
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
@@ -263,6 +265,9 @@ class AsyncRuntime:
         self.pace_scale = pace_scale_of(pace)
         self.max_inflight = max_inflight
         executor = ModelExecutor(self.artifact, host_threads=host_threads)
+        self._profile = Profile() if profile else None
+        if self._profile is not None:
+            executor.profile_into(self._profile)
         self.steps: list[Step] = plan_steps(executor)
         warn_if_unpaceable(self.steps, self.pace_scale, self.source)
         active = active_steps(self.steps, self.pace_scale)
@@ -398,6 +403,10 @@ class AsyncRuntime:
         s = self._engine.stats
         return {"completed": s.completed, "failed": s.failed, "cancelled": s.cancelled, "overruns": s.overruns,
                 "busy_s": dict(s.busy_s), "modelled_ns": dict(s.modelled_ns)}
+
+    def profile(self) -> Profile:
+        """The command times of the runs so far (needs `profile=True`)."""
+        return profile_of(self)
 
     def timeline(self) -> list[StepRecord]:
         """The steps recorded so far (with `trace=`), in the order they ended."""

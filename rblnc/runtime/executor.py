@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Mapping
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from ..errors import ArtifactError, ExecutionError
 from ..format.artifact import Artifact, Device, Partition
 from ..emulator import NpuProgramRunner
+from ..emulator.profile import Profile
 from .host import HostSubgraphRunner
 from .program_check import ProgramShapeError, check_program_shapes
 
@@ -22,6 +24,15 @@ class ModelExecutor:
         self.stages: list[tuple[Partition, NpuProgramRunner | HostSubgraphRunner]] = []
         for partition in artifact.partitions:
             self.stages.append((partition, prepare_partition(partition, host_threads, origin, artifact.opset)))
+
+    def profile_into(self, profile: Profile) -> None:
+        """Time later runs into `profile`: every command of the NPU partitions, each host
+        partition as a whole. Call before the stages are handed out (plan_steps)."""
+        for index, (partition, runner) in enumerate(self.stages):
+            if isinstance(runner, NpuProgramRunner):
+                runner.profile_into(profile)
+            else:
+                self.stages[index] = (partition, _TimedHostRunner(runner, partition, profile))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         values = dict(feeds)
@@ -57,6 +68,22 @@ def prepare_partition(partition: Partition, host_threads: int | None, origin: ob
     if missing:
         raise ArtifactError(origin, f"{where}: its ONNX subgraph does not produce {', '.join(map(repr, missing))}")
     return runner
+
+
+class _TimedHostRunner:
+    """A host partition's runner that adds each run's time to a profile."""
+
+    def __init__(self, runner: HostSubgraphRunner, partition: Partition, profile: Profile):
+        self._runner, self._profile = runner, profile
+        self._name = partition.name
+        self._rows = [profile.add_host(partition.name, partition.est_time_ns)]
+        self.input_names, self.output_names = runner.input_names, runner.output_names
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        results = self._runner.run(inputs)
+        self._profile.record(self._name, self._rows, [time.perf_counter() - started])
+        return results
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
+from ..emulator.profile import Profile
 from ..errors import NonFiniteWarning
 from ..format.artifact import Artifact, Device
 from ..format.reader import load_artifact
@@ -53,6 +54,12 @@ def trace_capacity_of(trace: bool | int) -> int:
     return trace
 
 
+def profile_of(runtime) -> Profile:
+    if runtime._profile is None:
+        raise RuntimeError(f"this {type(runtime).__name__} was created without profile=True")
+    return runtime._profile
+
+
 def warn_if_unpaceable(steps: list[Step], pace_scale: float, source: str) -> None:
     if pace_scale and not has_estimates(steps):
         warnings.warn(f"{source}: the artifact carries no timing estimates (est_time_ns = 0), so pacing "
@@ -66,11 +73,13 @@ class Runtime:
     time (a number: that many times longer, for an emulator slower than the modelled chip);
     `trace=True` records every step for a timeline (see rblnc.runtime.trace). `check_finite=True`
     warns (NonFiniteWarning) naming each input and output that holds NaN or infinity; the run
-    itself goes on, as the model defines what such values give."""
+    itself goes on, as the model defines what such values give. `profile=True` times every
+    command of every run: `profile()` returns the times (rblnc.emulator.profile.Profile, whose
+    `table()` lists time per op type and per command beside the modelled time)."""
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np",
                  host_threads: int | None = None, pace: bool | float = False, trace: bool | int = False,
-                 check_finite: bool = False):
+                 check_finite: bool = False, profile: bool = False):
         check_runtime_options(device, tensor_type)
         self.artifact, self.source = resolve_artifact(model)
         self.device = device
@@ -78,6 +87,9 @@ class Runtime:
         self.pace_scale = pace_scale_of(pace)
         self.check_finite = check_finite
         self._executor = ModelExecutor(self.artifact, host_threads=host_threads, origin=self.source)
+        self._profile = Profile() if profile else None
+        if self._profile is not None:
+            self._executor.profile_into(self._profile)
         self.steps: list[Step] = plan_steps(self._executor)
         self._active = active_steps(self.steps, self.pace_scale)
         warn_if_unpaceable(self.steps, self.pace_scale, self.source)
@@ -127,6 +139,10 @@ class Runtime:
             if self._timeline is not None:
                 self._timeline.append(record)
         return values
+
+    def profile(self) -> Profile:
+        """The command times of the runs so far (needs `profile=True`)."""
+        return profile_of(self)
 
     def timeline(self) -> list[StepRecord]:
         """The steps recorded so far (with `trace=`), oldest first."""
