@@ -364,7 +364,7 @@ def main() -> None:
     parser.add_argument("--models", default="resnet50,conv_gelu")
     parser.add_argument("--overhead-requests", type=int, default=2000)
     parser.add_argument("--zoo", default="all", help="zoo models for the functional table: all, none or NAME,...")
-    parser.add_argument("--zoo-requests", type=int, default=20)
+    parser.add_argument("--zoo-requests", type=int, default=40)
     parser.add_argument("--conv-requests", type=int, default=200)
     parser.add_argument("--sections", default="overhead,functional,paced")
     args = parser.parse_args()

@@ -17,6 +17,7 @@ from ..errors import RuntimeClosedError
 from .engine import (
     Engine, Request, RequestState, Step, StepRecord, active_steps, next_request_id, pace_scale_of, plan_steps,
 )
+from ..emulator import thread_settings
 from .executor import ModelExecutor
 from .io import bind_inputs, deliver_outputs
 from .runtime import check_runtime_options, describe, resolve_artifact, trace_capacity_of, warn_if_unpaceable
@@ -315,7 +316,8 @@ class AsyncRuntime:
         self.parallel = parallel if parallel is not None else default_parallel(active, self.artifact)
         self.host_workers = host_workers or max(2, min(4, os.cpu_count() or 2))
         self._engine = Engine(self.steps, pace_scale=self.pace_scale, parallel=self.parallel,
-                              host_lanes=self.host_workers, trace_capacity=trace_capacity_of(trace))
+                              host_lanes=self.host_workers, trace_capacity=trace_capacity_of(trace),
+                              thread_setup=thread_settings())
         self._slots = _Slots(max_inflight)
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
         self._closed = False

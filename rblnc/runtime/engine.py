@@ -52,6 +52,9 @@ class Step:
     est_ns: float
     run: Callable[[dict], None] | None = None
     release: tuple[str, ...] = ()
+    # Paced by its thread's CPU time x the scale (the user's host stages): time spent waiting for a
+    # core or the GIL while other requests' steps run is the emulator's machine, not the stage's.
+    cpu_timed: bool = False
 
 
 def plan_steps(executor: ModelExecutor) -> list[Step]:
@@ -150,11 +153,13 @@ def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
     """Runs one step on `lane` and returns its (start, end, seconds spent computing).
 
     Functional (pace_scale 0): the step lasts as long as it computes. Paced: it lasts its modelled
-    time x pace_scale (a host step with no model: its own time x pace_scale), or longer if the
+    time x pace_scale (a host step with no model: its own time x pace_scale; a user's stage: its
+    thread's CPU time x pace_scale), or longer if the
     emulator's work overruns that. The modelled start is when both the request's previous step and
     the lane were done, so the emulator's thread hand-offs and sleep overshoot are not charged to
     the modelled hardware; work slower than the model is, since the step cannot end before it."""
     started = clock()
+    cpu_started = time.thread_time() if step.cpu_timed and pace_scale else 0.0
     try:
         if step.run is not None:
             step.run(values)
@@ -168,7 +173,12 @@ def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
         lane.free_at = computed
         return started, computed, computed - started
     start = min(started, max(ready_at, lane.free_at))
-    hold = step.est_ns * 1e-9 * pace_scale if step.est_ns > 0 else (computed - started) * pace_scale
+    if step.est_ns > 0:
+        hold = step.est_ns * 1e-9 * pace_scale
+    elif step.cpu_timed:
+        hold = (time.thread_time() - cpu_started) * pace_scale
+    else:
+        hold = (computed - started) * pace_scale
     deadline = start + hold
     remaining = deadline - clock()
     if remaining > 0:
@@ -285,7 +295,7 @@ class Engine:
     submitting thread (on the same lanes, so each lane still runs one step at a time)."""
 
     def __init__(self, steps: list[Step], *, pace_scale: float = 0.0, parallel: int = 2, host_lanes: int = 2,
-                 trace_capacity: int = 0, name: str = "rblnc"):
+                 trace_capacity: int = 0, name: str = "rblnc", thread_setup: Callable[[], None] | None = None):
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         if host_lanes < 1:
@@ -316,6 +326,7 @@ class Engine:
         self._inline_ok = False
         self._inline_active = False
         self._inline = threading.local()  # .engine: set on a thread while it runs a request inline
+        self._thread_setup = thread_setup  # run first on each lane's thread (the creator's torch threads)
         used = {s.resource for s in self.steps}
         for resource in Resource:
             if resource not in used:
@@ -420,6 +431,8 @@ class Engine:
         self._queues[self.steps[request.position].resource].put(request)
 
     def _serve(self, queue: SimpleQueue, lane: Lane) -> None:
+        if self._thread_setup is not None:
+            self._thread_setup()
         while True:
             # An idle lane holds no request: a failed one's error carries a traceback through the
             # frame of whoever waited for it, and would keep that frame's objects alive meanwhile.

@@ -44,7 +44,7 @@ def preprocess_step(fn: Callable, inputs: Sequence[ValueInfo]) -> Step:
         values.update(feeds)
         values[FEEDS] = feeds
 
-    return Step(Resource.HOST, PREPROCESS, PREPROCESS, 0.0, run)
+    return Step(Resource.HOST, PREPROCESS, PREPROCESS, 0.0, run, cpu_timed=True)
 
 
 def postprocess_step(fn: Callable, outputs: Sequence[ValueInfo], tensor_type: str) -> Step:
@@ -54,7 +54,7 @@ def postprocess_step(fn: Callable, outputs: Sequence[ValueInfo], tensor_type: st
         arrays = [values[o.name] for o in outputs]
         values[RESULT] = fn(deliver_outputs(arrays, outputs, values.get(OUT), tensor_type))
 
-    return Step(Resource.HOST, POSTPROCESS, POSTPROCESS, 0.0, run)
+    return Step(Resource.HOST, POSTPROCESS, POSTPROCESS, 0.0, run, cpu_timed=True)
 
 
 def with_stages(steps: list[Step], artifact, preprocess: Callable | None, postprocess: Callable | None,
