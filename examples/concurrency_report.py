@@ -207,8 +207,20 @@ def overrun_share(records: Sequence[StepRecord], seconds: float) -> float:
     return sum(max(0.0, r.compute_s - r.modelled_ns * 1e-9) for r in records if r.modelled_ns > 0) / seconds
 
 
+class _Rates:
+    """Requests per second of a sync and an async run (fields: requests, sync_seconds, async_seconds)."""
+
+    @property
+    def sync_rate(self) -> float:
+        return self.requests / self.sync_seconds
+
+    @property
+    def async_rate(self) -> float:
+        return self.requests / self.async_seconds
+
+
 @dataclass
-class PacedResult:
+class PacedResult(_Rates):
     scale: float
     calibrated: bool
     requests: int
@@ -226,14 +238,6 @@ class PacedResult:
     async_overrun_share: float
     busy: dict[str, float] = field(default_factory=dict)  # per lane of the async run: busy fraction
     outputs_match: bool = True
-
-    @property
-    def sync_rate(self) -> float:
-        return self.requests / self.sync_seconds
-
-    @property
-    def async_rate(self) -> float:
-        return self.requests / self.async_seconds
 
     def utilisation(self, seconds: float) -> float:
         """Modelled NPU utilisation: the NPU's modelled busy time over the wall time (as `rblnc run`)."""
@@ -296,7 +300,7 @@ def paced_comparison(compiled_model, inputs: Sequence[np.ndarray], expected: Seq
 
 
 @dataclass
-class PipelineResult:
+class PipelineResult(_Rates):
     """The paced sync and async runs of a whole pipeline: the user's preprocess and postprocess
     as host steps of each request's chain, the model's steps between them."""
 
@@ -310,14 +314,6 @@ class PipelineResult:
     stage_ms: dict[str, float]  # each stage's paced length per request (its own time x S), median
     host_lanes: int
     outputs_match: bool
-
-    @property
-    def sync_rate(self) -> float:
-        return self.requests / self.sync_seconds
-
-    @property
-    def async_rate(self) -> float:
-        return self.requests / self.async_seconds
 
 
 STAGES = ("preprocess", "postprocess")

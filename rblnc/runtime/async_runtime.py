@@ -350,7 +350,7 @@ class AsyncRuntime:
         request = self._inline(values)
         if request is None:
             self._slots.acquire()
-            request = self._submit(values)
+            request = self._submit(self._owned(values, args, kwargs))
         return AsyncTask(request, self._engine)
 
     async def async_run(self, *args: Any, out: Any = None, **kwargs: Any):
@@ -362,6 +362,7 @@ class AsyncRuntime:
         request = self._inline(values)
         if request is not None:
             return _outcome(request)
+        values = self._owned(values, args, kwargs)
         mailbox = self._mailbox()
         if not self._slots.try_acquire():
             await self._slots.acquire_async(mailbox)
@@ -387,21 +388,22 @@ class AsyncRuntime:
             raise RuntimeClosedError(f"AsyncRuntime for {self.source} is closed")
 
     def _values(self, args, kwargs, out) -> dict:
-        """The request's first values: its inputs, checked and copied where the caller still owns
-        them (with `preprocess`, the arguments for it, as given)."""
-        if self.preprocess is not None:
-            values = {RAW: (args, kwargs)}
-        else:
-            feeds = bind_inputs(self.artifact.inputs, args, kwargs)
-            if not kwargs and len(args) == 1:
-                values = {name: np.array(a, copy=True) for name, a in feeds.items()}
-            else:
-                given = {id(v) for v in (*args, *kwargs.values())}
-                values = {name: np.array(a, copy=True) if (a.base is not None or id(a) in given) else a
-                          for name, a in feeds.items()}
+        """The request's first values: its inputs, checked (with `preprocess`, the arguments for
+        it, as given)."""
+        values = {RAW: (args, kwargs)} if self.preprocess is not None else \
+            bind_inputs(self.artifact.inputs, args, kwargs)
         if out is not None:
             values[OUT] = out
         return values
+
+    def _owned(self, values: dict, args, kwargs) -> dict:
+        """`values` with the inputs the caller still owns copied, before the request leaves this
+        call (one run inline has finished with them by then, so it needs no copy)."""
+        if self.preprocess is not None:
+            return values
+        given = {id(v) for v in (*args, *kwargs.values())}
+        return {name: np.array(a, copy=True) if name != OUT and (a.base is not None or id(a) in given) else a
+                for name, a in values.items()}
 
     def _finish(self, final: dict):
         """A request's result from its final values."""

@@ -343,6 +343,7 @@ class Engine:
                                           name=f"{name}-{label.replace(' ', '-').lower()}", daemon=True)
                 self._threads.append((thread, queue))
                 thread.start()
+        self._step_lanes = [self._lanes[s.resource] for s in self.steps]
 
     # -- submission and the chain ------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -372,8 +373,8 @@ class Engine:
         step = error = result = None
         self._inline.engine = self
         try:
-            for step in self.steps:
-                lane = _take_free(self._lanes[step.resource]) or _wait_for(self._lanes[step.resource][0])
+            for step, lanes in zip(self.steps, self._step_lanes):
+                lane = _take_free(lanes) or _wait_for(lanes[0])
                 began = clock()
                 try:
                     step.run(values)
@@ -394,7 +395,7 @@ class Engine:
         with self._lock:
             self._inline_active = False
             for done, seconds in busy:
-                key = done.resource.value
+                key = _RESOURCE_KEYS[done.resource]
                 stats.busy_s[key] = stats.busy_s.get(key, 0.0) + seconds
                 stats.modelled_ns[key] = stats.modelled_ns.get(key, 0.0) + done.est_ns
             if error is None:
@@ -646,6 +647,9 @@ class Engine:
     @property
     def thread_count(self) -> int:
         return len(self._threads)
+
+
+_RESOURCE_KEYS = {r: r.value for r in Resource}  # Enum.value is a property: every request's steps ask
 
 
 def _take_free(lanes: list[Lane]) -> Lane | None:
