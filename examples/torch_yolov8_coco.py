@@ -192,6 +192,11 @@ if args.paced_samples > 0:
     def postprocess(output: np.ndarray) -> list:
         return decode_detections(output, (SIZE, SIZE), pipeline_letterbox)
 
+    # One OpenCV thread per call: the host lanes are the parallelism here (as one torch and one
+    # onnxruntime thread per lane), and a stage is paced by its thread's CPU time x S, which an
+    # OpenCV pool waiting for its helpers on a busy machine inflated 20x for some images.
+    import cv2
+    cv2.setNumThreads(1)
     images = [np.asarray(Image.open(path).convert("RGB")) for _, path in dataset.samples[:args.paced_samples]]
     pipeline = report.paced_pipeline_comparison(compiled_model, images, preprocess, postprocess, paced.scale)
     report.show(report.describe_pipeline(pipeline, "letterbox -> YOLOv8n -> decode + NMS"))
