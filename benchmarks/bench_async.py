@@ -1,6 +1,15 @@
-"""Async vs sync runtime, paced to modelled times (against the analytic bound) and functional.
+"""Async vs sync runtime: the runtime's own cost per request, functional throughput, and paced
+throughput against the analytic bound.
 
-For each model: 100 requests paced — the AsyncRuntime's throughput against the analytic bound
+Overhead: on two tiny models (Relu on 1x64; Relu -> TopK on the host -> Sigmoid) the time per
+request of onnxruntime's own `run`, `Runtime.run`, AsyncRuntime with 2,000 `async_run` under
+`asyncio.gather`, and `run().wait()` one at a time (best of 3), beside what asyncio itself costs
+to gather 2,000 coroutines that await an already-completed future.
+
+Functional throughput (as fast as the emulator computes): async against sync on a conv net with
+a Softmax forced to the host in the middle, and on every zoo model at its small input size.
+
+Paced: for each model 100 requests paced — the AsyncRuntime's throughput against the analytic bound
 (1 / the busiest resource's time per request) and the sync Runtime's against 1 / the sum of the
 steps — then 100 requests functional (as fast as the emulator computes), async against sync.
 
@@ -16,6 +25,7 @@ scheduler slices whenever the other core is taken, which made the emulator 5-30x
 step times vary 50x between runs; that noise belongs to the emulator, not to the modelled chip.
 
     python benchmarks/bench_async.py [--requests 100] [--functional-requests 100] [--models resnet50,conv_gelu]
+        [--overhead-requests 2000] [--zoo all|none|NAME,...] [--zoo-requests 20] [--sections overhead,functional,paced]
 """
 
 from __future__ import annotations
@@ -182,14 +192,21 @@ def bench_model(name: str, folder: Path, requests: int, functional_requests: int
         # The paced async results are the functional ones: pacing only adds time.
         np.testing.assert_array_equal(asyncio.run(runtime.async_run(samples[1])), sync_check.run(samples[1]))
 
-    # Functional: the machine is shared, so sync and async alternate in rounds (order swapped each
-    # round) and each mode's throughput is its total requests over its total time.
-    functional_sync = rblnc.Runtime(compiled, **ONE_THREAD)
+    row.update(functional_rates(compiled, samples, functional_requests))
+    return row
+
+
+def functional_rates(compiled, samples, requests: int, **options) -> dict:
+    """Functional async and sync throughput. The machine is shared, so sync and async alternate in
+    rounds (order swapped each round) and each mode's throughput is its total requests over its
+    total time."""
+    options = {**ONE_THREAD, **options}
+    functional_sync = rblnc.Runtime(compiled, **options)
     functional_sync.run(samples[0])
     seconds = {"sync": 0.0, "async": 0.0}
     round_ratios = []
-    per_round = max(1, functional_requests // FUNCTIONAL_ROUNDS)
-    with rblnc.AsyncRuntime(compiled, host_workers=host_lanes, **ONE_THREAD) as runtime:
+    per_round = max(1, requests // FUNCTIONAL_ROUNDS)
+    with rblnc.AsyncRuntime(compiled, host_workers=HOST_LANES, **options) as runtime:
         runtime.run(samples[0]).wait()
         for index in range(FUNCTIONAL_ROUNDS):
             rates = {}
@@ -198,10 +215,146 @@ def bench_model(name: str, folder: Path, requests: int, functional_requests: int
                 rates[mode] = measure(functional_sync if mode == "sync" else runtime, samples, per_round)
                 seconds[mode] += per_round / rates[mode]
             round_ratios.append(rates["async"] / rates["sync"])
-    row["f_sync"] = per_round * FUNCTIONAL_ROUNDS / seconds["sync"]
-    row["f_async"] = per_round * FUNCTIONAL_ROUNDS / seconds["async"]
-    row["f_round_ratios"] = (min(round_ratios), max(round_ratios))
+    return {"f_sync": per_round * FUNCTIONAL_ROUNDS / seconds["sync"],
+            "f_async": per_round * FUNCTIONAL_ROUNDS / seconds["async"],
+            "f_round_ratios": (min(round_ratios), max(round_ratios))}
+
+
+# -- the runtime's own cost per request ----------------------------------------------------------
+
+def _model(nodes, inputs, outputs, initializers=(), name="tiny") -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs],
+                              [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in outputs],
+                              list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def relu_model() -> onnx.ModelProto:
+    return _model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 64])], [("y", [1, 64])], name="relu")
+
+
+def relu_topk_sigmoid_model() -> onnx.ModelProto:
+    """Relu -> TopK (kept on the host) -> Sigmoid: NPU -> host -> NPU, each step a few microseconds."""
+    k = numpy_helper.from_array(np.array([8], np.int64), "k")
+    return _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("TopK", ["r", "k"], ["v", "i"]),
+                   helper.make_node("Sigmoid", ["v"], ["y"])], [("x", [1, 64])], [("y", [1, 8])], [k], name="topk")
+
+
+def conv_softmax_conv_model(channels: int = 32, size: int = 64, seed: int = 0) -> onnx.ModelProto:
+    """conv 3x3 -> Softmax (forced to the host) -> conv 3x3: NPU -> host -> NPU, milliseconds each."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array((rng.standard_normal((channels, channels, 3, 3)) * 0.06).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((channels, channels, 3, 3)) * 0.06).astype(np.float32), "w2")
+    return _model([helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+                   helper.make_node("Softmax", ["a"], ["s"], axis=1),
+                   helper.make_node("Conv", ["s", "w2"], ["y"], pads=[1, 1, 1, 1])],
+                  [("x", [1, channels, size, size])], [("y", [1, channels, size, size])], [w1, w2], name="conv_softmax")
+
+
+def per_request_us(run_many, requests: int, repeats: int = 3) -> float:
+    """Best of `repeats`: microseconds per request of run_many(requests)."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_many(requests)
+        best = min(best, (time.perf_counter() - start) / requests)
+    return best * 1e6
+
+
+def gather_completed_futures(requests: int) -> None:
+    """asyncio's own cost: gather coroutines that each await a future that is already done."""
+    async def one(loop):
+        future = loop.create_future()
+        future.set_result(None)
+        return await future
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(one(loop) for _ in range(requests)))
+
+    asyncio.run(main())
+
+
+def overhead_row(description: str, model: onnx.ModelProto, host_ops: list[str], requests: int) -> dict:
+    import onnxruntime as ort
+
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32", host_ops=host_ops)
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runtime = rblnc.Runtime(compiled)
+    np.testing.assert_allclose(runtime.run(x), session.run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
+
+    def onnxruntime_run(n):
+        for _ in range(n):
+            session.run(None, {"x": x})
+
+    def sync_run(n):
+        for _ in range(n):
+            runtime.run(x)
+
+    with rblnc.AsyncRuntime(compiled) as async_runtime:
+        def gathered(n):
+            async def main():
+                await asyncio.gather(*(async_runtime.async_run(x) for _ in range(n)))
+            asyncio.run(main())
+
+        def one_at_a_time(n):
+            for _ in range(n):
+                async_runtime.run(x).wait()
+
+        gathered(100)  # warm-up
+        row = {"model": description, "partitions": len(compiled.artifact.partitions),
+               "ort": per_request_us(onnxruntime_run, requests), "sync": per_request_us(sync_run, requests),
+               "gather": per_request_us(gathered, requests), "wait": per_request_us(one_at_a_time, requests)}
+    row["asyncio"] = per_request_us(gather_completed_futures, requests)
     return row
+
+
+def print_overhead(rows: list[dict], requests: int) -> None:
+    print(f"\nThe runtime's own cost, microseconds per request (functional, best of 3; {requests:,} requests;"
+          " gather: AsyncRuntime, async_run under asyncio.gather; wait: run().wait() one at a time)")
+    print(f"{'model':<40} {'onnxruntime':>12} {'Runtime.run':>12} {'gather':>8} {'wait':>8} {'gather/run':>11}"
+          f" {'asyncio gather':>15}")
+    for r in rows:
+        print(f"{r['model']:<40} {r['ort']:>12.1f} {r['sync']:>12.1f} {r['gather']:>8.1f} {r['wait']:>8.1f}"
+              f" {r['gather'] / r['sync']:>10.2f}x {r['asyncio']:>10.1f} ({r['asyncio'] / r['sync']:.2f}x)")
+
+
+# -- functional throughput: the conv net with a host Softmax and the zoo --------------------------
+
+def functional_rows(zoo: list[str], zoo_requests: int, conv_requests: int, folder: Path) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    print("bench_async: conv -> host Softmax -> conv ...", file=sys.stderr, flush=True)
+    compiled = rblnc.compile_from_onnx(conv_softmax_conv_model(), dtype="fp32", host_ops=["Softmax"])
+    samples = [rng.standard_normal((1, 32, 64, 64)).astype(np.float32) for _ in range(4)]
+    rows.append({"model": "conv3x3 -> Softmax (host) -> conv3x3, 32x64x64", "requests": conv_requests,
+                 "partitions": len(compiled.artifact.partitions),
+                 **functional_rates(compiled, samples, conv_requests)})
+    for name in zoo:
+        print(f"bench_async: zoo {name} ...", file=sys.stderr, flush=True)
+        entry = rblnc.zoo.get(name)
+        path = rblnc.zoo.export_onnx(name, folder / f"{name}.onnx", small=True)
+        compiled = rblnc.compile_from_onnx(path, dtype="fp32")
+        samples = [entry.example_inputs(small=True, seed=seed)[0] for seed in range(4)]
+        shape = "x".join(map(str, entry.shapes(small=True)[0]))
+        rows.append({"model": f"zoo {name} ({shape})", "requests": zoo_requests,
+                     "partitions": len(compiled.artifact.partitions),
+                     **functional_rates(compiled, samples, zoo_requests)})
+    return rows
+
+
+def print_functional(rows: list[dict], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'model':<46} {'parts':>5} {'requests':>8} {'async req/s':>12} {'sync req/s':>12} {'async/sync':>11}"
+          f" {'per round':>14}")
+    for r in rows:
+        low, high = r["f_round_ratios"]
+        print(f"{r['model']:<46} {r.get('partitions', ''):>5} {r.get('requests', ''):>8} {r['f_async']:>12.2f}"
+              f" {r['f_sync']:>12.2f} {r['f_async'] / r['f_sync']:>10.2f}x {low:>6.2f}-{high:.2f}x")
 
 
 def main() -> None:
@@ -209,8 +362,28 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--functional-requests", type=int, default=100)
     parser.add_argument("--models", default="resnet50,conv_gelu")
+    parser.add_argument("--overhead-requests", type=int, default=2000)
+    parser.add_argument("--zoo", default="all", help="zoo models for the functional table: all, none or NAME,...")
+    parser.add_argument("--zoo-requests", type=int, default=40)
+    parser.add_argument("--conv-requests", type=int, default=200)
+    parser.add_argument("--sections", default="overhead,functional,paced")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     torch.set_num_threads(1)  # see the module docstring
+    if "overhead" in sections:
+        print("bench_async: overhead ...", file=sys.stderr, flush=True)
+        overhead = [overhead_row("Relu, 1x64", relu_model(), [], args.overhead_requests),
+                    overhead_row("Relu -> TopK (host) -> Sigmoid, 1x64", relu_topk_sigmoid_model(), ["TopK"],
+                                 args.overhead_requests)]
+        print_overhead(overhead, args.overhead_requests)
+    if "functional" in sections:
+        zoo = [] if args.zoo == "none" else sorted(rblnc.zoo.TORCH_ZOO) if args.zoo == "all" else args.zoo.split(",")
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = functional_rows(zoo, args.zoo_requests, args.conv_requests, Path(tmp))
+        print_functional(rows, f"Functional throughput (unpaced, {FUNCTIONAL_ROUNDS} alternating rounds; one thread each"
+                               " for the emulator and each host lane; zoo models at their small input size)")
+    if "paced" not in sections:
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -230,13 +403,9 @@ def main() -> None:
         + f" (host shared by {HOST_LANES} lanes; parallel {r['parallel']}; {r['partitions']} partitions, {r['steps']} steps;"
           f" overruns async {r['async_overruns']}, sync {r['sync_overruns']})" for r in rows))
 
-    print(f"\nFunctional ({args.functional_requests} requests each in {FUNCTIONAL_ROUNDS} alternating rounds, as fast as the emulator computes, one thread each for"
-          " the emulator and each host lane; 2-core machine, shared)")
-    print(f"{'model':<42} {'async req/s':>12} {'sync req/s':>12} {'async/sync':>11} {'per round':>14}")
-    for r in rows:
-        low, high = r["f_round_ratios"]
-        print(f"{r['model']:<42} {r['f_async']:>12.2f} {r['f_sync']:>12.2f} {r['f_async'] / r['f_sync']:>10.2f}x"
-              f" {low:>6.2f}-{high:.2f}x")
+    print_functional(rows, f"Functional, the same models ({args.functional_requests} requests each in {FUNCTIONAL_ROUNDS}"
+                           " alternating rounds, as fast as the emulator computes, one thread each for the emulator"
+                           " and each host lane; 2-core machine, shared)")
 
 
 if __name__ == "__main__":

@@ -207,8 +207,20 @@ def overrun_share(records: Sequence[StepRecord], seconds: float) -> float:
     return sum(max(0.0, r.compute_s - r.modelled_ns * 1e-9) for r in records if r.modelled_ns > 0) / seconds
 
 
+class _Rates:
+    """Requests per second of a sync and an async run (fields: requests, sync_seconds, async_seconds)."""
+
+    @property
+    def sync_rate(self) -> float:
+        return self.requests / self.sync_seconds
+
+    @property
+    def async_rate(self) -> float:
+        return self.requests / self.async_seconds
+
+
 @dataclass
-class PacedResult:
+class PacedResult(_Rates):
     scale: float
     calibrated: bool
     requests: int
@@ -226,14 +238,6 @@ class PacedResult:
     async_overrun_share: float
     busy: dict[str, float] = field(default_factory=dict)  # per lane of the async run: busy fraction
     outputs_match: bool = True
-
-    @property
-    def sync_rate(self) -> float:
-        return self.requests / self.sync_seconds
-
-    @property
-    def async_rate(self) -> float:
-        return self.requests / self.async_seconds
 
     def utilisation(self, seconds: float) -> float:
         """Modelled NPU utilisation: the NPU's modelled busy time over the wall time (as `rblnc run`)."""
@@ -293,6 +297,80 @@ def paced_comparison(compiled_model, inputs: Sequence[np.ndarray], expected: Seq
                        host_lanes, parallel, sync_runtime.overruns - sync_overruns, async_overruns,
                        overrun_share(sync_records, sync_seconds), overrun_share(records, async_seconds),
                        lane_busy(records), not mismatches)
+
+
+@dataclass
+class PipelineResult(_Rates):
+    """The paced sync and async runs of a whole pipeline: the user's preprocess and postprocess
+    as host steps of each request's chain, the model's steps between them."""
+
+    scale: float
+    requests: int
+    sync_seconds: float
+    async_seconds: float
+    bound: float             # req/s the busiest resource allows (host: partitions + stages, over its lanes)
+    serial: float            # req/s one request at a time allows
+    per_resource_ms: dict[str, float]
+    stage_ms: dict[str, float]  # each stage's paced length per request (its own time x S), median
+    host_lanes: int
+    outputs_match: bool
+
+
+STAGES = ("preprocess", "postprocess")
+
+
+def paced_pipeline_comparison(compiled_model, raws: Sequence, preprocess: Callable, postprocess: Callable,
+                              scale: float, trace_path: Path | None = None, title: str = "pipeline"
+                              ) -> PipelineResult:
+    """Sync then async on `raws` (what preprocess takes), paced at S = `scale`; each result is
+    compared with the functional sync pipeline's. A stage has no modelled time: paced, it lasts
+    its own time x S, so the bound counts the stages' paced lengths as measured (median)."""
+    stages = {"preprocess": preprocess, "postprocess": postprocess}
+    functional = compiled_model.create_runtime(**stages)
+    expected = [functional.run(raw) for raw in raws]
+    mismatches = []
+
+    def check(index: int, output) -> None:
+        if not output == expected[index]:
+            mismatches.append(index)
+
+    sync_runtime = compiled_model.create_runtime(pace=scale, trace=True, **stages)
+    sync_runtime.run(raws[0])
+    warm_up = len(sync_runtime.timeline())
+    _, sync_seconds = run_sync(sync_runtime, raws, check)
+    sync_records = sync_runtime.timeline()[warm_up:]
+    with compiled_model.create_async_runtime(pace=scale, trace=True, **stages) as runtime:
+        runtime.run(raws[0]).wait()
+        warm_up = len(runtime.timeline())
+        _, async_seconds = run_async(runtime, raws, check)
+        records = runtime.timeline()[warm_up:]
+        host_lanes, steps = runtime.host_workers, runtime.steps
+    stage_s = {name: float(np.median([r.end - r.start for r in [*sync_records, *records] if r.step == name]))
+               for name in STAGES}
+    per_resource = {r: ns * 1e-9 * scale for r, ns in modelled_ns_per_request(steps).items()}
+    per_resource[Resource.HOST] += sum(stage_s.values())
+    busiest = max(seconds / (host_lanes if r is Resource.HOST else 1) for r, seconds in per_resource.items())
+    if trace_path is not None:
+        trace_path.parent.mkdir(parents=True, exist_ok=True)
+        write_chrome_trace(records, trace_path, title=title)
+    return PipelineResult(scale, len(raws), sync_seconds, async_seconds, 1 / busiest, 1 / sum(per_resource.values()),
+                          {r.value: s * 1e3 for r, s in per_resource.items()},
+                          {name: s * 1e3 for name, s in stage_s.items()}, host_lanes, not mismatches)
+
+
+def describe_pipeline(result: PipelineResult, what: str) -> list[str]:
+    r = result
+    per_resource = ", ".join(f"{name} {ms:.3g} ms" + (f" ({r.host_lanes} lanes)" if name == "host" else "")
+                             for name, ms in r.per_resource_ms.items() if ms > 0)
+    stages = ", ".join(f"{name} {ms:.3g} ms" for name, ms in r.stage_ms.items())
+    return [
+        f"pipeline ({what}), paced at S = {r.scale:g}, {r.requests} samples: the stages run on the host lanes as "
+        f"steps of each request ({stages} paced, their own time x S)",
+        f"  per request: {per_resource}",
+        f"  sync  {r.sync_rate:.3g} req/s (one at a time allows {r.serial:.3g}: {r.sync_rate / r.serial:.0%})",
+        f"  async {r.async_rate:.3g} req/s (the busiest resource allows {r.bound:.3g}: {r.async_rate / r.bound:.0%})",
+        f"  async/sync {r.async_rate / r.sync_rate:.2f}x (the bound: {r.bound / r.serial:.2f}x)",
+    ]
 
 
 def _same(a, b) -> bool:

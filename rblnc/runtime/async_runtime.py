@@ -13,14 +13,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..emulator import thread_settings
 from ..emulator.profile import Profile
 from ..errors import RuntimeClosedError
 from .engine import (
     Engine, Request, RequestState, Step, StepRecord, active_steps, next_request_id, pace_scale_of, plan_steps,
 )
+
 from .executor import ModelExecutor
 from .io import bind_inputs, deliver_outputs
 from .runtime import check_runtime_options, describe, profile_of, resolve_artifact, trace_capacity_of, warn_if_unpaceable
+from .stages import OUT, RAW, RESULT, with_stages
 
 DEFAULT_MAX_INFLIGHT = 64
 MAX_DEFAULT_PARALLEL = 8
@@ -108,14 +111,22 @@ class _Slots:
         if not waiter.granted:
             raise RuntimeClosedError("the runtime was closed while this request waited to be admitted")
 
-    async def acquire_async(self) -> None:
-        loop = asyncio.get_running_loop()
+    def try_acquire(self) -> bool:
+        """A slot at once if one is free and nobody waits (then no coroutine need be awaited)."""
+        with self._lock:
+            self._raise_if_closed()
+            if self._free and not self._waiters:
+                self._free -= 1
+                return True
+            return False
+
+    async def acquire_async(self, mailbox: "_Mailbox") -> None:
         with self._lock:
             self._raise_if_closed()
             if self._free and not self._waiters:
                 self._free -= 1
                 return
-            waiter = _LoopWaiter(loop, loop.create_future())
+            waiter = _LoopWaiter(mailbox, asyncio.get_running_loop().create_future())
             self._waiters.append(waiter)
         try:
             await waiter.future
@@ -172,25 +183,58 @@ class _ThreadWaiter:
 
 
 class _LoopWaiter:
-    __slots__ = ("loop", "future", "granted")
+    __slots__ = ("mailbox", "future", "granted")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
-        self.loop, self.future, self.granted = loop, future, False
+    def __init__(self, mailbox: "_Mailbox", future: asyncio.Future):
+        self.mailbox, self.future, self.granted = mailbox, future, False
 
     def grant(self) -> bool:
-        self.granted = True
-        try:
-            self.loop.call_soon_threadsafe(_settle_future, self.future, None, None)
-        except RuntimeError:  # its loop is closed: nobody is waiting any more
-            self.granted = False
+        # False when its loop is closed: nobody is waiting any more.
+        self.granted = self.mailbox.post(_settle_future, self.future, None, None)
         return self.granted
 
     def refuse(self) -> None:
         error = RuntimeClosedError("the runtime was closed while this request waited to be admitted")
-        try:
-            self.loop.call_soon_threadsafe(_settle_future, self.future, None, error)
-        except RuntimeError:
-            pass
+        self.mailbox.post(_settle_future, self.future, None, error)
+
+
+class _Mailbox:
+    """Hands calls from the runtime's threads to one event loop, a batch per wake-up of the loop:
+    one `call_soon_threadsafe` (a write to the loop's self-pipe) for all the calls posted until
+    the loop runs them, where one per completed request kept the loop and the lanes trading the
+    GIL and the pipe for every request. Holds its loop weakly: a closed loop is not kept alive."""
+
+    __slots__ = ("_loop", "_calls", "_scheduled", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = weakref.ref(loop)
+        self._calls: deque = deque()
+        self._scheduled = False
+
+    def post(self, fn: Callable, *args: Any) -> bool:
+        """Queues fn(*args) to run on the loop; False if the loop is closed."""
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            self._calls.clear()  # what waits there (futures of the loop) is nobody's any more
+            return False
+        self._calls.append((fn, args))
+        # The loop clears the flag before it takes the calls, so a call appended after the flag
+        # was seen set is still taken by that pass (deque and flag operations are atomic).
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                loop.call_soon_threadsafe(self._run)
+            except RuntimeError:  # closed meanwhile
+                self._calls.clear()
+                return False
+        return True
+
+    def _run(self) -> None:
+        self._scheduled = False
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            fn(*args)
 
 
 _Waiter = _ThreadWaiter | _LoopWaiter
@@ -207,18 +251,15 @@ def _settle_future(future: asyncio.Future, result: Any, error: BaseException | N
         future.set_result(result)
 
 
-def _resolve_on_loop(loop: asyncio.AbstractEventLoop, future: asyncio.Future, request: Request) -> None:
-    """Completion callback (on an engine thread): hands the outcome to the awaiting loop."""
+def _resolve_on_loop(mailbox: _Mailbox, future: asyncio.Future, request: Request) -> None:
+    """Completion callback (on an engine thread): hands the outcome to the awaiting loop (dropped
+    if that loop was closed before the result arrived)."""
     if request.state is RequestState.DONE:
-        args = (future, request.result, None)
+        mailbox.post(_settle_future, future, request.result, None)
     elif request.state is RequestState.FAILED:
-        args = (future, None, request.error)
+        mailbox.post(_settle_future, future, None, request.error)
     else:
-        args = (future, None, None, True)
-    try:
-        loop.call_soon_threadsafe(_settle_future, *args)
-    except RuntimeError:  # the loop was closed before the result arrived
-        pass
+        mailbox.post(_settle_future, future, None, None, True)
 
 
 def default_parallel(steps: list[Step], artifact) -> int:
@@ -250,11 +291,16 @@ class AsyncRuntime:
     (2 = double buffering; default: enough for every device step of the chain). `max_inflight`:
     requests admitted at once; further calls wait (back-pressure). `pace=True`: every step lasts
     its modelled time (a number: that many times longer). Inputs are copied when admitted, so
-    the caller may reuse its buffers at once."""
+    the caller may reuse its buffers at once. `preprocess(*args, **kwargs)` and
+    `postprocess(outputs)` are the user's host work before and after the model (as on
+    `Runtime`): each runs on the host lanes as a step of the request's chain, overlapping other
+    requests' device steps; `run`/`async_run` then take what preprocess takes and return what
+    postprocess returns."""
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np", parallel: int | None = None,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, pace: bool | float = False,
                  host_workers: int | None = None, host_threads: int | None = None, trace: bool | int = False,
+                 preprocess: Callable | None = None, postprocess: Callable | None = None,
                  profile: bool = False):
         check_runtime_options(device, tensor_type)
         if max_inflight < 1:
@@ -268,14 +314,18 @@ class AsyncRuntime:
         self._profile = Profile() if profile else None
         if self._profile is not None:
             executor.profile_into(self._profile)
-        self.steps: list[Step] = plan_steps(executor)
+        self.preprocess, self.postprocess = preprocess, postprocess
+        self.steps: list[Step] = with_stages(plan_steps(executor), self.artifact, preprocess, postprocess,
+                                             tensor_type)
         warn_if_unpaceable(self.steps, self.pace_scale, self.source)
         active = active_steps(self.steps, self.pace_scale)
         self.parallel = parallel if parallel is not None else default_parallel(active, self.artifact)
         self.host_workers = host_workers or max(2, min(4, os.cpu_count() or 2))
         self._engine = Engine(self.steps, pace_scale=self.pace_scale, parallel=self.parallel,
-                              host_lanes=self.host_workers, trace_capacity=trace_capacity_of(trace))
+                              host_lanes=self.host_workers, trace_capacity=trace_capacity_of(trace),
+                              thread_setup=thread_settings())
         self._slots = _Slots(max_inflight)
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
         self._closed = False
         # An AsyncRuntime dropped without close() still stops its threads.
         self._finalizer = weakref.finalize(self, _shutdown_quietly, self._engine, self._slots)
@@ -299,49 +349,87 @@ class AsyncRuntime:
     # -- running -----------------------------------------------------------------------------
     def run(self, *args: Any, out: Any = None, **kwargs: Any) -> AsyncTask:
         """Submits one request and returns its task at once; blocks only while `max_inflight`
-        requests are already in flight. Input errors are raised here."""
+        requests are already in flight. Input errors are raised here (with `preprocess`, from
+        the request: its inputs exist only once preprocess has run)."""
         self._check_open()
-        feeds, given = self._bind(args, kwargs)
-        self._slots.acquire()
-        return AsyncTask(self._submit(feeds, given, out), self._engine)
+        values = self._values(args, kwargs, out)
+        request = self._inline(values)
+        if request is None:
+            self._slots.acquire()
+            request = self._submit(self._owned(values, args, kwargs))
+        return AsyncTask(request, self._engine)
 
     async def async_run(self, *args: Any, out: Any = None, **kwargs: Any):
         """Runs one request and returns its outputs, as `Runtime.run` would. While `max_inflight`
         requests are in flight this waits on the event loop, holding no thread. Cancelling the
         awaiting task cancels the request."""
         self._check_open()
-        feeds, given = self._bind(args, kwargs)
-        await self._slots.acquire_async()
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        request = self._submit(feeds, given, out)
-        request.add_done_callback(lambda r: _resolve_on_loop(loop, future, r))
+        values = self._values(args, kwargs, out)
+        request = self._inline(values)
+        if request is not None:
+            return _outcome(request)
+        values = self._owned(values, args, kwargs)
+        mailbox = self._mailbox()
+        if not self._slots.try_acquire():
+            await self._slots.acquire_async(mailbox)
+        request = self._submit(values)
+        future = asyncio.get_running_loop().create_future()
+        request.add_done_callback(lambda r: _resolve_on_loop(mailbox, future, r))
         try:
             return await future
         except asyncio.CancelledError:
             self._engine.cancel(request)
             raise
 
+    def _mailbox(self) -> _Mailbox:
+        """The running loop's mailbox (made on first use)."""
+        loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = self._mailboxes.setdefault(loop, _Mailbox(loop))
+        return mailbox
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeClosedError(f"AsyncRuntime for {self.source} is closed")
 
-    def _bind(self, args, kwargs) -> tuple[dict[str, np.ndarray], set[int]]:
-        feeds = bind_inputs(self.artifact.inputs, args, kwargs)
+    def _values(self, args, kwargs, out) -> dict:
+        """The request's first values: its inputs, checked (with `preprocess`, the arguments for
+        it, as given)."""
+        values = {RAW: (args, kwargs)} if self.preprocess is not None else \
+            bind_inputs(self.artifact.inputs, args, kwargs)
+        if out is not None:
+            values[OUT] = out
+        return values
+
+    def _owned(self, values: dict, args, kwargs) -> dict:
+        """`values` with the inputs the caller still owns copied, before the request leaves this
+        call (one run inline has finished with them by then, so it needs no copy)."""
+        if self.preprocess is not None:
+            return values
         given = {id(v) for v in (*args, *kwargs.values())}
-        return feeds, given
+        return {name: np.array(a, copy=True) if name != OUT and (a.base is not None or id(a) in given) else a
+                for name, a in values.items()}
 
-    def _submit(self, feeds: dict[str, np.ndarray], given: set[int], out: Any) -> Request:
-        """With a slot held: copies inputs the caller still owns, submits, frees the slot at the end."""
-        values = {name: np.array(a, copy=True) if (a.base is not None or id(a) in given) else a
-                  for name, a in feeds.items()}
-        outputs, tensor_type = self.artifact.outputs, self.tensor_type
+    def _finish(self, final: dict):
+        """A request's result from its final values."""
+        if self.postprocess is not None:
+            return final[RESULT]
+        outputs = self.artifact.outputs
+        return deliver_outputs([final[o.name] for o in outputs], outputs, final.get(OUT), self.tensor_type)
 
-        def finish(final: dict):
-            return deliver_outputs([final[o.name] for o in outputs], outputs, out, tensor_type)
+    def _inline(self, values: dict) -> Request | None:
+        """The request run whole on this thread, when that beats handing it to the lanes
+        (Engine.run_inline), else None."""
+        try:
+            return self._engine.run_inline(values, self._finish)
+        except RuntimeError:
+            raise RuntimeClosedError(f"AsyncRuntime for {self.source} is closed") from None
 
-        request = Request(next_request_id(), values, finish)
-        request.add_done_callback(lambda _: self._slots.release())
+    def _submit(self, values: dict) -> Request:
+        """With a slot held: submits, frees the slot at the end."""
+        request = Request(next_request_id(), values, self._finish)
+        request.on_end = self._slots.release
         try:
             self._engine.submit(request)
         except RuntimeError:

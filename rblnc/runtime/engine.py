@@ -19,6 +19,13 @@ from .executor import ModelExecutor, run_partition
 clock = time.perf_counter
 log = logging.getLogger("rblnc.runtime")
 STOP_GRACE_S = 1.0  # close(timeout=...): how long past the timeout an idle lane may take to stop
+# What handing a request to another thread costs here (a queue put, waking the lane, the GIL
+# changing hands both ways), measured on the 2-core benchmark machine: 30-60 us per hop. A
+# functional chain whose whole compute is shorter than the hops it would take runs on the
+# submitting thread instead (see Engine.submit).
+HOP_COST_S = 50e-6
+INLINE_WARMUP = 3  # requests measured on the lanes before a chain may run inline
+INLINE_WINDOW = 16  # the chain's compute is the least of this many recent requests'
 
 
 class Resource(enum.Enum):
@@ -45,6 +52,9 @@ class Step:
     est_ns: float
     run: Callable[[dict], None] | None = None
     release: tuple[str, ...] = ()
+    # Paced by its thread's CPU time x the scale (the user's host stages): time spent waiting for a
+    # core or the GIL while other requests' steps run is the emulator's machine, not the stage's.
+    cpu_timed: bool = False
 
 
 def plan_steps(executor: ModelExecutor) -> list[Step]:
@@ -133,6 +143,9 @@ class Lane:
         self.resource = resource
         self.label = label
         self.free_at = 0.0
+        # Held while a step runs on the lane: by the lane's own thread, or by a thread that runs a
+        # request's next step itself (Engine._continue) or a whole request inline (Engine.run_inline).
+        self.lock = threading.Lock()
 
 
 def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
@@ -140,11 +153,13 @@ def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
     """Runs one step on `lane` and returns its (start, end, seconds spent computing).
 
     Functional (pace_scale 0): the step lasts as long as it computes. Paced: it lasts its modelled
-    time x pace_scale (a host step with no model: its own time x pace_scale), or longer if the
+    time x pace_scale (a host step with no model: its own time x pace_scale; a user's stage: its
+    thread's CPU time x pace_scale), or longer if the
     emulator's work overruns that. The modelled start is when both the request's previous step and
     the lane were done, so the emulator's thread hand-offs and sleep overshoot are not charged to
     the modelled hardware; work slower than the model is, since the step cannot end before it."""
     started = clock()
+    cpu_started = time.thread_time() if step.cpu_timed and pace_scale else 0.0
     try:
         if step.run is not None:
             step.run(values)
@@ -158,7 +173,12 @@ def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
         lane.free_at = computed
         return started, computed, computed - started
     start = min(started, max(ready_at, lane.free_at))
-    hold = step.est_ns * 1e-9 * pace_scale if step.est_ns > 0 else (computed - started) * pace_scale
+    if step.est_ns > 0:
+        hold = step.est_ns * 1e-9 * pace_scale
+    elif step.cpu_timed:
+        hold = (time.thread_time() - cpu_started) * pace_scale
+    else:
+        hold = (computed - started) * pace_scale
     deadline = start + hold
     remaining = deadline - clock()
     if remaining > 0:
@@ -179,7 +199,7 @@ class Request:
     """A request moving through the chain. `finish` turns the final values into the result."""
 
     __slots__ = ("id", "values", "position", "ready_at", "submitted_at", "finished_at", "state", "result",
-                 "error", "running", "holds_device", "finish", "_callbacks", "_event")
+                 "error", "running", "holds_device", "finish", "compute_s", "on_end", "_callbacks", "_event")
 
     def __init__(self, request_id: int, values: dict, finish: Callable[[dict], Any]):
         self.id = request_id
@@ -194,6 +214,8 @@ class Request:
         self.error: BaseException | None = None
         self.running = False
         self.holds_device = False
+        self.compute_s = 0.0  # summed over its steps: what running it inline would cost
+        self.on_end: Callable[[], None] | None = None  # the owner's bookkeeping, before any callback
         self._callbacks: list[Callable[[Request], None]] | None = []
         self._event: threading.Event | None = None
 
@@ -230,6 +252,8 @@ class Request:
             event = self._event
         if event is not None:
             event.set()
+        if not callbacks:
+            return
         interrupt = None
         for fn in callbacks or ():
             try:
@@ -262,10 +286,16 @@ class EngineStats:
 class Engine:
     """Runs requests through the chain on worker threads: one lane each for H2D, NPU and D2H,
     `host_lanes` for the host. At most `parallel` requests are on the device side (from their
-    first device step to their last) at once. Thread count is fixed, whatever the requests."""
+    first device step to their last) at once. Thread count is fixed, whatever the requests.
+
+    Functional (unpaced), two shortcuts save thread hand-offs where they would gain nothing: a
+    lane that finishes a step runs the request's next step itself when no request waits for
+    this lane and the next step's resource is idle; and a request submitted while nothing is in
+    flight, whose chain computes in less time than its hand-offs would take, runs whole on the
+    submitting thread (on the same lanes, so each lane still runs one step at a time)."""
 
     def __init__(self, steps: list[Step], *, pace_scale: float = 0.0, parallel: int = 2, host_lanes: int = 2,
-                 trace_capacity: int = 0, name: str = "rblnc"):
+                 trace_capacity: int = 0, name: str = "rblnc", thread_setup: Callable[[], None] | None = None):
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         if host_lanes < 1:
@@ -278,6 +308,7 @@ class Engine:
         self._last_device = device[-1] if device else -1
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._draining = 0
         self._device_free = parallel
         self._device_waiters: deque[Request] = deque()
         self._inflight: dict[int, Request] = {}
@@ -286,7 +317,16 @@ class Engine:
         self.stats = EngineStats()
         self.timeline: deque[StepRecord] | None = deque(maxlen=trace_capacity) if trace_capacity else None
         self._queues: dict[Resource, SimpleQueue] = {}
+        self._lanes: dict[Resource, list[Lane]] = {}
         self._threads: list[tuple[threading.Thread, SimpleQueue]] = []
+        # Functional shortcuts (class docstring). Pacing needs every step on its own lane's timeline.
+        self._shortcuts = not pace_scale
+        self._inline_budget = HOP_COST_S * (len(self.steps) + 1)  # a hop per step, one to hand back the result
+        self._recent: deque[float] = deque(maxlen=INLINE_WINDOW)  # compute per request, the last ones
+        self._inline_ok = False
+        self._inline_active = False
+        self._inline = threading.local()  # .engine: set on a thread while it runs a request inline
+        self._thread_setup = thread_setup  # run first on each lane's thread (the creator's torch threads)
         used = {s.resource for s in self.steps}
         for resource in Resource:
             if resource not in used:
@@ -294,12 +334,16 @@ class Engine:
             queue: SimpleQueue = SimpleQueue()
             self._queues[resource] = queue
             count = host_lanes if resource is Resource.HOST else 1
+            self._lanes[resource] = []
             for index in range(count):
                 label = f"host {index}" if resource is Resource.HOST else resource.value
-                thread = threading.Thread(target=self._serve, args=(queue, Lane(resource, label)),
+                lane = Lane(resource, label)
+                self._lanes[resource].append(lane)
+                thread = threading.Thread(target=self._serve, args=(queue, lane),
                                           name=f"{name}-{label.replace(' ', '-').lower()}", daemon=True)
                 self._threads.append((thread, queue))
                 thread.start()
+        self._step_lanes = [self._lanes[s.resource] for s in self.steps]
 
     # -- submission and the chain ------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -309,6 +353,67 @@ class Engine:
             self._inflight[request.id] = request
         request.submitted_at = request.ready_at = clock()
         self._advance(request)
+
+    def run_inline(self, values: dict, finish: Callable[[dict], Any]) -> Request | None:
+        """Runs a request whole on this thread and returns it finished, or returns None (submit
+        it then) unless running it here is worth it: functional and untraced, nothing else in
+        flight, and the chain's compute shorter than the hand-offs the lanes would take. Each
+        step still holds its lane, so a lane runs one step at a time."""
+        if not self._inline_ok or self.timeline is not None:
+            return None
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("engine is shut down")
+            if self._inflight or self._inline_active or self._device_free != self.parallel:
+                return None
+            self._inline_active = True
+        request = Request(next_request_id(), values, finish)
+        request.submitted_at = clock()
+        busy: list[tuple[Step, float]] = []
+        step = error = result = None
+        self._inline.engine = self
+        try:
+            for step, lanes in zip(self.steps, self._step_lanes):
+                lane = _take_free(lanes) or _wait_for(lanes[0])
+                began = clock()
+                try:
+                    step.run(values)
+                    for name in step.release:
+                        values.pop(name, None)
+                finally:
+                    lane.lock.release()
+                    busy.append((step, clock() - began))
+            step = None
+            result = finish(values)
+        except BaseException as exc:  # the request's own failure, as on a lane
+            error = exc
+        finally:
+            self._inline.engine = None
+        request.values = {}
+        request.finished_at = clock()
+        stats = self.stats
+        with self._lock:
+            self._inline_active = False
+            for done, seconds in busy:
+                key = _RESOURCE_KEYS[done.resource]
+                stats.busy_s[key] = stats.busy_s.get(key, 0.0) + seconds
+                stats.modelled_ns[key] = stats.modelled_ns.get(key, 0.0) + done.est_ns
+            if error is None:
+                stats.completed += 1
+            else:
+                stats.failed += 1
+            if not self._inflight and self._draining:
+                self._idle.notify_all()
+        request._callbacks = None  # final: a callback added later runs at once
+        if error is not None:
+            _identify(error, request, step)
+            request.state, request.error = RequestState.FAILED, error
+            if not isinstance(error, Exception):
+                raise error  # Ctrl-C in a step stops the caller, as it would stop Runtime.run
+        else:
+            request.state, request.result = RequestState.DONE, result
+            self._measure(sum(seconds for _, seconds in busy))
+        return request
 
     def _advance(self, request: Request) -> None:
         """Puts the request in the queue of its next step, or finishes it."""
@@ -327,57 +432,91 @@ class Engine:
         self._queues[self.steps[request.position].resource].put(request)
 
     def _serve(self, queue: SimpleQueue, lane: Lane) -> None:
+        if self._thread_setup is not None:
+            self._thread_setup()
         while True:
             # An idle lane holds no request: a failed one's error carries a traceback through the
             # frame of whoever waited for it, and would keep that frame's objects alive meanwhile.
-            request = granted = None
+            request = None
             request = queue.get()
             if request is None:
                 return
-            with self._lock:
-                if request.state is not RequestState.PENDING:
-                    continue  # cancelled while queued; its device slot was returned then
-                request.running = True
-            step = self.steps[request.position]
-            began = clock()
+            with lane.lock:
+                going = self._step(request, lane)
+            if going:
+                request.position += 1
+                self._continue(request, queue)
+
+    def _continue(self, request: Request, own_queue: SimpleQueue) -> None:
+        """After a step: runs the request's next steps on this thread while nothing is gained by
+        handing them to another (functional, no other request in flight, the next lane idle);
+        then queues the next step, or finishes the request. With other requests in flight the
+        hop is kept: this lane may be needed by one of them before the borrowed step is done
+        (conv -> host Softmax -> conv, 40 requests gathered: the NPU lane idled 28 % of the run
+        while its thread ran host steps)."""
+        while (self._shortcuts and request.position < len(self.steps) and len(self._inflight) == 1
+               and own_queue.empty() and (request.holds_device or request.position != self._first_device)):
+            resource = self.steps[request.position].resource
+            if not self._queues[resource].empty():
+                break
+            lane = _take_free(self._lanes[resource])
+            if lane is None:
+                break
             try:
-                start, end, compute = run_step(step, request.values, request.ready_at, lane, self.pace_scale)
-            except BaseException as exc:  # the request's own failure: it ends here, the others go on
-                failed_at = clock()
-                self._record(request, step, lane, began, failed_at, failed_at - began, failed=True)
-                with self._lock:
-                    request.running = False
-                    # Cancelled while this step ran: cancel() left the device slot to the step.
-                    granted = self._return_device(request, failed_at) if request.done else None
-                if granted is not None:
-                    self._queues[self.steps[granted.position].resource].put(granted)
-                _identify(exc, request, step)
-                self._end(request, RequestState.FAILED, error=exc)
-                continue
-            request.ready_at = end
-            self._record(request, step, lane, start, end, compute)
-            granted = None
+                going = self._step(request, lane)
+            finally:
+                lane.lock.release()
+            if not going:
+                return
+            request.position += 1
+        self._advance(request)
+
+    def _step(self, request: Request, lane: Lane) -> bool:
+        """Runs the request's current step on `lane` (held by the caller); True if its chain goes on."""
+        with self._lock:
+            if request.state is not RequestState.PENDING:
+                return False  # cancelled while queued; its device slot was returned then
+            request.running = True
+        step = self.steps[request.position]
+        began = clock()
+        try:
+            start, end, compute = run_step(step, request.values, request.ready_at, lane, self.pace_scale)
+        except BaseException as exc:  # the request's own failure: it ends here, the others go on
+            failed_at = clock()
             with self._lock:
+                self._record(request, step, lane, began, failed_at, failed_at - began, failed=True)
                 request.running = False
-                cancelled = request.state is not RequestState.PENDING
-                if request.position == self._last_device or cancelled:
-                    granted = self._return_device(request, end)
+                # Cancelled while this step ran: cancel() left the device slot to the step.
+                granted = self._return_device(request, failed_at) if request.done else None
             if granted is not None:
                 self._queues[self.steps[granted.position].resource].put(granted)
-            if cancelled:
-                continue
-            request.position += 1
-            self._advance(request)
+            _identify(exc, request, step)
+            self._end(request, RequestState.FAILED, error=exc)
+            return False
+        request.ready_at = end
+        request.compute_s += compute
+        granted = None
+        with self._lock:
+            self._record(request, step, lane, start, end, compute)
+            request.running = False
+            cancelled = request.state is not RequestState.PENDING
+            if request.position == self._last_device or cancelled:
+                granted = self._return_device(request, end)
+        if granted is not None:
+            self._queues[self.steps[granted.position].resource].put(granted)
+        return not cancelled
 
     def _record(self, request: Request, step: Step, lane: Lane, start: float, end: float, compute: float = 0.0,
                 failed: bool = False):
-        record = StepRecord(request.id, step.name, step.partition, step.resource, lane.label, start, end,
-                            step.est_ns * self.pace_scale, compute, failed)
-        with self._lock:
-            key = step.resource.value
-            self.stats.busy_s[key] = self.stats.busy_s.get(key, 0.0) + (end - start)
-            self.stats.modelled_ns[key] = self.stats.modelled_ns.get(key, 0.0) + step.est_ns
-            self.stats.overruns += record.overran
+        """With the lock held: the step's statistics, and its record when tracing."""
+        stats = self.stats
+        key = step.resource.value
+        stats.busy_s[key] = stats.busy_s.get(key, 0.0) + (end - start)
+        stats.modelled_ns[key] = stats.modelled_ns.get(key, 0.0) + step.est_ns
+        if self.pace_scale or self.timeline is not None:
+            record = StepRecord(request.id, step.name, step.partition, step.resource, lane.label, start, end,
+                                step.est_ns * self.pace_scale, compute, failed)
+            stats.overruns += record.overran
             if self.timeline is not None:
                 self.timeline.append(record)
 
@@ -396,6 +535,8 @@ class Engine:
         return None
 
     def _complete(self, request: Request) -> None:
+        if self._shortcuts:
+            self._measure(request.compute_s)
         try:
             result = request.finish(request.values)
         except BaseException as exc:
@@ -403,6 +544,14 @@ class Engine:
             self._end(request, RequestState.FAILED, error=exc)
             return
         self._end(request, RequestState.DONE, result=result)
+
+    def _measure(self, compute_s: float) -> None:
+        """Keeps the chain's compute per request, the least of the last INLINE_WINDOW requests
+        (noise only ever adds time: a cold cache, a lane waiting for the GIL, a preempted
+        thread), and whether it may run inline. Unlocked: a lost sample changes nothing."""
+        recent = self._recent
+        recent.append(compute_s)
+        self._inline_ok = len(recent) >= INLINE_WARMUP and min(recent) < self._inline_budget
 
     def _end(self, request: Request, state: RequestState, *, result: Any = None,
              error: BaseException | None = None) -> bool:
@@ -426,10 +575,12 @@ class Engine:
                     self._device_waiters.remove(request)
                 granted = self._return_device(request, request.finished_at)
             self._inflight.pop(request.id, None)
-            if not self._inflight:
+            if not self._inflight and self._draining:
                 self._idle.notify_all()
         if granted is not None:
             self._queues[self.steps[granted.position].resource].put(granted)
+        if request.on_end is not None:
+            request.on_end()
         request._settle()
         return True
 
@@ -441,12 +592,16 @@ class Engine:
     # -- shutting down -----------------------------------------------------------------------
     def inflight(self) -> int:
         with self._lock:
-            return len(self._inflight)
+            return len(self._inflight) + self._inline_active
 
     def drain(self, timeout: float | None = None) -> bool:
         """Waits until no request is in flight; False if `timeout` passed first."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._inflight, timeout)
+            self._draining += 1  # only then does the last request to end notify (every request asks)
+            try:
+                return self._idle.wait_for(lambda: not self._inflight and not self._inline_active, timeout)
+            finally:
+                self._draining -= 1
 
     def cancel_all(self) -> int:
         with self._lock:
@@ -485,12 +640,32 @@ class Engine:
                         timeout, ", ".join(stuck))
 
     def owns_current_thread(self) -> bool:
+        """True on the runtime's own threads, and on a thread running a request inline (whose
+        callbacks run there: waiting for the runtime to drain would wait for itself)."""
+        if getattr(self._inline, "engine", None) is self:
+            return True
         current = threading.current_thread()
         return any(thread is current for thread, _ in self._threads)
 
     @property
     def thread_count(self) -> int:
         return len(self._threads)
+
+
+_RESOURCE_KEYS = {r: r.value for r in Resource}  # Enum.value is a property: every request's steps ask
+
+
+def _take_free(lanes: list[Lane]) -> Lane | None:
+    """The first idle lane, its lock taken; None if all are busy."""
+    for lane in lanes:
+        if lane.lock.acquire(blocking=False):
+            return lane
+    return None
+
+
+def _wait_for(lane: Lane) -> Lane:
+    lane.lock.acquire()
+    return lane
 
 
 def _identify(exc: BaseException, request: Request, step: Step | None) -> None:

@@ -7,7 +7,7 @@ import threading
 import warnings
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import dtypes
 from ..emulator.profile import Profile
@@ -20,6 +20,7 @@ from .engine import (
 )
 from .executor import ModelExecutor
 from .io import TENSOR_TYPES, bind_inputs, deliver_outputs, non_finite_report
+from .stages import FEEDS, OUT, RAW, RESULT, with_stages
 
 DEFAULT_TRACE_CAPACITY = 100_000
 
@@ -73,13 +74,18 @@ class Runtime:
     time (a number: that many times longer, for an emulator slower than the modelled chip);
     `trace=True` records every step for a timeline (see rblnc.runtime.trace). `check_finite=True`
     warns (NonFiniteWarning) naming each input and output that holds NaN or infinity; the run
-    itself goes on, as the model defines what such values give. `profile=True` times every
+    itself goes on, as the model defines what such values give. `preprocess(*args, **kwargs)`
+    turns what `run` is given into the model's inputs (an array, a tuple/list by position or a
+    dict by name) and `postprocess(outputs)` turns the outputs into what `run` returns; both run
+    inline as host steps of the chain (paced and traced like them), as AsyncRuntime runs them
+    on its host lanes, so code moves between the two unchanged. `profile=True` times every
     command of every run: `profile()` returns the times (rblnc.emulator.profile.Profile, whose
     `table()` lists time per op type and per command beside the modelled time)."""
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np",
                  host_threads: int | None = None, pace: bool | float = False, trace: bool | int = False,
-                 check_finite: bool = False, profile: bool = False):
+                 check_finite: bool = False, preprocess: Callable | None = None,
+                 postprocess: Callable | None = None, profile: bool = False):
         check_runtime_options(device, tensor_type)
         self.artifact, self.source = resolve_artifact(model)
         self.device = device
@@ -90,15 +96,22 @@ class Runtime:
         self._profile = Profile() if profile else None
         if self._profile is not None:
             self._executor.profile_into(self._profile)
-        self.steps: list[Step] = plan_steps(self._executor)
+        self.preprocess, self.postprocess = preprocess, postprocess
+        self.steps: list[Step] = with_stages(plan_steps(self._executor), self.artifact, preprocess, postprocess,
+                                             tensor_type)
         self._active = active_steps(self.steps, self.pace_scale)
         warn_if_unpaceable(self.steps, self.pace_scale, self.source)
+        self._outputs = self.artifact.outputs
+        self._inputs = self.artifact.inputs
+
         self._lanes = {r: Lane(r, "host 0" if r is Resource.HOST else r.value) for r in Resource}
         # Paced, the device is one: a second caller's request waits for the first, as on hardware.
         self._paced = threading.Lock()
         self.overruns = 0  # paced steps the emulator took longer to compute than their modelled time
         capacity = trace_capacity_of(trace)
         self._timeline: deque[StepRecord] | None = deque(maxlen=capacity) if capacity else None
+        # Functional and untraced, a step is just its computation (no clock, no record).
+        self._lean = not self.pace_scale and self._timeline is None
 
     @property
     def input_names(self) -> list[str]:
@@ -109,25 +122,45 @@ class Runtime:
         return [v.name for v in self.artifact.outputs]
 
     def run(self, *args: Any, out: Any = None, **kwargs: Any):
-        """Inputs by position (model order) or by name. One output -> array, several -> list."""
-        feeds = bind_inputs(self.artifact.inputs, args, kwargs)
-        if self.pace_scale:
-            with self._paced:
-                values = self._run_chain(feeds)
+        """Inputs by position (model order) or by name (with `preprocess`: what it takes). One
+        output -> array, several -> list (with `postprocess`: what it returns)."""
+        if self.preprocess is None:
+            feeds = bind_inputs(self._inputs, args, kwargs)
+            values = dict(feeds)
         else:
-            values = self._run_chain(feeds)
-        arrays = [values[o.name] for o in self.artifact.outputs]
+            values = {RAW: (args, kwargs)}
+        if self.postprocess is not None and out is not None:
+            values[OUT] = out
+        if self._lean:
+            for step in self._active:
+                step.run(values)
+                for name in step.release:
+                    values.pop(name, None)
+        elif self.pace_scale:
+            with self._paced:
+                self._run_chain(values)
+        else:
+            self._run_chain(values)
+        if self.preprocess is not None:
+            feeds = values[FEEDS]
+        if self.postprocess is not None:
+            result = values[RESULT]
+            arrays = None
+        else:
+            arrays = [values[o.name] for o in self._outputs]
         if self.check_finite:
-            found = non_finite_report("input", self.artifact.inputs, [feeds[v.name] for v in self.artifact.inputs])
-            found += non_finite_report("output", self.artifact.outputs, arrays)
+            found = non_finite_report("input", self._inputs, [feeds[v.name] for v in self._inputs])
+            if arrays is not None:
+                found += non_finite_report("output", self._outputs, arrays)
             if found:
                 warnings.warn(NonFiniteWarning("non-finite values: " + "; ".join(found)), stacklevel=2)
-        return deliver_outputs(arrays, self.artifact.outputs, out, self.tensor_type)
+        if arrays is None:
+            return result
+        return deliver_outputs(arrays, self._outputs, out, self.tensor_type)
 
     __call__ = run
 
-    def _run_chain(self, feeds: dict) -> dict:
-        values = dict(feeds)
+    def _run_chain(self, values: dict) -> dict:
         request = next_request_id() if self._timeline is not None else 0
         ready_at = clock()
         for step in self._active:
