@@ -106,21 +106,19 @@ class Result:
 
 # ----------------------------------------------------------------------------- comparing
 
-def flatten(value) -> list:
-    """Tensors of a nested output (tuple, list, dict, ModelOutput) in order, as numpy arrays."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [value.detach().numpy()]
-    if isinstance(value, np.ndarray):
-        return [value]
+def leaves(value) -> list:
+    """The tensors of a nested output (tuple, list, dict, ModelOutput) in order; other values
+    (None, numbers) are dropped."""
     if isinstance(value, dict):
-        return [a for v in value.values() for a in flatten(v)]
+        return [t for v in value.values() for t in leaves(v)]
     if isinstance(value, (list, tuple)):
-        return [a for v in value for a in flatten(v)]
-    if hasattr(value, "numpy"):  # a TF tensor
-        return [np.asarray(value)]
-    return []
+        return [t for v in value for t in leaves(v)]
+    return [value] if hasattr(value, "shape") and hasattr(value, "dtype") else []
+
+
+def flatten(value) -> list:
+    """The tensors of a nested output (torch, TF or numpy) as numpy arrays."""
+    return [np.asarray(t.detach()) if hasattr(t, "detach") else np.asarray(t) for t in leaves(value)]
 
 
 def compare(reference: list, outputs: list) -> tuple[bool, str, list]:
@@ -169,21 +167,9 @@ class _Flat:
                 self.model = model
 
             def forward(self, *args):
-                return tuple(_flat_tensors(self.model(*args, **call_kwargs)))
+                return tuple(leaves(self.model(*args, **call_kwargs)))
 
         return Flat().eval()
-
-
-def _flat_tensors(value) -> list:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _flat_tensors(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _flat_tensors(v)]
-    return []
 
 
 def torch_case(model, inputs) -> Case:
@@ -506,17 +492,21 @@ def save_result(folder: Path, result: Result) -> None:
     temporary.replace(path)
 
 
-def summary_table(results: list[Result]) -> str:
-    lines = [f"{'source':<14}{'models':>7}{'pass':>6}{'rblnc':>7}{'wrong':>7}{'trace':>7}{'timeout':>9}"
-             f"{'crash':>7}{'n/a':>5}{'pass %':>9}"]
+def per_source(results: list[Result]):
+    """(source, its results, counts by status, pass rate in % of the counted statuses) per source."""
     by_source = collections.defaultdict(list)
     for r in results:
         by_source[r.source].append(r)
     for source in [s for s in SOURCES if s in by_source]:
-        rs = by_source[source]
-        counts = collections.Counter(r.status for r in rs)
+        counts = collections.Counter(r.status for r in by_source[source])
         counted = sum(counts[s] for s in COUNTED)
-        rate = 100.0 * counts["pass"] / counted if counted else 0.0
+        yield source, by_source[source], counts, (100.0 * counts["pass"] / counted if counted else 0.0)
+
+
+def summary_table(results: list[Result]) -> str:
+    lines = [f"{'source':<14}{'models':>7}{'pass':>6}{'rblnc':>7}{'wrong':>7}{'trace':>7}{'timeout':>9}"
+             f"{'crash':>7}{'n/a':>5}{'pass %':>9}"]
+    for source, rs, counts, rate in per_source(results):
         lines.append(f"{source:<14}{len(rs):>7}{counts['pass']:>6}{counts['rblnc']:>7}{counts['wrong']:>7}"
                      f"{counts['traceback']:>7}{counts['timeout']:>9}{counts['crash']:>7}{counts['n/a']:>5}"
                      f"{rate:>8.1f}%")
@@ -558,14 +548,7 @@ def markdown(results: list[Result]) -> str:
         "| source | models | pass | rblnc error | wrong | traceback | timeout | crash | n/a | pass rate |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_source = collections.defaultdict(list)
-    for r in results:
-        by_source[r.source].append(r)
-    for source in [s for s in SOURCES if s in by_source]:
-        rs = by_source[source]
-        c = collections.Counter(r.status for r in rs)
-        counted = sum(c[s] for s in COUNTED)
-        rate = 100.0 * c["pass"] / counted if counted else 0.0
+    for source, rs, c, rate in per_source(results):
         lines.append(f"| {source} | {len(rs)} | {c['pass']} | {c['rblnc']} | {c['wrong']} | {c['traceback']} | "
                      f"{c['timeout']} | {c['crash']} | {c['n/a']} | {rate:.1f} % |")
     failing = [r for r in results if r.status != "pass"]
@@ -578,8 +561,8 @@ def markdown(results: list[Result]) -> str:
             cause = (r.cause if len(r.cause) <= 300 else r.cause[:297] + "...").replace("|", "\\|")
             lines.append(f"| {r.key} | {r.status} | {cause} | {r.known or '-'} |")
     lines += ["", "## Every model swept", ""]
-    for source in [s for s in SOURCES if s in by_source]:
-        passed = [r.model for r in by_source[source] if r.status == "pass"]
+    for source, rs, _, _ in per_source(results):
+        passed = [r.model for r in rs if r.status == "pass"]
         lines.append(f"- **{source}** ({len(passed)} pass): {', '.join(passed)}")
     return "\n".join(lines) + "\n"
 
