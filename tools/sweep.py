@@ -524,7 +524,7 @@ def summary_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: list[Result]) -> str:
+def markdown(results: list[Result], not_run: dict[str, list[str]] | None = None) -> str:
     """docs/sweep.md: the table per source and every model that does not pass, with its cause."""
     lines = [
         "# Coverage sweep",
@@ -560,6 +560,10 @@ def markdown(results: list[Result]) -> str:
         for r in failing:
             cause = (r.cause if len(r.cause) <= 300 else r.cause[:297] + "...").replace("|", "\\|")
             lines.append(f"| {r.key} | {r.status} | {cause} | {r.known or '-'} |")
+    missing = {source: names for source, names in (not_run or {}).items() if names}
+    if missing:
+        lines += ["", "## Not run in this sweep", ""]
+        lines += [f"- **{source}**: {', '.join(names)}" for source, names in missing.items()]
     lines += ["", "## Every model swept", ""]
     for source, rs, _, _ in per_source(results):
         passed = [r.model for r in rs if r.status == "pass"]
@@ -575,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="folder of <source>.json results (merged by model, not replaced)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the docs page here")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="first merge the results of these folders (sweeps run apart) into --results")
     parser.add_argument("--report-only", action="store_true", help="print (and write) from the JSON, run nothing")
     parser.add_argument("--list", action="store_true", help="list the models of the chosen sources and exit")
     parser.add_argument("--worker", nargs=2, metavar=("SOURCE", "MODEL"), help=argparse.SUPPRESS)
@@ -590,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         parser.error(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+    for folder in args.merge:
+        for result in load_results(folder).values():
+            save_result(args.results, result)
     results = load_results(args.results)
     if not args.report_only:
         for source in sources:
@@ -610,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [r for r in results.values() if r.source in sources]
     print(summary_table(chosen))
     if args.markdown:
-        args.markdown.write_text(markdown(sorted(results.values(), key=lambda r: (list(SOURCES).index(r.source),
-                                                                                   r.model))))
+        ordered = sorted(results.values(), key=lambda r: (list(SOURCES).index(r.source), r.model))
+        not_run = {source: [n for n in SOURCES[source]().names() if f"{source}/{n}" not in results]
+                   for source in SOURCES}
+        args.markdown.write_text(markdown(ordered, not_run))
     return 0
 
 
