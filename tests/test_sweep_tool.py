@@ -93,7 +93,7 @@ def test_report_groups_causes_and_marks_the_coverage_branch_items():
     assert "2  rblnc: unsupported aten::lstm  [known: aten::lstm]" in table
     assert "[known: in-place writes into a slice (Swin attention mask)]" in table
     page = sweep.markdown(results)
-    assert "| torchvision | 4 | 1 | 2 | 1 | 0 | 0 | 0 | 0 | 25.0 % |" in page
+    assert "| torchvision | 4 | 1 | 2 | 1 | 0 | 0 | 0 | 0 | 25.0 % | 3 |" in page
     assert "| keras/d | timeout | no result within 5s | - |" in page
 
 

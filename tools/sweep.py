@@ -545,12 +545,14 @@ def markdown(results: list[Result], not_run: dict[str, list[str]] | None = None)
         "**wrong**: a silent wrong answer; **traceback**: an exception that is not rblnc's;",
         "**timeout**; **crash**; **n/a**: the framework itself cannot build the model (not counted).",
         "",
-        "| source | models | pass | rblnc error | wrong | traceback | timeout | crash | n/a | pass rate |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| source | models | pass | rblnc error | wrong | traceback | timeout | crash | n/a | pass rate "
+        "| failures on the coverage branch's list |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for source, rs, c, rate in per_source(results):
         lines.append(f"| {source} | {len(rs)} | {c['pass']} | {c['rblnc']} | {c['wrong']} | {c['traceback']} | "
-                     f"{c['timeout']} | {c['crash']} | {c['n/a']} | {rate:.1f} % |")
+                     f"{c['timeout']} | {c['crash']} | {c['n/a']} | {rate:.1f} % | "
+                     f"{sum(1 for r in rs if r.known)} |")
     failing = [r for r in results if r.status != "pass"]
     lines += ["", "## Every model that does not pass", ""]
     if not failing:
