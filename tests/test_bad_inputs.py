@@ -180,9 +180,11 @@ MALFORMED_ONNX = {
         UnsupportedOpError, "'Frobnicate' is not an ONNX operator"),
     # ddddocr's common_old.onnx: dynamically quantized LSTMs
     "onnxruntime contrib op": (
-        _bytes(_with_opset(_model([helper.make_node("DynamicQuantizeLSTM", ["x"], ["y"], domain="com.microsoft")],
-                                  [("x", [1, 4])], [("y", [1, 4])]), "com.microsoft")),
-        UnsupportedOpError, "com.microsoft::DynamicQuantizeLSTM is a runtime-specific op outside the ONNX standard"),
+        _bytes(_with_opset(_model([helper.make_node("DynamicQuantizeLSTM", ["x"], ["y"], domain="com.microsoft"),
+                                   helper.make_node("Relu", ["y"], ["z"])],
+                                  [("x", [1, 4])], [("z", [1, 4])]), "com.microsoft")),
+        ModelImportError, "(com.microsoft::DynamicQuantizeLSTM): type of 'y' unknown: ONNX has no shape rule for "
+                          "this op outside the standard and the model gives no value_info for its outputs"),
 }
 
 

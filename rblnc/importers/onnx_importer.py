@@ -13,7 +13,7 @@ from onnx import numpy_helper, version_converter
 
 from .. import dtypes
 from ..errors import DynamicShapeError, ModelImportError, UnsupportedOpError
-from ..ir.graph import CANONICAL_OPSET, RBLNC_DOMAIN, Graph, Node, TensorInfo
+from ..ir.graph import CANONICAL_OPSET, Graph, Node, TensorInfo
 from ..ir.onnx_bridge import attr_from_onnx, node_from_onnx
 from ..ir.shape_inference import ShapeInferenceError, infer_shapes, info_from_onnx_type
 from .input_info import InputSpec, parse_input_info
@@ -99,12 +99,6 @@ def _check_graph_structure(proto: onnx.ModelProto, initializers, origin: str) ->
         label = f"node {node.name or index!r} ({node.op_type})"
         if node.domain in _DEFAULT_DOMAINS + ("ai.onnx.ml",) and not onnx.defs.has(node.op_type, node.domain):
             raise UnsupportedOpError(f"{origin}: {label}: {node.op_type!r} is not an ONNX operator")
-        if node.domain not in _DEFAULT_DOMAINS + ("ai.onnx.ml", RBLNC_DOMAIN) \
-                and not onnx.defs.has(node.op_type, node.domain):
-            raise UnsupportedOpError(
-                f"{origin}: {label}: {node.domain}::{node.op_type} is a runtime-specific op outside the ONNX "
-                f"standard (an onnxruntime contrib op, as quantization tools emit); rblnc imports standard "
-                f"ONNX ops only: export the model without it (e.g. before dynamic quantization)")
         for name in list(node.input) + _outer_scope_reads(node):
             if name and name not in defined:
                 later = any(name in n.output for n in proto.graph.node[index + 1:])
