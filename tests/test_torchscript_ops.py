@@ -98,6 +98,9 @@ CASES = {
     "chunk_uneven": (lambda x: torch.cat(x.chunk(4, 1)[::-1], 1), [floats(2, 7)], []),
     "select_narrow_slice": (lambda x: x[:, 1] + x.narrow(1, 0, 1)[:, 0] + x[:, -1, 1:7:2].sum(), [X], []),
     "index_tensor": (lambda x, i: x[:, i] + x.index_select(2, i[:3]).sum(), [X, np.array([2, 0, 1, 1])], []),
+    # CLIP's text pooling: one row per batch item at a position computed at run time
+    "index_rows_cols": (lambda v, ids: v[torch.arange(v.shape[0]), ids.argmax(-1)], [V, ints(2, 5)], []),
+    "index_adjacent_inner": (lambda x: x[:, torch.tensor([[0, 2], [1, -1]]), torch.tensor([1, 7])], [X], []),
     "gather": (lambda x, i: torch.gather(x, 1, i), [floats(3, 5), ints(3, 4, high=5)], []),
     "flip_roll": (lambda x: x.flip(-1) + torch.roll(x, 2, 1) + torch.roll(x, (1, -1), (2, 3)), [X], []),
     "pad": (lambda x: F.pad(x, (1, 2, 0, 1)) + F.pad(x, (1, 2, 0, 1), value=3.0)

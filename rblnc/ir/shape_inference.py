@@ -79,6 +79,13 @@ def _infer_with_onnx(graph: Graph, node: Node) -> list[TensorInfo]:
             continue
         vi = known.get(out)
         if vi is None or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.elem_type:
+            if node.domain and not onnx.defs.has(node.op_type, node.domain):
+                # a custom or runtime-specific op (onnxruntime's com.microsoft contrib ops): it can
+                # run on the host only when the model says what it produces
+                raise ShapeInferenceError(
+                    f"{node.name} ({node.domain}::{node.op_type}): type of {out!r} unknown: ONNX has no shape "
+                    f"rule for this op outside the standard and the model gives no value_info for its outputs "
+                    f"(add them, or export without it, e.g. before dynamic quantization)")
             raise ShapeInferenceError(f"{node.name} ({node.op_type}): type of {out!r} unknown")
         result.append(info_from_onnx_type(vi.type))
     return result

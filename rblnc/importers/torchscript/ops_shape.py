@@ -382,14 +382,43 @@ def index_select(e: Emitter, self, dim, index, **_):
 
 @converts("aten::index")
 def index(e: Emitter, self, indices, **_):
-    """Gather (one integer index tensor; several or boolean masks are not supported)."""
+    """Gather for one integer index tensor; GatherND for several on adjacent dimensions
+    (`x[rows, cols]`; boolean masks and index tensors apart, as in `x[i, :, j]`, are refused)."""
     used = [(i, t) for i, t in enumerate(indices) if t is not None]
-    if len(used) != 1:
-        raise Unsupported("advanced indexing with several index tensors")
-    axis, tensor = used[0]
-    if e.dtype(tensor) == BOOL:
+    if any(e.dtype(t) == BOOL for _, t in used):
         raise DataDependent("indexing with a boolean mask (the result's size depends on the mask's values)")
-    return e.op("Gather", [e.tensor(self), e.tensor(tensor)], {"axis": axis})
+    if len(used) == 1:
+        axis, tensor = used[0]
+        return e.op("Gather", [e.tensor(self), e.tensor(tensor)], {"axis": axis})
+    axes = [axis for axis, _ in used]
+    if axes != list(range(axes[0], axes[0] + len(axes))):
+        raise Unsupported("advanced indexing with index tensors on dimensions that are not adjacent")
+    return _gather_adjacent(e, self, axes, [t for _, t in used])
+
+
+def _gather_adjacent(e: Emitter, self, axes: list[int], tensors: list) -> TensorRef:
+    """x[..., i0, i1, ...] with index tensors on the adjacent `axes`: their broadcast shape
+    replaces those dimensions (torch's rule), as GatherND on x with the indexed axes first."""
+    shape = e.shape(self)
+    first, count = axes[0], len(axes)
+    broadcast = tuple(np.broadcast_shapes(*(e.shape(t) for t in tensors)))
+    columns = []
+    for t in tensors:
+        ref = e.tensor(t, numpy_dtype(torch.int64))
+        if e.shape(ref) != broadcast:
+            ref = e.op("Expand", [ref, e.int64s(broadcast)])
+        columns.append(e.op("Unsqueeze", [ref, e.int64s([len(broadcast)])]))
+    stacked = e.op("Concat", columns, {"axis": -1})
+    source = e.tensor(self)
+    front = axes + [d for d in range(len(shape)) if d not in axes]
+    if front != list(range(len(shape))):
+        source = e.op("Transpose", [source], {"perm": front})
+    gathered = e.op("GatherND", [source, stacked])  # broadcast + (dims before first) + (dims after)
+    if first == 0:
+        return gathered
+    nb = len(broadcast)
+    perm = list(range(nb, nb + first)) + list(range(nb)) + list(range(nb + first, nb + len(shape) - count))
+    return e.op("Transpose", [gathered], {"perm": perm})
 
 
 @converts("aten::gather")
