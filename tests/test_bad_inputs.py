@@ -178,12 +178,12 @@ MALFORMED_ONNX = {
     "unknown operator": (
         _bytes(_model([helper.make_node("Frobnicate", ["x"], ["y"])], [("x", [1, 4])], [("y", [1, 4])])),
         UnsupportedOpError, "'Frobnicate' is not an ONNX operator"),
-    # ddddocr's common_old.onnx: dynamically quantized LSTMs
-    "onnxruntime contrib op": (
-        _bytes(_with_opset(_model([helper.make_node("DynamicQuantizeLSTM", ["x"], ["y"], domain="com.microsoft"),
+    # an op outside the standard that neither ONNX nor onnxruntime knows, with no value_info
+    "custom op without types": (
+        _bytes(_with_opset(_model([helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example"),
                                    helper.make_node("Relu", ["y"], ["z"])],
-                                  [("x", [1, 4])], [("z", [1, 4])]), "com.microsoft")),
-        ModelImportError, "(com.microsoft::DynamicQuantizeLSTM): type of 'y' unknown: ONNX has no shape rule for "
+                                  [("x", [1, 4])], [("z", [1, 4])]), "com.example")),
+        ModelImportError, "(com.example::Frobnicate): type of 'y' unknown: ONNX has no shape rule for "
                           "this op outside the standard and the model gives no value_info for its outputs"),
 }
 

@@ -246,3 +246,26 @@ def test_an_inlined_branch_with_computed_shapes_runs_on_the_npu():
     out = compiled.create_runtime().run(x)
     assert out.shape == (3, 2)
     np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+def test_onnxruntime_contrib_op_without_value_info_runs_on_the_host():
+    """ddddocr's common_old.onnx uses com.microsoft::DynamicQuantizeLSTM and gives no value_info
+    for it: ONNX has no shape rule, onnxruntime (the host) runs it, so its types come from there."""
+    import onnxruntime as ort
+
+    import rblnc
+
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"]),
+             helper.make_node("Gelu", ["a"], ["g"], domain="com.microsoft"),
+             helper.make_node("Relu", ["g"], ["y"])]
+    graph = helper.make_graph(nodes, "contrib", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    assert not any(v.name == "g" for v in model.graph.value_info)
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    fallbacks = {r.op_type for p in compiled.artifact.partitions for r in p.fallback_reasons}
+    assert "Gelu" in fallbacks
+    x = np.linspace(-3, 3, 16, dtype=np.float32).reshape(2, 8)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(compiled.create_runtime().run(x), ref, rtol=1e-6, atol=1e-7)

@@ -80,8 +80,11 @@ def _infer_with_onnx(graph: Graph, node: Node) -> list[TensorInfo]:
         vi = known.get(out)
         if vi is None or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.elem_type:
             if node.domain and not onnx.defs.has(node.op_type, node.domain):
-                # a custom or runtime-specific op (onnxruntime's com.microsoft contrib ops): it can
-                # run on the host only when the model says what it produces
+                # a custom or runtime-specific op (onnxruntime's com.microsoft contrib ops): the host
+                # runs it on onnxruntime, which also knows what it produces
+                probed = _probe_with_onnxruntime(model, graph, node)
+                if probed is not None:
+                    return probed
                 raise ShapeInferenceError(
                     f"{node.name} ({node.domain}::{node.op_type}): type of {out!r} unknown: ONNX has no shape "
                     f"rule for this op outside the standard and the model gives no value_info for its outputs "
@@ -89,6 +92,35 @@ def _infer_with_onnx(graph: Graph, node: Node) -> list[TensorInfo]:
             raise ShapeInferenceError(f"{node.name} ({node.op_type}): type of {out!r} unknown")
         result.append(info_from_onnx_type(vi.type))
     return result
+
+
+def _probe_with_onnxruntime(model: onnx.ModelProto, graph: Graph, node: Node) -> list[TensorInfo] | None:
+    """The output types of an op ONNX has no rule for, from one run of it on onnxruntime with
+    zero-filled inputs of their static shapes (onnxruntime's contrib ops, which the host runs);
+    None when an input shape is not static or onnxruntime cannot run it. Right for ops whose
+    output shapes follow from input shapes; the runtime checks every shape at the partition
+    boundaries, so a data-dependent one fails there, never silently."""
+    import onnxruntime  # the host's runtime; imported only for such ops
+
+    feeds = {}
+    for value in model.graph.input:
+        info = graph.tensors[value.name]
+        if not info.is_static or info.dtype == object:
+            return None
+        feeds[value.name] = np.zeros(info.shape, info.dtype)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    model = copy
+    model.ir_version = min(model.ir_version, 10)  # what onnxruntime reads
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(None, feeds)
+    except Exception:  # onnxruntime does not know the op either: the caller's error says what to do
+        return None
+    produced = dict(zip((o.name for o in session.get_outputs()), values))
+    return [array_info(np.asarray(produced[o])) if o else None for o in node.outputs]
 
 
 def info_from_onnx_type(type_proto: onnx.TypeProto) -> TensorInfo:
