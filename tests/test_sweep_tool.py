@@ -31,7 +31,7 @@ class _Tiny:
     """A stand-in source: its models are built the way the torchvision source builds them."""
 
     def names(self):
-        return ["ok", "unsupported", "broken-compile", "wrong", "framework-fails"]
+        return ["ok", "unsupported", "broken-compile", "wrong", "framework-fails", "chaotic", "wrong-not-chaotic"]
 
     def build(self, name):
         x = torch.rand(1, 4, 6, generator=torch.Generator().manual_seed(0))
@@ -40,8 +40,12 @@ class _Tiny:
         case = sweep.torch_case(_Unsupported() if name == "unsupported" else _Scaled(), [x])
         if name == "broken-compile":
             case.compile_fn = lambda: {}["no such key"]
-        if name == "wrong":
+        if name in ("wrong", "chaotic", "wrong-not-chaotic"):
             case.reference = [case.reference[0] * 1.01, case.reference[1]]
+        if name == "chaotic":  # the framework itself moves 5 % under the nudge: no verdict
+            case.reference_nudged = [case.reference[0] * 1.05, case.reference[1]]
+        if name == "wrong-not-chaotic":  # it moves 1e-6: the 1 % difference is rblnc's
+            case.reference_nudged = [case.reference[0] * (1 + 1e-6), case.reference[1]]
         return case
 
 
@@ -56,6 +60,8 @@ def tiny_source(monkeypatch):
     ("broken-compile", "traceback", "KeyError: 'no such key'"),
     ("wrong", "wrong", "max |diff| / max |ref| = 9.9"),
     ("framework-fails", "n/a", "RuntimeError: the framework cannot build this"),
+    ("chaotic", "n/a", "the framework's own output moves by 5.00e-02 of max |ref|"),
+    ("wrong-not-chaotic", "wrong", "max |diff| / max |ref| = 9.9"),
 ])
 def test_worker_classifies(tiny_source, name, status, fragment):
     result = sweep.run_worker("tiny", name)
