@@ -238,6 +238,12 @@ class Torchvision:
         if name in models.list_models(module=models.segmentation):
             kwargs.update(weights_backbone=None, num_classes=21)
         model = models.get_model(name, weights=None, **kwargs)
+        # Some initialise a layer to zeros (ViT's classifier head): every output would be 0 and
+        # match anything, so such weights get small random values
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if parameter_name.endswith("weight") and parameter.dim() > 1 and not parameter.any():
+                    parameter.normal_(0.0, 0.02)
         size = self.sizes.get(name, kwargs.get("image_size", self.size))
         return torch_case(model, [torch.rand(1, 3, size, size)])
 
