@@ -344,6 +344,8 @@ class Engine:
                 self._threads.append((thread, queue))
                 thread.start()
         self._step_lanes = [self._lanes[s.resource] for s in self.steps]
+        self._step_keys = [_RESOURCE_KEYS[s.resource] for s in self.steps]
+        self._step_est_ns = [s.est_ns for s in self.steps]
 
     # -- submission and the chain ------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -368,36 +370,38 @@ class Engine:
                 return None
             self._inline_active = True
         request = Request(next_request_id(), values, finish)
-        request.submitted_at = clock()
-        busy: list[tuple[Step, float]] = []
+        began = request.submitted_at = clock()
+        busy: list[float] = []  # seconds per step, in chain order
         step = error = result = None
-        self._inline.engine = self
+        inline = self._inline
+        inline.engine = self
         try:
             for step, lanes in zip(self.steps, self._step_lanes):
                 lane = _take_free(lanes) or _wait_for(lanes[0])
-                began = clock()
                 try:
                     step.run(values)
                     for name in step.release:
                         values.pop(name, None)
                 finally:
                     lane.lock.release()
-                    busy.append((step, clock() - began))
+                    ended = clock()
+                    busy.append(ended - began)
+                    began = ended
             step = None
             result = finish(values)
         except BaseException as exc:  # the request's own failure, as on a lane
             error = exc
         finally:
-            self._inline.engine = None
+            inline.engine = None
         request.values = {}
         request.finished_at = clock()
         stats = self.stats
         with self._lock:
             self._inline_active = False
-            for done, seconds in busy:
-                key = _RESOURCE_KEYS[done.resource]
-                stats.busy_s[key] = stats.busy_s.get(key, 0.0) + seconds
-                stats.modelled_ns[key] = stats.modelled_ns.get(key, 0.0) + done.est_ns
+            busy_s, modelled_ns = stats.busy_s, stats.modelled_ns
+            for key, est_ns, seconds in zip(self._step_keys, self._step_est_ns, busy):
+                busy_s[key] = busy_s.get(key, 0.0) + seconds
+                modelled_ns[key] = modelled_ns.get(key, 0.0) + est_ns
             if error is None:
                 stats.completed += 1
             else:
@@ -412,7 +416,7 @@ class Engine:
                 raise error  # Ctrl-C in a step stops the caller, as it would stop Runtime.run
         else:
             request.state, request.result = RequestState.DONE, result
-            self._measure(sum(seconds for _, seconds in busy))
+            self._measure(sum(busy))
         return request
 
     def _advance(self, request: Request) -> None:
