@@ -49,7 +49,8 @@ DEFAULT_TIMEOUT_S = 900
 RELATIVE_TOLERANCE = 1e-3
 COUNTED = ("pass", "rblnc", "wrong", "traceback", "timeout", "crash")
 
-# Failures issue 18 lists, fixed on the `coverage` branch: (regex on the cause or model, what).
+# The bugs issue 18 listed, fixed with it: (regex on the cause or model, what); a failure that
+# matches one again is a regression of that fix.
 KNOWN_COVERAGE = (
     (r"aten::addcmul", "aten::addcmul"),
     (r"aten::im2col", "aten::im2col (nn.Unfold)"),
@@ -106,7 +107,7 @@ class Result:
 
     @property
     def known(self) -> str:
-        """Which item of the coverage helper's list this failure is, or ''."""
+        """Which of the bugs issue 18 listed (fixed with it) this failure is, or ''."""
         if self.status == "pass":
             return ""
         for pattern, what in KNOWN_COVERAGE:
@@ -585,10 +586,12 @@ def markdown(results: list[Result], not_run: dict[str, list[str]] | None = None)
         "",
         "Statuses: **pass**; **rblnc**: rblnc's own error naming the op and where (actionable);",
         "**wrong**: a silent wrong answer; **traceback**: an exception that is not rblnc's;",
-        "**timeout**; **crash**; **n/a**: the framework itself cannot build the model (not counted).",
+        "**timeout**; **crash**; **n/a** (not counted): the framework itself cannot build the model, or",
+        "the check cannot decide (an all-zero reference; a chaotic random-weight model whose framework",
+        "output moves beyond the tolerance when its input moves by 1e-6).",
         "",
         "| source | models | pass | rblnc error | wrong | traceback | timeout | crash | n/a | pass rate "
-        "| failures on the coverage branch's list |",
+        "| failures that are issue 18's listed bugs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for source, rs, c, rate in per_source(results):
@@ -600,7 +603,7 @@ def markdown(results: list[Result], not_run: dict[str, list[str]] | None = None)
     if not failing:
         lines.append("None.")
     else:
-        lines += ["| model | status | cause | on the coverage branch's list |", "|---|---|---|---|"]
+        lines += ["| model | status | cause | issue 18's listed bug |", "|---|---|---|---|"]
         for r in failing:
             cause = (r.cause if len(r.cause) <= 300 else r.cause[:297] + "...").replace("|", "\\|")
             note = f" *Note: {NOTES[r.key]}.*" if r.key in NOTES else ""
