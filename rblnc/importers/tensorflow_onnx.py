@@ -41,6 +41,7 @@ def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str]
             )
 
     register_missing_handlers()
+    _rebuild_node_protos_on_update()
     graph_def = _inlinable(graph_def)
     with quiet_tensorflow():
         try:
@@ -115,6 +116,47 @@ def register_missing_handlers() -> None:
                                           inputs=[one.output[0], node.output[0]])
 
     _HANDLERS_REGISTERED = True
+
+
+_NODE_PROTOS_REBUILT = False
+_KEPT_NODE_FIELDS_SKIPPED = ("input", "output", "attribute")
+
+
+def _rebuild_node_protos_on_update() -> None:
+    """Make tf2onnx's `Node.update_proto` write into a fresh NodeProto instead of clearing and
+    refilling the node's old one.
+
+    With protobuf's upb backend a message's memory lives in its arena until the whole arena is
+    freed: clearing `attribute` frees nothing, so every `update_proto` (once per optimiser per
+    round, 36 times for a Keras ConvNeXt) left another copy of every constant behind. ConvNeXtBase
+    (350 MB of weights) peaked at 16 GB during conversion and ConvNeXtLarge was killed for lack of
+    memory; with a fresh proto per update the old one, arena and all, is freed. The NodeProto
+    written is field for field the one tf2onnx writes.
+    """
+    global _NODE_PROTOS_REBUILT
+    if _NODE_PROTOS_REBUILT:
+        return
+    from tf2onnx.graph import Node
+
+    update_in_place = Node.update_proto
+
+    def update_proto(self, external_tensor_storage=None):
+        old = self._op
+        fresh = onnx.NodeProto()
+        for field, value in old.ListFields():
+            if field.name in _KEPT_NODE_FIELDS_SKIPPED:
+                continue  # update_proto writes these from the Node's own state
+            if field.label == field.LABEL_REPEATED if hasattr(field, "label") else field.is_repeated:
+                getattr(fresh, field.name).extend(value)
+            elif field.message_type is not None:
+                getattr(fresh, field.name).CopyFrom(value)
+            else:
+                setattr(fresh, field.name, value)
+        self._op = fresh
+        update_in_place(self, external_tensor_storage)
+
+    Node.update_proto = update_proto
+    _NODE_PROTOS_REBUILT = True
 
 
 def _refuse_unmapped_ops(onnx_graph, origin: str) -> None:
