@@ -40,6 +40,21 @@ class _ReferenceSession:
                 else r for n, r in zip(output_names, results)]
 
 
+def _with_open_input_shapes(model: onnx.ModelProto) -> bytes:
+    """The subgraph with its inputs' dimensions left open. With the request's static shapes,
+    onnxruntime's type inference also specialises an If's branch the request never takes, and
+    may fail there (silero-vad's 8 kHz LSTM branch, given 16 kHz frames: "First input tensor
+    must have rank 3"), which sent the whole partition to the reference evaluator, 30x slower;
+    the model as its project ships it has open dimensions and loads."""
+    relaxed = onnx.ModelProto()
+    relaxed.CopyFrom(model)
+    for value in relaxed.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            dim.Clear()
+            dim.dim_param = f"{value.name}_{axis}"
+    return relaxed.SerializeToString()
+
+
 def _needs_reference(model: onnx.ModelProto) -> bool:
     values = list(model.graph.input) + list(model.graph.output)
     return any(v.type.tensor_type.elem_type in _NOT_EXCHANGEABLE for v in values)
@@ -68,9 +83,13 @@ class HostSubgraphRunner:
                                                      enable_fallback=0)
             except Exception as onnxruntime_error:  # an op or type onnxruntime lacks
                 try:
-                    self._session = _ReferenceSession(model)
+                    self._session = ort.InferenceSession(_with_open_input_shapes(model), options,
+                                                         providers=["CPUExecutionProvider"], enable_fallback=0)
                 except Exception:
-                    raise onnxruntime_error from None
+                    try:
+                        self._session = _ReferenceSession(model)
+                    except Exception:
+                        raise onnxruntime_error from None
         if isinstance(self._session, _ReferenceSession):
             self._output_names, self._input_names = self._session.output_names, self._session.input_names
             return
