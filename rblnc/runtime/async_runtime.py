@@ -17,7 +17,8 @@ from ..emulator import thread_settings
 from ..emulator.profile import Profile
 from ..errors import RuntimeClosedError
 from .engine import (
-    Engine, Request, RequestState, Step, StepRecord, active_steps, next_request_id, pace_scale_of, plan_steps,
+    NOT_INLINE, Engine, Request, RequestState, Step, StepRecord, active_steps, clock, finished_request,
+    next_request_id, pace_scale_of, plan_steps,
 )
 
 from .executor import ModelExecutor
@@ -327,6 +328,7 @@ class AsyncRuntime:
         self._slots = _Slots(max_inflight)
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
         self._closed = False
+        self._finish_values = self._finish  # bound once: every request is handed it
         # An AsyncRuntime dropped without close() still stops its threads.
         self._finalizer = weakref.finalize(self, _shutdown_quietly, self._engine, self._slots)
 
@@ -353,10 +355,17 @@ class AsyncRuntime:
         the request: its inputs exist only once preprocess has run)."""
         self._check_open()
         values = self._values(args, kwargs, out)
-        request = self._inline(values)
-        if request is None:
-            self._slots.acquire()
-            request = self._submit(self._owned(values, args, kwargs))
+        submitted_at = clock()
+        try:
+            result = self._engine.run_inline(values, self._finish_values)
+        except Exception as exc:  # the request's own failure: the task delivers it
+            request = finished_request(getattr(exc, "request_id", 0), None, exc, submitted_at)
+        else:
+            if result is NOT_INLINE:
+                self._slots.acquire()
+                request = self._submit(self._owned(values, args, kwargs))
+            else:
+                request = finished_request(next_request_id(), result, None, submitted_at)
         return AsyncTask(request, self._engine)
 
     async def async_run(self, *args: Any, out: Any = None, **kwargs: Any):
@@ -365,9 +374,9 @@ class AsyncRuntime:
         awaiting task cancels the request."""
         self._check_open()
         values = self._values(args, kwargs, out)
-        request = self._inline(values)
-        if request is not None:
-            return _outcome(request)
+        result = self._engine.run_inline(values, self._finish_values)  # raises the request's own error
+        if result is not NOT_INLINE:
+            return result
         values = self._owned(values, args, kwargs)
         mailbox = self._mailbox()
         if not self._slots.try_acquire():
@@ -418,17 +427,9 @@ class AsyncRuntime:
         outputs = self.artifact.outputs
         return deliver_outputs([final[o.name] for o in outputs], outputs, final.get(OUT), self.tensor_type)
 
-    def _inline(self, values: dict) -> Request | None:
-        """The request run whole on this thread, when that beats handing it to the lanes
-        (Engine.run_inline), else None."""
-        try:
-            return self._engine.run_inline(values, self._finish)
-        except RuntimeError:
-            raise RuntimeClosedError(f"AsyncRuntime for {self.source} is closed") from None
-
     def _submit(self, values: dict) -> Request:
         """With a slot held: submits, frees the slot at the end."""
-        request = Request(next_request_id(), values, self._finish)
+        request = Request(next_request_id(), values, self._finish_values)
         request.on_end = self._slots.release
         try:
             self._engine.submit(request)
