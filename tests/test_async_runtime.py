@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import os
 import threading
 import time
 import tracemalloc
@@ -473,3 +474,52 @@ def test_close_from_a_step_running_inline_is_refused(always_inline):
         assert not runtime.closed
         np.testing.assert_array_equal(runtime.run(x).wait(timeout=30), x * 20)
     assert runtime.closed
+
+
+# -- several NPU lanes (functional) ---------------------------------------------------------------
+
+def test_two_npu_lanes_compute_two_requests_at_once_and_each_exactly(monkeypatch, mixed):
+    """The first two NPU steps wait for each other at a barrier: they pass only if two lanes
+    compute at once (one lane would time the barrier out and fail both)."""
+    from rblnc.emulator import NpuProgramRunner
+
+    barrier = threading.Barrier(2, timeout=30)
+    real_run = NpuProgramRunner.run
+    calls = iter(range(10**9))
+
+    def meeting(self, inputs):
+        if next(calls) < 2:
+            barrier.wait()
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(NpuProgramRunner, "run", meeting)
+    samples = _samples(100, seed=11)
+    with rblnc.AsyncRuntime(mixed, npu_lanes=2, trace=True) as runtime:
+        assert runtime.thread_count == 2 + runtime.host_workers
+
+        async def main():
+            return await asyncio.gather(*(runtime.async_run(x) for x in samples))
+
+        outputs = asyncio.run(main())
+        npu_tracks = {r.lane for r in runtime.timeline() if r.resource.value == "NPU"}
+    assert npu_tracks == {"NPU 0", "NPU 1"}
+    monkeypatch.setattr(NpuProgramRunner, "run", real_run)
+    sync = rblnc.Runtime(mixed)
+    for x, y in zip(samples, outputs):
+        np.testing.assert_array_equal(y, sync.run(x))
+
+
+def test_npu_lanes_option(mixed):
+    with pytest.raises(ValueError, match="npu_lanes must be at least 1"):
+        rblnc.AsyncRuntime(mixed, npu_lanes=0)
+    with pytest.raises(ValueError, match="paced: 1, the modelled NPU"):
+        rblnc.AsyncRuntime(paced_model(npu_ms=1), pace=True, npu_lanes=2)
+    with rblnc.AsyncRuntime(paced_model(npu_ms=1), pace=True) as runtime:
+        assert runtime.npu_lanes == 1
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # lanes compute with their creator's count: one per core fits
+        with rblnc.AsyncRuntime(mixed) as runtime:
+            assert runtime.npu_lanes == min(runtime.parallel, len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(threads)

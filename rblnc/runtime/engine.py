@@ -307,11 +307,13 @@ class Engine:
     submitting thread (on the same lanes, so each lane still runs one step at a time)."""
 
     def __init__(self, steps: list[Step], *, pace_scale: float = 0.0, parallel: int = 2, host_lanes: int = 2,
-                 trace_capacity: int = 0, name: str = "rblnc", thread_setup: Callable[[], None] | None = None):
+                 npu_lanes: int = 1, trace_capacity: int = 0, name: str = "rblnc", thread_setup: Callable[[], None] | None = None):
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         if host_lanes < 1:
             raise ValueError(f"host_lanes must be at least 1, got {host_lanes}")
+        if npu_lanes < 1:
+            raise ValueError(f"npu_lanes must be at least 1, got {npu_lanes}")
         self.steps = active_steps(steps, pace_scale)
         self.pace_scale = pace_scale
         self.parallel = parallel
@@ -350,10 +352,10 @@ class Engine:
                 continue
             queue: SimpleQueue = SimpleQueue()
             self._queues[resource] = queue
-            count = host_lanes if resource is Resource.HOST else 1
+            count = {Resource.HOST: host_lanes, Resource.NPU: npu_lanes}.get(resource, 1)
             self._lanes[resource] = []
             for index in range(count):
-                label = f"host {index}" if resource is Resource.HOST else resource.value
+                label = f"{resource.value} {index}" if resource is Resource.HOST or count > 1 else resource.value
                 lane = Lane(resource, label)
                 self._lanes[resource].append(lane)
                 thread = threading.Thread(target=self._serve, args=(queue, lane),
