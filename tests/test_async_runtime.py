@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import os
 import threading
 import time
 import tracemalloc
@@ -20,6 +21,7 @@ from test_engine import set_estimates
 
 import rblnc
 from rblnc.errors import ExecutionError, InputNameError, InputShapeError, RuntimeClosedError
+from rblnc.runtime import engine
 
 X_SHAPE = (1, 3, 8, 8)
 
@@ -413,3 +415,111 @@ def test_close_from_a_completion_callback_is_refused():
             time.sleep(0.005)
         assert not runtime.closed
     assert len(errors) == 1 and "from a completion callback" in str(errors[0]) and runtime.closed
+
+
+# -- a request run whole on the calling thread (Engine.run_inline) --------------------------------
+
+@pytest.fixture
+def always_inline(monkeypatch):
+    """Hand-offs priced so high that, once the chain was measured on the lanes (INLINE_WARMUP
+    requests), every request submitted while nothing else is in flight runs on the caller's thread."""
+    monkeypatch.setattr(engine, "HOP_COST_S", 1e3)
+
+
+def test_a_request_run_inline_delivers_its_result_error_and_statistics(always_inline):
+    compiled = rblnc.compile_from_onnx(gather_model(), dtype="fp32")
+    good = [np.array([[i, 1, 2, 3]], np.float32) for i in range(4)]
+    bad = np.array([[1, 12.5, 2, 3]], np.float32)
+    threads = []
+
+    def preprocess(x):
+        threads.append(threading.get_ident())
+        return x
+
+    with rblnc.AsyncRuntime(compiled, preprocess=preprocess) as runtime:
+        for x in good[:engine.INLINE_WARMUP]:
+            np.testing.assert_array_equal(runtime.run(x).wait(timeout=30), np.floor(x) * 20)
+        assert threading.get_ident() not in threads  # measured on the lanes first
+        threads.clear()
+        task = runtime.run(bad)
+        assert task.done() and task.cancel() is False  # it ran in the call
+        with pytest.raises(ExecutionError, match=r"partition p1_host \(host\) failed") as info:
+            task.wait()
+        assert info.value.request_id == task.request_id
+        assert info.value.__notes__ == [f"rblnc request {task.request_id} failed at step p1_host (host)"]
+
+        async def main():
+            with pytest.raises(ExecutionError, match=r"partition p1_host \(host\) failed") as info:
+                await runtime.async_run(bad)
+            return await runtime.async_run(good[3]), info.value
+
+        result, error = asyncio.run(main())
+        np.testing.assert_array_equal(result, np.floor(good[3]) * 20)
+        assert error.__notes__ == [f"rblnc request {error.request_id} failed at step p1_host (host)"]
+        assert error.request_id != task.request_id
+        assert threads == [threading.get_ident()] * 3  # all three on this thread
+        stats = runtime.stats()
+    assert stats["completed"] == engine.INLINE_WARMUP + 1 and stats["failed"] == 2 and stats["cancelled"] == 0
+    assert set(stats["busy_s"]) == {"host", "NPU"} and all(s > 0 for s in stats["busy_s"].values())
+
+
+def test_close_from_a_step_running_inline_is_refused(always_inline):
+    compiled = rblnc.compile_from_onnx(gather_model(), dtype="fp32")
+    x = np.array([[1, 2, 3, 4]], np.float32)
+    with rblnc.AsyncRuntime(compiled, postprocess=lambda y: runtime.close() if y[0, 0] == 0 else y) as runtime:
+        for _ in range(engine.INLINE_WARMUP):
+            runtime.run(x).wait(timeout=30)
+        with pytest.raises(RuntimeError, match="close\\(\\) was called from a completion callback"):
+            runtime.run(0 * x).wait(timeout=30)
+        assert not runtime.closed
+        np.testing.assert_array_equal(runtime.run(x).wait(timeout=30), x * 20)
+    assert runtime.closed
+
+
+# -- several NPU lanes (functional) ---------------------------------------------------------------
+
+def test_two_npu_lanes_compute_two_requests_at_once_and_each_exactly(monkeypatch, mixed):
+    """The first two NPU steps wait for each other at a barrier: they pass only if two lanes
+    compute at once (one lane would time the barrier out and fail both)."""
+    from rblnc.emulator import NpuProgramRunner
+
+    barrier = threading.Barrier(2, timeout=30)
+    real_run = NpuProgramRunner.run
+    calls = iter(range(10**9))
+
+    def meeting(self, inputs):
+        if next(calls) < 2:
+            barrier.wait()
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(NpuProgramRunner, "run", meeting)
+    samples = _samples(100, seed=11)
+    with rblnc.AsyncRuntime(mixed, npu_lanes=2, trace=True) as runtime:
+        assert runtime.thread_count == 2 + runtime.host_workers
+
+        async def main():
+            return await asyncio.gather(*(runtime.async_run(x) for x in samples))
+
+        outputs = asyncio.run(main())
+        npu_tracks = {r.lane for r in runtime.timeline() if r.resource.value == "NPU"}
+    assert npu_tracks == {"NPU 0", "NPU 1"}
+    monkeypatch.setattr(NpuProgramRunner, "run", real_run)
+    sync = rblnc.Runtime(mixed)
+    for x, y in zip(samples, outputs):
+        np.testing.assert_array_equal(y, sync.run(x))
+
+
+def test_npu_lanes_option(mixed):
+    with pytest.raises(ValueError, match="npu_lanes must be at least 1"):
+        rblnc.AsyncRuntime(mixed, npu_lanes=0)
+    with pytest.raises(ValueError, match="paced: 1, the modelled NPU"):
+        rblnc.AsyncRuntime(paced_model(npu_ms=1), pace=True, npu_lanes=2)
+    with rblnc.AsyncRuntime(paced_model(npu_ms=1), pace=True) as runtime:
+        assert runtime.npu_lanes == 1
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # lanes compute with their creator's count: one per core fits
+        with rblnc.AsyncRuntime(mixed) as runtime:
+            assert runtime.npu_lanes == min(runtime.parallel, len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(threads)

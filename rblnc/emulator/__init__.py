@@ -27,9 +27,20 @@ def thread_settings():
     return lambda: torch.set_num_threads(count)
 
 
+def compute_lanes(limit: int) -> int:
+    """How many emulated NPU steps may compute at once (at most `limit`) without their torch
+    threads outnumbering the cores: the cores this process may use over the calling thread's
+    torch thread count. A lane computes with that count (thread_settings), so at the default
+    (one thread per core) this is 1, and at torch.set_num_threads(1) on 2 cores it is 2."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(limit, cores // max(1, torch.get_num_threads())))
+
+
 # The documented error of a whole model's output against its fp32 reference (docs/precision.md),
 # per reduced precision: (max |y - ref| / max |ref|, ||y - ref|| / ||ref||). Tests of importers
 # that compile at reduced precision can hold models to these.
 MODEL_ERROR_BOUNDS = {"fp16": (5e-2, 2e-2), "bf16": (2.5e-1, 1.2e-1)}
 
-__all__ = ["KERNELS", "EmulatorError", "NpuProgramRunner", "MODEL_ERROR_BOUNDS", "thread_settings"]
+__all__ = ["KERNELS", "EmulatorError", "NpuProgramRunner", "MODEL_ERROR_BOUNDS", "compute_lanes", "thread_settings"]

@@ -13,17 +13,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..emulator import thread_settings
+from ..emulator import compute_lanes, thread_settings
 from ..emulator.profile import Profile
 from ..errors import RuntimeClosedError
 from .engine import (
-    Engine, Request, RequestState, Step, StepRecord, active_steps, next_request_id, pace_scale_of, plan_steps,
+    NOT_INLINE, Engine, Request, RequestState, Step, StepRecord, active_steps, clock, finished_request,
+    next_request_id, pace_scale_of, plan_steps,
 )
 
 from .executor import ModelExecutor
 from .io import bind_inputs, deliver_outputs
 from .runtime import check_runtime_options, describe, profile_of, resolve_artifact, trace_capacity_of, warn_if_unpaceable
 from .stages import OUT, RAW, RESULT, with_stages
+from .staging import StagingPool
 
 DEFAULT_MAX_INFLIGHT = 64
 MAX_DEFAULT_PARALLEL = 8
@@ -295,13 +297,14 @@ class AsyncRuntime:
     `postprocess(outputs)` are the user's host work before and after the model (as on
     `Runtime`): each runs on the host lanes as a step of the request's chain, overlapping other
     requests' device steps; `run`/`async_run` then take what preprocess takes and return what
-    postprocess returns."""
+    postprocess returns. `npu_lanes` (functional only): NPU steps of different requests computed
+    at once by the emulator; default as many as the creator's torch threads fit in the cores."""
 
     def __init__(self, model: Any, *, device: int = 0, tensor_type: str = "np", parallel: int | None = None,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, pace: bool | float = False,
                  host_workers: int | None = None, host_threads: int | None = None, trace: bool | int = False,
                  preprocess: Callable | None = None, postprocess: Callable | None = None,
-                 profile: bool = False):
+                 profile: bool = False, npu_lanes: int | None = None):
         check_runtime_options(device, tensor_type)
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
@@ -321,12 +324,20 @@ class AsyncRuntime:
         active = active_steps(self.steps, self.pace_scale)
         self.parallel = parallel if parallel is not None else default_parallel(active, self.artifact)
         self.host_workers = host_workers or max(2, min(4, os.cpu_count() or 2))
+        if npu_lanes is not None and (npu_lanes < 1 or self.pace_scale and npu_lanes > 1):
+            raise ValueError(f"npu_lanes must be at least 1 (paced: 1, the modelled NPU), got {npu_lanes}")
+        # Paced, the NPU is the modelled device: one. Functional, the emulator computes NPU steps on
+        # this machine's cores, and two requests' steps at once use two (conv 3x3, 32x64x64 ->
+        # host Softmax -> conv 3x3: the NPU lane was the bottleneck, busy 93 % on one core).
+        self.npu_lanes = 1 if self.pace_scale else npu_lanes or compute_lanes(self.parallel)
         self._engine = Engine(self.steps, pace_scale=self.pace_scale, parallel=self.parallel,
-                              host_lanes=self.host_workers, trace_capacity=trace_capacity_of(trace),
+                              host_lanes=self.host_workers, npu_lanes=self.npu_lanes, trace_capacity=trace_capacity_of(trace),
                               thread_setup=thread_settings())
         self._slots = _Slots(max_inflight)
+        self._staging = StagingPool()
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
         self._closed = False
+        self._finish_values = self._finish  # bound once: every request is handed it
         # An AsyncRuntime dropped without close() still stops its threads.
         self._finalizer = weakref.finalize(self, _shutdown_quietly, self._engine, self._slots)
 
@@ -353,10 +364,18 @@ class AsyncRuntime:
         the request: its inputs exist only once preprocess has run)."""
         self._check_open()
         values = self._values(args, kwargs, out)
-        request = self._inline(values)
-        if request is None:
-            self._slots.acquire()
-            request = self._submit(self._owned(values, args, kwargs))
+        submitted_at = clock()
+        try:
+            result = self._engine.run_inline(values, self._finish_values)
+        except Exception as exc:  # the request's own failure: the task delivers it
+            request = finished_request(getattr(exc, "request_id", 0), None, exc, submitted_at)
+        else:
+            if result is NOT_INLINE:
+                self._slots.acquire()
+                held: list[np.ndarray] = []
+                request = self._submit(self._owned(values, args, kwargs, held), held)
+            else:
+                request = finished_request(next_request_id(), result, None, submitted_at)
         return AsyncTask(request, self._engine)
 
     async def async_run(self, *args: Any, out: Any = None, **kwargs: Any):
@@ -365,14 +384,19 @@ class AsyncRuntime:
         awaiting task cancels the request."""
         self._check_open()
         values = self._values(args, kwargs, out)
-        request = self._inline(values)
-        if request is not None:
-            return _outcome(request)
-        values = self._owned(values, args, kwargs)
+        result = self._engine.run_inline(values, self._finish_values)  # raises the request's own error
+        if result is not NOT_INLINE:
+            return result
+        held: list[np.ndarray] = []
+        values = self._owned(values, args, kwargs, held)
         mailbox = self._mailbox()
         if not self._slots.try_acquire():
-            await self._slots.acquire_async(mailbox)
-        request = self._submit(values)
+            try:
+                await self._slots.acquire_async(mailbox)
+            except BaseException:
+                self._staging.give_back(held)
+                raise
+        request = self._submit(values, held)
         future = asyncio.get_running_loop().create_future()
         request.add_done_callback(lambda r: _resolve_on_loop(mailbox, future, r))
         try:
@@ -402,13 +426,15 @@ class AsyncRuntime:
             values[OUT] = out
         return values
 
-    def _owned(self, values: dict, args, kwargs) -> dict:
+    def _owned(self, values: dict, args, kwargs, held: list[np.ndarray]) -> dict:
         """`values` with the inputs the caller still owns copied, before the request leaves this
-        call (one run inline has finished with them by then, so it needs no copy)."""
+        call (one run inline has finished with them by then, so it needs no copy). Large copies
+        are staging buffers, listed in `held` to be given back when the request ends."""
         if self.preprocess is not None:
             return values
         given = {id(v) for v in (*args, *kwargs.values())}
-        return {name: np.array(a, copy=True) if name != OUT and (a.base is not None or id(a) in given) else a
+        copy = self._staging.copy
+        return {name: copy(a, held) if name != OUT and (a.base is not None or id(a) in given) else a
                 for name, a in values.items()}
 
     def _finish(self, final: dict):
@@ -418,18 +444,19 @@ class AsyncRuntime:
         outputs = self.artifact.outputs
         return deliver_outputs([final[o.name] for o in outputs], outputs, final.get(OUT), self.tensor_type)
 
-    def _inline(self, values: dict) -> Request | None:
-        """The request run whole on this thread, when that beats handing it to the lanes
-        (Engine.run_inline), else None."""
-        try:
-            return self._engine.run_inline(values, self._finish)
-        except RuntimeError:
-            raise RuntimeClosedError(f"AsyncRuntime for {self.source} is closed") from None
+    def _submit(self, values: dict, held: list[np.ndarray]) -> Request:
+        """With a slot held: submits; at the end frees the slot and gives back the staging buffers."""
+        request = Request(next_request_id(), values, self._finish_values)
+        if held:
+            staging, release = self._staging, self._slots.release
 
-    def _submit(self, values: dict) -> Request:
-        """With a slot held: submits, frees the slot at the end."""
-        request = Request(next_request_id(), values, self._finish)
-        request.on_end = self._slots.release
+            def on_end() -> None:
+                release()
+                staging.give_back(held)
+
+            request.on_end = on_end
+        else:
+            request.on_end = self._slots.release
         try:
             self._engine.submit(request)
         except RuntimeError:

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from queue import SimpleQueue
+from threading import get_ident
 from typing import Any, Callable, NamedTuple
 
 from ..format.artifact import Device, TransferDirection
@@ -26,6 +27,7 @@ STOP_GRACE_S = 1.0  # close(timeout=...): how long past the timeout an idle lane
 HOP_COST_S = 50e-6
 INLINE_WARMUP = 3  # requests measured on the lanes before a chain may run inline
 INLINE_WINDOW = 16  # the chain's compute is the least of this many recent requests'
+NOT_INLINE = object()  # Engine.run_inline's answer when the request should go to the lanes
 
 
 class Resource(enum.Enum):
@@ -271,6 +273,16 @@ class Request:
 _EVENT_LOCK = threading.Lock()
 
 
+def finished_request(request_id: int, result: Any, error: BaseException | None, submitted_at: float) -> Request:
+    """A request that already ran (inline), final: done or failed, callbacks added later run at once."""
+    request = Request(request_id, {}, None)  # type: ignore[arg-type]
+    request.submitted_at, request.finished_at = submitted_at, clock()
+    request.state = RequestState.DONE if error is None else RequestState.FAILED
+    request.result, request.error = result, error
+    request._callbacks = None
+    return request
+
+
 @dataclass
 class EngineStats:
     """Counters kept for every request (constant memory)."""
@@ -295,11 +307,13 @@ class Engine:
     submitting thread (on the same lanes, so each lane still runs one step at a time)."""
 
     def __init__(self, steps: list[Step], *, pace_scale: float = 0.0, parallel: int = 2, host_lanes: int = 2,
-                 trace_capacity: int = 0, name: str = "rblnc", thread_setup: Callable[[], None] | None = None):
+                 npu_lanes: int = 1, trace_capacity: int = 0, name: str = "rblnc", thread_setup: Callable[[], None] | None = None):
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         if host_lanes < 1:
             raise ValueError(f"host_lanes must be at least 1, got {host_lanes}")
+        if npu_lanes < 1:
+            raise ValueError(f"npu_lanes must be at least 1, got {npu_lanes}")
         self.steps = active_steps(steps, pace_scale)
         self.pace_scale = pace_scale
         self.parallel = parallel
@@ -314,18 +328,23 @@ class Engine:
         self._inflight: dict[int, Request] = {}
         self._accepting = True
         self._shut = False
-        self.stats = EngineStats()
+        self._stats = EngineStats()  # of the requests on the lanes; `stats` adds those run inline
         self.timeline: deque[StepRecord] | None = deque(maxlen=trace_capacity) if trace_capacity else None
         self._queues: dict[Resource, SimpleQueue] = {}
         self._lanes: dict[Resource, list[Lane]] = {}
         self._threads: list[tuple[threading.Thread, SimpleQueue]] = []
         # Functional shortcuts (class docstring). Pacing needs every step on its own lane's timeline.
         self._shortcuts = not pace_scale
+        # A whole request on the submitting thread (run_inline): functional and untraced only.
+        self._inlinable = self._shortcuts and self.timeline is None
         self._inline_budget = HOP_COST_S * (len(self.steps) + 1)  # a hop per step, one to hand back the result
-        self._recent: deque[float] = deque(maxlen=INLINE_WINDOW)  # compute per request, the last ones
+        self._measured = 0  # requests whose chain's compute was measured (up to INLINE_WARMUP)
+        self._slow_streak = 0  # of them, the latest in a row that computed longer than the budget
         self._inline_ok = False
         self._inline_active = False
-        self._inline = threading.local()  # .engine: set on a thread while it runs a request inline
+        self._inline_thread: int | None = None  # the thread running a request inline (one at a time)
+        self._inline_busy = [0.0] * len(self.steps)  # seconds per step of the requests run inline
+        self._inline_completed = 0
         self._thread_setup = thread_setup  # run first on each lane's thread (the creator's torch threads)
         used = {s.resource for s in self.steps}
         for resource in Resource:
@@ -333,19 +352,19 @@ class Engine:
                 continue
             queue: SimpleQueue = SimpleQueue()
             self._queues[resource] = queue
-            count = host_lanes if resource is Resource.HOST else 1
+            count = {Resource.HOST: host_lanes, Resource.NPU: npu_lanes}.get(resource, 1)
             self._lanes[resource] = []
             for index in range(count):
-                label = f"host {index}" if resource is Resource.HOST else resource.value
+                label = f"{resource.value} {index}" if resource is Resource.HOST or count > 1 else resource.value
                 lane = Lane(resource, label)
                 self._lanes[resource].append(lane)
                 thread = threading.Thread(target=self._serve, args=(queue, lane),
                                           name=f"{name}-{label.replace(' ', '-').lower()}", daemon=True)
                 self._threads.append((thread, queue))
                 thread.start()
-        self._step_lanes = [self._lanes[s.resource] for s in self.steps]
-        self._step_keys = [_RESOURCE_KEYS[s.resource] for s in self.steps]
-        self._step_est_ns = [s.est_ns for s in self.steps]
+        # What run_inline reads per step, looked up once.
+        self._inline_plan = [(s, s.run, s.release, self._lanes[s.resource]) for s in self.steps]
+        self._step_stats = [(_RESOURCE_KEYS[s.resource], s.est_ns) for s in self.steps]
 
     # -- submission and the chain ------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -356,68 +375,68 @@ class Engine:
         request.submitted_at = request.ready_at = clock()
         self._advance(request)
 
-    def run_inline(self, values: dict, finish: Callable[[dict], Any]) -> Request | None:
-        """Runs a request whole on this thread and returns it finished, or returns None (submit
-        it then) unless running it here is worth it: functional and untraced, nothing else in
-        flight, and the chain's compute shorter than the hand-offs the lanes would take. Each
-        step still holds its lane, so a lane runs one step at a time."""
-        if not self._inline_ok or self.timeline is not None:
-            return None
+    def run_inline(self, values: dict, finish: Callable[[dict], Any]) -> Any:
+        """Runs a request whole on this thread and returns its result (or raises its error, the
+        request and step named on it, as a lane would deliver it), unless running it here is not
+        worth it: then returns NOT_INLINE, and the caller submits it. Worth it when functional
+        and untraced, nothing else in flight, and the chain's compute shorter than the hand-offs
+        the lanes would take. Each step still holds its lane, so a lane runs one step at a time.
+        This path is the whole cost of a small request beside Runtime.run, so it makes no
+        Request and takes the engine's lock once: one request runs inline at a time
+        (`_inline_active`), and its statistics go to counters only that request touches."""
+        if not self._inline_ok:
+            return NOT_INLINE
         with self._lock:
-            if not self._accepting:
-                raise RuntimeError("engine is shut down")
-            if self._inflight or self._inline_active or self._device_free != self.parallel:
-                return None
+            if not self._accepting or self._inflight or self._inline_active or self._device_free != self.parallel:
+                return NOT_INLINE  # a closed engine: submit() says so
             self._inline_active = True
-        request = Request(next_request_id(), values, finish)
-        began = request.submitted_at = clock()
-        busy: list[float] = []  # seconds per step, in chain order
+        self._inline_thread = get_ident()
+        busy = self._inline_busy
+        first = began = clock()
+        index = -1
         step = error = result = None
-        inline = self._inline
-        inline.engine = self
         try:
-            for step, lanes in zip(self.steps, self._step_lanes):
-                lane = _take_free(lanes) or _wait_for(lanes[0])
+            for index, (step, run, release, lanes) in enumerate(self._inline_plan):
+                lock = lanes[0].lock
+                if not lock.acquire(False):  # a cancelled request's step may still hold it
+                    lock = (_take_free(lanes) or _wait_for(lanes[0])).lock
                 try:
-                    step.run(values)
-                    for name in step.release:
+                    run(values)
+                    for name in release:
                         values.pop(name, None)
                 finally:
-                    lane.lock.release()
+                    lock.release()
                     ended = clock()
-                    busy.append(ended - began)
+                    busy[index] += ended - began
                     began = ended
             step = None
             result = finish(values)
         except BaseException as exc:  # the request's own failure, as on a lane
             error = exc
-        finally:
-            inline.engine = None
-        request.values = {}
-        request.finished_at = clock()
-        stats = self.stats
-        with self._lock:
-            self._inline_active = False
-            busy_s, modelled_ns = stats.busy_s, stats.modelled_ns
-            for key, est_ns, seconds in zip(self._step_keys, self._step_est_ns, busy):
-                busy_s[key] = busy_s.get(key, 0.0) + seconds
-                modelled_ns[key] = modelled_ns.get(key, 0.0) + est_ns
-            if error is None:
-                stats.completed += 1
-            else:
-                stats.failed += 1
-            if not self._inflight and self._draining:
-                self._idle.notify_all()
-        request._callbacks = None  # final: a callback added later runs at once
-        if error is not None:
-            _identify(error, request, step)
-            request.state, request.error = RequestState.FAILED, error
-            if not isinstance(error, Exception):
-                raise error  # Ctrl-C in a step stops the caller, as it would stop Runtime.run
+        if error is None:
+            self._inline_completed += 1
         else:
-            request.state, request.result = RequestState.DONE, result
-            self._measure(sum(busy))
-        return request
+            with self._lock:
+                self._stats.failed += 1
+                modelled_ns = self._stats.modelled_ns
+                for key, est_ns in self._step_stats[:index + 1]:
+                    modelled_ns[key] = modelled_ns.get(key, 0.0) + est_ns
+        self._inline_thread = None
+        self._inline_active = False  # unlocked: drain() rechecks after counting itself in _draining
+        if self._draining:
+            with self._lock:
+                self._idle.notify_all()
+        if error is not None:
+            _identify(error, next_request_id(), step)
+            try:
+                raise error
+            finally:
+                error = None  # the frame's own reference would keep the traceback's frames alive
+        if began - first < self._inline_budget:
+            self._slow_streak = 0  # what _measure would conclude: it may still run inline
+        else:
+            self._measure(began - first)
+        return result
 
     def _advance(self, request: Request) -> None:
         """Puts the request in the queue of its next step, or finishes it."""
@@ -494,7 +513,7 @@ class Engine:
                 granted = self._return_device(request, failed_at) if request.done else None
             if granted is not None:
                 self._queues[self.steps[granted.position].resource].put(granted)
-            _identify(exc, request, step)
+            _identify(exc, request.id, step)
             self._end(request, RequestState.FAILED, error=exc)
             return False
         request.ready_at = end
@@ -513,7 +532,7 @@ class Engine:
     def _record(self, request: Request, step: Step, lane: Lane, start: float, end: float, compute: float = 0.0,
                 failed: bool = False):
         """With the lock held: the step's statistics, and its record when tracing."""
-        stats = self.stats
+        stats = self._stats
         key = step.resource.value
         stats.busy_s[key] = stats.busy_s.get(key, 0.0) + (end - start)
         stats.modelled_ns[key] = stats.modelled_ns.get(key, 0.0) + step.est_ns
@@ -539,23 +558,28 @@ class Engine:
         return None
 
     def _complete(self, request: Request) -> None:
-        if self._shortcuts:
+        if self._inlinable:
             self._measure(request.compute_s)
         try:
             result = request.finish(request.values)
         except BaseException as exc:
-            _identify(exc, request, None)
+            _identify(exc, request.id, None)
             self._end(request, RequestState.FAILED, error=exc)
             return
         self._end(request, RequestState.DONE, result=result)
 
     def _measure(self, compute_s: float) -> None:
-        """Keeps the chain's compute per request, the least of the last INLINE_WINDOW requests
-        (noise only ever adds time: a cold cache, a lane waiting for the GIL, a preempted
-        thread), and whether it may run inline. Unlocked: a lost sample changes nothing."""
-        recent = self._recent
-        recent.append(compute_s)
-        self._inline_ok = len(recent) >= INLINE_WARMUP and min(recent) < self._inline_budget
+        """Keeps whether the chain may run inline: after INLINE_WARMUP requests, while at least one
+        of the last INLINE_WINDOW computed within the budget (noise only ever adds time: a cold
+        cache, a lane waiting for the GIL, a preempted thread). Unlocked: a lost sample changes
+        nothing."""
+        if compute_s < self._inline_budget:
+            self._slow_streak = 0
+        else:
+            self._slow_streak += 1
+        if self._measured < INLINE_WARMUP:
+            self._measured += 1
+        self._inline_ok = self._measured >= INLINE_WARMUP and self._slow_streak < INLINE_WINDOW
 
     def _end(self, request: Request, state: RequestState, *, result: Any = None,
              error: BaseException | None = None) -> bool:
@@ -569,11 +593,11 @@ class Engine:
             request.values = {}
             request.finished_at = clock()
             if state is RequestState.DONE:
-                self.stats.completed += 1
+                self._stats.completed += 1
             elif state is RequestState.FAILED:
-                self.stats.failed += 1
+                self._stats.failed += 1
             else:
-                self.stats.cancelled += 1
+                self._stats.cancelled += 1
             if not request.running:
                 if request in self._device_waiters:
                     self._device_waiters.remove(request)
@@ -587,6 +611,19 @@ class Engine:
             request.on_end()
         request._settle()
         return True
+
+    @property
+    def stats(self) -> EngineStats:
+        """The counters so far (a copy), those of the requests run inline included."""
+        with self._lock:
+            lanes, completed = self._stats, self._inline_completed
+            stats = EngineStats(lanes.completed + completed, lanes.failed, lanes.cancelled,
+                                dict(lanes.busy_s), dict(lanes.modelled_ns), lanes.overruns)
+        for (key, est_ns), seconds in zip(self._step_stats, self._inline_busy):
+            if seconds:
+                stats.busy_s[key] = stats.busy_s.get(key, 0.0) + seconds
+                stats.modelled_ns[key] = stats.modelled_ns.get(key, 0.0) + est_ns * completed
+        return stats
 
     def cancel(self, request: Request) -> bool:
         """Ends a pending request as cancelled: at once for the caller; a step already running
@@ -646,7 +683,7 @@ class Engine:
     def owns_current_thread(self) -> bool:
         """True on the runtime's own threads, and on a thread running a request inline (whose
         callbacks run there: waiting for the runtime to drain would wait for itself)."""
-        if getattr(self._inline, "engine", None) is self:
+        if self._inline_thread == get_ident():
             return True
         current = threading.current_thread()
         return any(thread is current for thread, _ in self._threads)
@@ -672,12 +709,12 @@ def _wait_for(lane: Lane) -> Lane:
     return lane
 
 
-def _identify(exc: BaseException, request: Request, step: Step | None) -> None:
+def _identify(exc: BaseException, request_id: int, step: Step | None) -> None:
     """Names the request (and step) on the exception without changing its type or message."""
     where = f" at step {step.name} ({step.resource.value})" if step is not None else " delivering its outputs"
     try:
-        exc.add_note(f"rblnc request {request.id} failed{where}")
-        exc.request_id = request.id  # type: ignore[attr-defined]
+        exc.add_note(f"rblnc request {request_id} failed{where}")
+        exc.request_id = request_id  # type: ignore[attr-defined]
     except (AttributeError, TypeError):  # pragma: no cover - exotic exception types
         pass
 
