@@ -47,7 +47,8 @@ class CompileOptionsIn:
     # input dicts or arrays), and how a range is chosen from them ("minmax" or "percentile").
     calibration: Any = None
     calibration_method: str = "minmax"
-    show_progress: bool = False
+    # A progress bar on stderr while calibrating; None: when stderr is a terminal.
+    show_progress: bool | None = None
 
 
 @dataclass

@@ -23,7 +23,7 @@ def has_qdq(graph: Graph) -> bool:
 
 
 def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: str = "minmax", *,
-                   progress: Callable[[str], None] | None = None, show_progress: bool = False) -> QuantizeReport:
+                   progress: Callable[[str], None] | None = None, show_progress: bool | None = None) -> QuantizeReport:
     """QDQ patterns the model already has become int8 ops with their scales as given; with
     dtype="int8" and `calibration`, rblnc first quantises the float model itself."""
     report = QuantizeReport()
