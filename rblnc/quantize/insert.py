@@ -75,18 +75,19 @@ def _unfuse(graph: Graph) -> None:
     standard op, the residual Add of a FusedConv's addend, and the activation: the form the QDQ
     rewrite reads (an int8 QConv, QAdd with the activation)."""
     for node in list(graph.topological_order()):
-        if node.domain != RBLNC_DOMAIN or node.op_type not in ("FusedConv", "FusedGemm"):
+        if node.domain != RBLNC_DOMAIN or node.op_type not in ("FusedConv", "FusedGemm", "FusedMatMul"):
             continue
         activation = node.attrs.get("activation", "")
         if activation not in ("", "Relu", "Clip"):
             continue
-        addend = node.inputs[3] if node.op_type == "FusedConv" and len(node.inputs) > 3 else ""
+        addend_position = {"FusedConv": 3, "FusedMatMul": 2}.get(node.op_type, len(node.inputs))
+        addend = node.inputs[addend_position] if len(node.inputs) > addend_position else ""
         core = node.op_type.removeprefix("Fused")
         attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "activation_params")}
         out = node.outputs[0]
         info = graph.tensors[out]
         graph.remove_node(node.name)
-        inputs = [i for i in node.inputs[:3]]
+        inputs = [i for i in node.inputs[:min(3, addend_position)]]
         while inputs and not inputs[-1]:
             inputs.pop()
         if not activation and not addend:
@@ -141,9 +142,14 @@ def _activation_inputs(graph: Graph, node: Node) -> list[str]:
 
 
 def _result(graph: Graph, node: Node) -> str:
-    """The tensor to quantise after `node`: its output, or its sole Relu/Clip's."""
+    """The tensor to quantise after `node`: its output, or its sole Relu/Clip's (after a MatMul's
+    bias Add)."""
     out = node.outputs[0]
     consumers = graph.consumers(out)
+    if node.op_type == "MatMul" and len(consumers) == 1 and out not in graph.outputs \
+            and consumers[0].op_type == "Add" and any(graph.is_constant(n) for n in consumers[0].inputs):
+        out = consumers[0].outputs[0]
+        consumers = graph.consumers(out)
     if node.op_type in _MATRIX + ("Add",) and len(consumers) == 1 and out not in graph.outputs:
         follower = consumers[0]
         if follower.op_type == "Relu" or (follower.op_type == "Clip" and all(

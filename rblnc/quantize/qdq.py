@@ -200,8 +200,11 @@ def _rewrite_matrix(graph: Graph, node: Node) -> int:
             return 0
     if w is None:
         return 0
+    bias_add = _bias_add(graph, node) if node.op_type == "MatMul" else None
+    if bias_add is not None:
+        bias_input = next(n for n in bias_add.inputs if n != node.outputs[0])
     try:
-        activation, quantize, out = _quantized_output(graph, node)
+        activation, quantize, out = _quantized_output(graph, bias_add or node)
     except LookupError:
         return 0
     weight_name, weight_params = w.source, w.params
@@ -223,9 +226,24 @@ def _rewrite_matrix(graph: Graph, node: Node) -> int:
     attrs = dict(node.attrs) if node.op_type == "Conv" else {}
     attrs.update(_activation_attrs(graph, activation))
     op_type = "QConv" if node.op_type == "Conv" else "QGemm"
-    removed = [node] + ([activation] if activation else []) + [quantize]
+    removed = [node] + ([bias_add] if bias_add else []) + ([activation] if activation else []) + [quantize]
     _replace(graph, removed, _quantized_node(node, op_type, inputs, out, attrs, removed), out, graph.tensors[out])
     return 1
+
+
+def _bias_add(graph: Graph, node: Node) -> Node | None:
+    """The Add of a constant [N] vector that is a MatMul's only use (a bias, as FusedMatMul's)."""
+    out = node.outputs[0]
+    consumers = graph.consumers(out)
+    if out in graph.outputs or len(consumers) != 1 or consumers[0].op_type != "Add" or consumers[0].domain:
+        return None
+    add = consumers[0]
+    other = next((n for n in add.inputs if n != out), "")
+    constant = _source(graph, other) if graph.producer(other) is not None else other
+    n = graph.tensors[out].shape[-1]
+    if not other or not graph.is_constant(constant) or graph.tensors[other].shape not in ((n,), (1, n)):
+        return None
+    return add
 
 
 def _quantized_node(node: Node, op_type: str, inputs: list[str], out: str, attrs: dict,
