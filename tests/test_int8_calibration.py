@@ -134,9 +134,30 @@ def test_command_line_int8_with_npz_calibration(cnn, tmp_path):
     assert "calibrated on 8/8 sample(s)" in done.stderr and "quantised" in done.stderr
     report = json.loads(cli("inspect", tmp_path / "cnn.rbln", "--json").stdout)
     assert report["options"]["dtype"] == "int8"
+    # Every kernel but the two conversions at the float boundaries computes in int8.
+    assert report["precision"]["conversion"]["commands"] == 2 and set(report["precision"]) == {"int8", "conversion"}
+    assert "NPU commands by precision: Quantize/DequantizeLinear 2" in cli("inspect", tmp_path / "cnn.rbln").stdout
     np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 3, 8, 8), np.float32))
     failed = cli("compile", tmp_path / "cnn.onnx", "-o", tmp_path / "bad.rbln", "--dtype", "int8",
                  "--calibrate", tmp_path / "wrong.npz")
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1] == (
         "error: calibration sample 0: input 'x' has shape [3, 8, 8], the model takes [1, 3, 16, 16]")
+
+
+def test_own_quantisation_matches_onnxruntime_within_one_lsb(cnn):
+    """The same int8 model twice: once on the emulator's integer kernels, once with every int8 op on
+    the host, where onnxruntime runs its QDQ decomposition (DequantizeLinear, the float op,
+    QuantizeLinear): outputs agree within 1 LSB of the output scale on >= 99.9 % of elements."""
+    options = dict(dtype="int8", calibration=_samples(CNN_SHAPE, 16))
+    on_npu = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], **options)
+    on_host = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")],
+                                       host_ops="QConv,QAdd,QMaxPool,QGlobalAveragePool,QGemm", **options)
+    assert [p.device.name for p in on_host.artifact.partitions] == ["NPU", "HOST", "NPU"]
+    program = on_npu.artifact.partitions[0].npu_program
+    dequantize = next(c for c in program.commands if c.op_type == "DequantizeLinear")
+    lsb = float(program.tensors[dequantize.inputs[1]].data)
+    npu_runtime, host_runtime = on_npu.create_runtime(), on_host.create_runtime()
+    difference = np.concatenate([np.abs(npu_runtime.run(x) - host_runtime.run(x)).ravel()
+                                 for x in _samples(CNN_SHAPE, 20, seed=100)])
+    assert np.mean(difference <= lsb * 1.001) >= 0.999
