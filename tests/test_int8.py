@@ -166,3 +166,41 @@ def test_quantize_linear_rounds_half_to_even_as_onnx():
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(ours, expected)
     np.testing.assert_array_equal(ours, [[0, 2, 2, 0, -2, -2, 127, -128]])
+
+
+def test_depthwise_conv_with_full_range_integers_matches_onnxruntime():
+    """Depthwise QConv on activations and weights that fill the int8 range: sums of uint8 x int8
+    pairs exceed int16 (fbgemm's depthwise kernel saturated there, tens of LSB off), so this checks
+    the int32 accumulation."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels, size, rng = 144, 16, np.random.default_rng(0)
+    weights = rng.integers(-127, 128, size=(channels, 1, 3, 3)).astype(np.int8)
+    w_scale = (rng.random(channels) * 0.01 + 0.001).astype(np.float32)
+    x_scale, x_zero, y_scale = 0.02, -125, 0.05
+
+    def tensor(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], group=channels, pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    initializers = [tensor("xs", np.float32(x_scale)), tensor("xz", np.int8(x_zero)), tensor("w", weights),
+                    tensor("ws", w_scale), tensor("wz", np.zeros(channels, np.int8)),
+                    tensor("ys", np.float32(y_scale)), tensor("yz", np.int8(-128))]
+    shape = [1, channels, size, size]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    compiled = rblnc.compile_from_onnx(model)
+    assert [c.op_type for c in _commands(compiled)] == ["QuantizeLinear", "QConv", "DequantizeLinear"]
+    x = ((rng.integers(-128, 128, size=shape) - x_zero) * x_scale).astype(np.float32)  # every int8 value
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    difference = np.abs(compiled.create_runtime().run(x) - expected)
+    assert np.mean(difference <= y_scale * 1.001) >= 0.999 and difference.max() <= y_scale * 1.001

@@ -1,5 +1,5 @@
 """Integer kernels of the emulator: int8 x int8 -> int32 accumulation and requantisation, on
-torch's quantized CPU ops (fbgemm / oneDNN int8 with weights prepacked once per command).
+torch's quantized CPU ops (oneDNN int8, weights prepacked once per command).
 
 Numerics (docs/precision.md): an int8 command computes acc = sum (x - x_zp) * w + bias (int32),
 then y = saturate(round_half_even(acc * x_scale * w_scale / y_scale) + y_zp), the requantisation
@@ -11,6 +11,7 @@ QuantizeLinear and DequantizeLinear run at the int8/float boundaries with ONNX s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -22,6 +23,23 @@ from .kernels import (
 )
 
 _SIGNED = torch.int8
+# Weights are prepacked for oneDNN: fbgemm's depthwise convolution sums uint8 x int8 pairs in int16
+# and saturates on full-range activations (tens of LSB off on MobileNet's depthwise layers), where
+# oneDNN accumulates in int32. The packed weights carry their engine, whatever the global one is.
+_PACKING_ENGINE = "onednn" if "onednn" in torch.backends.quantized.supported_engines else None
+
+
+@contextlib.contextmanager
+def _packing_engine():
+    if _PACKING_ENGINE is None:
+        yield
+        return
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = _PACKING_ENGINE
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
 
 
 def _unavailable(inputs, attrs):
@@ -116,9 +134,10 @@ def prepare_qconv(ctx: CommandContext):
     if padding is None:  # torch pads symmetrically: pad the integers with the zero point (real 0) first
         pre_pad, padding = _torch_pad_order(pads), [0, 0]
     x_zero = int(x_params.zero_point[0])
-    packed = torch.ops.quantized.conv2d_prepack(
-        _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None),
-        strides, padding, dilations, int(ctx.attrs.get("group", 1)))
+    with _packing_engine():
+        packed = torch.ops.quantized.conv2d_prepack(
+            _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None),
+            strides, padding, dilations, int(ctx.attrs.get("group", 1)))
     y_scale, y_zero = float(y_params.scale[0]), _torch_zero_point(y_params, y_dtype)
     finish = _finish(ctx)
 
@@ -138,8 +157,9 @@ def prepare_qgemm(ctx: CommandContext):
     weight, bias = ctx.constants[1], ctx.constants[2] if len(ctx.constants) > 2 else None
     if weight is None:
         raise ValueError("QGemm needs a constant weight")
-    packed = torch.ops.quantized.linear_prepack(
-        _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None))
+    with _packing_engine():
+        packed = torch.ops.quantized.linear_prepack(
+            _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None))
     y_scale, y_zero = float(y_params.scale[0]), _torch_zero_point(y_params, y_dtype)
     finish = _finish(ctx)
 
