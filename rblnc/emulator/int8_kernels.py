@@ -23,6 +23,10 @@ from .kernels import (
 )
 
 _SIGNED = torch.int8
+# torch deprecates its quantized tensor types, which are its int8 kernels' interface. One narrow
+# filter, set once: catch_warnings per request swaps the process-wide filter list (not thread-safe).
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                        category=UserWarning)
 # Weights are prepacked for oneDNN: fbgemm's depthwise convolution sums uint8 x int8 pairs in int16
 # and saturates on full-range activations (tens of LSB off on MobileNet's depthwise layers), where
 # oneDNN accumulates in int32. The packed weights carry their engine, whatever the global one is.
@@ -51,9 +55,7 @@ def _quantized_tensor(values: torch.Tensor, params: QuantParams) -> torch.Tensor
     zero = int(params.zero_point[0])
     if values.dtype == _SIGNED:
         values, zero = values.view(torch.uint8).bitwise_xor(128), zero + 128
-    with warnings.catch_warnings():  # torch deprecates quantized tensors; they are its int8 path
-        warnings.simplefilter("ignore")
-        return torch._make_per_tensor_quantized_tensor(values, float(params.scale[0]), zero)
+    return torch._make_per_tensor_quantized_tensor(values, float(params.scale[0]), zero)
 
 
 def _from_quantized(result: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -66,13 +68,11 @@ def _torch_zero_point(params: QuantParams, dtype: torch.dtype) -> int:
 
 
 def _weight(values: torch.Tensor, params: QuantParams) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if params.per_tensor:
-            return torch._make_per_tensor_quantized_tensor(values, float(params.scale[0]), 0)
-        return torch._make_per_channel_quantized_tensor(
-            values, torch.from_numpy(params.scale.astype("float64")),
-            torch.zeros(params.scale.size, dtype=torch.long), params.axis)
+    if params.per_tensor:
+        return torch._make_per_tensor_quantized_tensor(values, float(params.scale[0]), 0)
+    return torch._make_per_channel_quantized_tensor(
+        values, torch.from_numpy(params.scale.astype("float64")),
+        torch.zeros(params.scale.size, dtype=torch.long), params.axis)
 
 
 def _float_bias(bias: torch.Tensor | None, params: QuantParams | None) -> torch.Tensor | None:
