@@ -97,6 +97,9 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
                    "first axis = samples).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile"]), default="minmax",
               show_default=True, help="How --calibrate chooses each activation's range.")
+@click.option("--int8-ops", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
+              help="--calibrate: auto keeps in bf16 the ops whose modelled int8 saving does not pay for "
+                   "their Quantize/Dequantize conversions; all quantises every op int8 can run.")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--target", default=None, help="Target preset name or a .toml/.json spec file.")
 @click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")
@@ -111,7 +114,8 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
               help="Fail, listing every op the NPU cannot run, instead of running ops on the host.")
 @click.option("--no-refine", is_flag=True,
               help="Keep every supported op on the NPU (no cost-driven moves to the host).")
-def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_method, opt_level, target,
+def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_method, int8_ops,
+            opt_level, target,
             verify_each, dump_ir_after, disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback,
             no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
@@ -134,7 +138,7 @@ def compile(model: Path, output: Path, inputs, constants, dtype, calibration, ca
         from .quantize.calibrate import NpzSamples
 
         options.update(calibration=NpzSamples(calibration), calibration_method=calibration_method,
-                       show_progress=True)
+                       int8_ops=int8_ops, show_progress=True)
     click.echo(f"compiling {model} ({framework})", err=True)
     compiled = _compile_model(framework, model, input_info, options, constant_args)
     compiled.save(output)

@@ -47,6 +47,8 @@ class CompileOptionsIn:
     # input dicts or arrays), and how a range is chosen from them ("minmax" or "percentile").
     calibration: Any = None
     calibration_method: str = "minmax"
+    # "auto": ops whose modelled int8 saving does not pay for their conversions stay bf16; "all".
+    int8_ops: str = "auto"
     # A progress bar on stderr while calibrating; None: when stderr is a terminal.
     show_progress: bool | None = None
 
@@ -103,7 +105,8 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
 
     start = time.perf_counter()
     report.quantized = quantize_graph(graph, options.dtype, options.calibration, options.calibration_method,
-                                      progress=options.progress, show_progress=options.show_progress)
+                                      progress=options.progress, show_progress=options.show_progress,
+                                      target=target, ops=options.int8_ops)
     if report.quantized.rewritten:
         say(f"quantised {report.quantized.rewritten} op(s) to int8")
         verify_graph(graph)

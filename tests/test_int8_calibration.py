@@ -41,7 +41,7 @@ def _relative_l2(ours, reference):
 
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
 def test_int8_cnn_stays_close_to_the_float_model(cnn, method):
-    compiled = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], dtype="int8",
+    compiled = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], dtype="int8", int8_ops="all",
                                         calibration=_samples(CNN_SHAPE, 32), calibration_method=method)
     ops = _ops(compiled)
     # Every convolution, the residual add, the pools and the classifier run in int8: one
@@ -60,7 +60,7 @@ def test_int8_matmul_mlp_from_torch(tmp_path):
     torch.manual_seed(0)
     mlp = SmallMlp().eval()
     shape = (4, 12, 24)
-    compiled = rblnc.compile_from_torch(mlp, [("x", list(shape), "float32")], dtype="int8",
+    compiled = rblnc.compile_from_torch(mlp, [("x", list(shape), "float32")], dtype="int8", int8_ops="all",
                                         calibration=[{"x": s} for s in _samples(shape, 16)])
     assert _ops(compiled).count("QGemm") == 2
     x = _samples(shape, 1, seed=3)[0]
@@ -74,7 +74,7 @@ def test_int8_is_priced_at_the_int8_peak(cnn):
     from rblnc.target import load_target
 
     compiled = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], dtype="int8",
-                                        calibration=_samples(CNN_SHAPE, 4))
+                                        int8_ops="all", calibration=_samples(CNN_SHAPE, 4))
     target = load_target(None)
     conv = next(c for p in compiled.artifact.partitions if p.npu_program for c in p.npu_program.commands
                 if c.op_type == "QConv")
@@ -85,7 +85,7 @@ def test_int8_is_priced_at_the_int8_peak(cnn):
 
 def _compile(cnn, calibration, **options):
     return rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], dtype="int8",
-                                    calibration=calibration, **options)
+                                    calibration=calibration, **{"int8_ops": "all", **options})
 
 
 @pytest.mark.parametrize("calibration, message", [
@@ -129,7 +129,8 @@ def test_command_line_int8_with_npz_calibration(cnn, tmp_path):
         return subprocess.run([sys.executable, "-m", "rblnc.cli", *map(str, args)], capture_output=True, text=True)
 
     done = cli("compile", tmp_path / "cnn.onnx", "-o", tmp_path / "cnn.rbln", "--dtype", "int8",
-               "--calibrate", tmp_path / "calibration.npz", "--calibration-method", "percentile")
+               "--calibrate", tmp_path / "calibration.npz", "--calibration-method", "percentile",
+               "--int8-ops", "all")
     assert done.returncode == 0, done.stderr
     assert "calibrated on 8/8 sample(s)" in done.stderr and "quantised" in done.stderr
     report = json.loads(cli("inspect", tmp_path / "cnn.rbln", "--json").stdout)
@@ -149,7 +150,7 @@ def test_own_quantisation_matches_onnxruntime_within_one_lsb(cnn):
     """The same int8 model twice: once on the emulator's integer kernels, once with every int8 op on
     the host, where onnxruntime runs its QDQ decomposition (DequantizeLinear, the float op,
     QuantizeLinear): outputs agree within 1 LSB of the output scale on >= 99.9 % of elements."""
-    options = dict(dtype="int8", calibration=_samples(CNN_SHAPE, 16))
+    options = dict(dtype="int8", int8_ops="all", calibration=_samples(CNN_SHAPE, 16))
     on_npu = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], **options)
     on_host = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")],
                                        host_ops="QConv,QAdd,QMaxPool,QGlobalAveragePool,QGemm", **options)
@@ -161,3 +162,27 @@ def test_own_quantisation_matches_onnxruntime_within_one_lsb(cnn):
     difference = np.concatenate([np.abs(npu_runtime.run(x) - host_runtime.run(x)).ravel()
                                  for x in _samples(CNN_SHAPE, 20, seed=100)])
     assert np.mean(difference <= lsb * 1.001) >= 0.999
+
+
+def test_auto_keeps_in_bf16_what_int8_does_not_pay_for(cnn):
+    """int8_ops="auto" (the default): on this 16x16 CNN every command is bound by the fixed command
+    overhead, so int8 saves nothing a conversion would not cost back; the convolutions of a wide
+    model at a real size save more than their conversions and go int8."""
+    small = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], dtype="int8",
+                                     calibration=_samples(CNN_SHAPE, 2))
+    bf16 = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")])
+
+    def modelled(compiled):
+        return sum(p.est_time_ns for p in compiled.artifact.partitions)
+
+    assert "QConv" not in _ops(small) and modelled(small) <= modelled(bf16) * 1.001
+    wide = torch.nn.Sequential(torch.nn.Conv2d(64, 256, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.ReLU()).eval()
+    shape = (1, 64, 56, 56)
+    int8 = rblnc.compile_from_torch(wide, [("x", list(shape), "float32")], dtype="int8",
+                                    calibration=_samples(shape, 2))
+    float_model = rblnc.compile_from_torch(wide, [("x", list(shape), "float32")])
+    assert _ops(int8).count("QConv") == 2
+    assert modelled(int8) < 0.6 * modelled(float_model)
+    with pytest.raises(CompileError, match="int8_ops must be one of auto, all"):
+        _compile(cnn, _samples(CNN_SHAPE, 2), int8_ops="some")

@@ -14,9 +14,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..cost_model import estimate_node, kernel_time_ns, op_flops, op_shape, runs_on_matrix_engine
+from ..errors import CompileError
 from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
 from ..quant_params import QuantParams
+from ..target import TargetSpec
 from .calibrate import calibrate
+
+INT8_OP_CHOICES = ("auto", "all")
 
 # Ops int8 pays for (matrix engines) and those that follow them cheaply on the integers.
 _MATRIX = ("Conv", "Gemm", "MatMul")
@@ -26,11 +31,20 @@ _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpo
 
 
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
-                         progress: Callable[[str], None] | None = None,
-                         show_progress: bool | None = None) -> tuple[int, dict[str, tuple[float, float]]]:
-    """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges)."""
-    _unfuse(graph)
+                         progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
+                         target: TargetSpec | None = None, ops: str = "auto",
+                         ) -> tuple[int, dict[str, tuple[float, float]]]:
+    """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges). With
+    ops="auto" and a target, an op whose modelled int8 saving does not pay for the conversions
+    it needs at float neighbours stays in float; ops="all" takes every op int8 can run."""
+    if ops not in INT8_OP_CHOICES:
+        raise CompileError(f"int8_ops must be one of {', '.join(INT8_OP_CHOICES)}, got {ops!r}")
+    unfused = _unfuse(graph)
     chosen = [n for n in graph.topological_order() if _worth_int8(graph, n)]
+    if ops == "auto" and target is not None:
+        split_addends = {name for _, made, _ in unfused.values() for name in made if name.endswith("_addend")}
+        chosen = profitable(graph, chosen, target, split_addends)
+    _refuse(graph, unfused, {n.name for n in chosen})
     activations: list[str] = []
     for node in chosen:
         for name in _activation_inputs(graph, node):
@@ -70,10 +84,25 @@ def _share_ranges(graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
             ranges[node.outputs[0]] = ranges[node.inputs[0]]
 
 
-def _unfuse(graph: Graph) -> None:
-    """FusedConv / FusedGemm with an activation int8 keeps exact (none, Relu, Clip) become the
-    standard op, the residual Add of a FusedConv's addend, and the activation: the form the QDQ
-    rewrite reads (an int8 QConv, QAdd with the activation)."""
+def _refuse(graph: Graph, unfused: dict[str, tuple[Node, list[str], list[str]]], chosen: set[str]) -> None:
+    """Puts back the fused ops whose core op stays in float (one command, as the passes made it)."""
+    for core, (original, made, constants) in unfused.items():
+        if core in chosen:
+            continue
+        info = graph.tensors[original.outputs[0]]
+        for name in reversed(made):
+            graph.remove_node(name)
+        for name in constants:
+            graph.remove_constant(name)
+        graph.add_node(original, [info])
+
+
+def _unfuse(graph: Graph) -> dict[str, tuple[Node, list[str], list[str]]]:
+    """FusedConv / FusedGemm / FusedMatMul with an activation int8 keeps exact (none, Relu, Clip)
+    become the standard op, the Add of the addend or bias, and the activation: the form the QDQ
+    rewrite reads (QConv / QGemm with the activation, a QAdd). Returns {core node name: (the fused
+    node, the nodes and the constants made in its place)}, so `_refuse` can undo what stays float."""
+    unfused: dict[str, tuple[Node, list[str], list[str]]] = {}
     for node in list(graph.topological_order()):
         if node.domain != RBLNC_DOMAIN or node.op_type not in ("FusedConv", "FusedGemm", "FusedMatMul"):
             continue
@@ -82,37 +111,39 @@ def _unfuse(graph: Graph) -> None:
             continue
         addend_position = {"FusedConv": 3, "FusedMatMul": 2}.get(node.op_type, len(node.inputs))
         addend = node.inputs[addend_position] if len(node.inputs) > addend_position else ""
-        core = node.op_type.removeprefix("Fused")
         attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "activation_params")}
         out = node.outputs[0]
         info = graph.tensors[out]
         graph.remove_node(node.name)
-        inputs = [i for i in node.inputs[:min(3, addend_position)]]
+        inputs = list(node.inputs[:min(3, addend_position)])
         while inputs and not inputs[-1]:
             inputs.pop()
-        if not activation and not addend:
-            graph.add_node(Node(node.name, core, inputs, [out], attrs, source_ops=node.source_ops,
+        made: list[str] = []
+        constants: list[str] = []
+
+        def add(name: str, op_type: str, node_inputs: list[str], output: str, node_attrs: dict | None = None) -> None:
+            graph.add_node(Node(name, op_type, node_inputs, [output], node_attrs or {}, source_ops=node.source_ops,
                                 source_location=node.source_location), [info])
-            continue
-        middle = graph.unique_name(f"{out}_before_activation") if activation else out
-        if addend:
-            product = graph.unique_name(f"{out}_before_addend")
-            graph.add_node(Node(node.name, core, inputs, [product], attrs, source_ops=node.source_ops,
-                                source_location=node.source_location), [info])
-            graph.add_node(Node(graph.unique_name(f"{node.name}_addend"), "Add", [product, addend], [middle],
-                                source_ops=node.source_ops, source_location=node.source_location), [info])
-        else:
-            graph.add_node(Node(node.name, core, inputs, [middle], attrs, source_ops=node.source_ops,
-                                source_location=node.source_location), [info])
-        if not activation:
-            continue
-        extra = []
-        if activation == "Clip":
-            low, high = node.attrs.get("activation_params", [-math.inf, math.inf])
-            extra = [graph.add_constant(graph.unique_name(f"{node.name}_min"), np.float32(low)),
-                     graph.add_constant(graph.unique_name(f"{node.name}_max"), np.float32(high))]
-        graph.add_node(Node(graph.unique_name(f"{node.name}_activation"), activation, [middle] + extra, [out],
-                            source_ops=node.source_ops, source_location=node.source_location), [info])
+            made.append(name)
+
+        steps = [step for step in ("addend" if addend else "", activation) if step]
+        # What each node writes: the core op, then each step; the last one writes `out`.
+        results = [graph.unique_name(f"{out}_core")] if steps else []
+        results += [graph.unique_name(f"{out}_after_{step}") for step in steps[:-1]] + [out]
+        add(node.name, node.op_type.removeprefix("Fused"), inputs, results[0], attrs)
+        for step, source, result in zip(steps, results, results[1:]):
+            if step == "addend":
+                add(graph.unique_name(f"{node.name}_addend"), "Add", [source, addend], result)
+                continue
+            extra = []
+            if activation == "Clip":
+                low, high = node.attrs.get("activation_params", [-math.inf, math.inf])
+                extra = [graph.add_constant(graph.unique_name(f"{node.name}_min"), np.float32(low)),
+                         graph.add_constant(graph.unique_name(f"{node.name}_max"), np.float32(high))]
+                constants += extra
+            add(graph.unique_name(f"{node.name}_activation"), activation, [source] + extra, result)
+        unfused[node.name] = (node, made, constants)
+    return unfused
 
 
 def _worth_int8(graph: Graph, node: Node) -> bool:
@@ -208,3 +239,85 @@ def _insert_qdq(graph: Graph, name: str, params: QuantParams) -> None:
         for i, input_name in enumerate(consumer.inputs):
             if input_name == name:
                 graph.set_input(consumer, i, result)
+
+
+def profitable(graph: Graph, chosen: list[Node], target: TargetSpec, split_addends: set[str] = frozenset()
+               ) -> list[Node]:
+    """The chosen ops in the connected int8 regions whose modelled time saved in int8 (against
+    bf16) exceeds the Quantize / DequantizeLinear commands at the region's float boundary. A
+    region is kept or dropped whole: dropping one op of a chain would only add boundaries. An Add split
+    out of a FusedConv (`split_addends`) cost float nothing, so int8 pays all of its time."""
+    names = {n.name for n in chosen}
+    region = {name: name for name in names}
+    results = {_result(graph, n): n for n in chosen}
+
+    def root(name: str) -> str:
+        while region[name] != name:
+            region[name] = region[region[name]]
+            name = region[name]
+        return name
+
+    for node in chosen:
+        for name in _activation_inputs(graph, node):
+            producer = _int8_producer(graph, name, results)
+            if producer is not None and producer.name in names:
+                region[root(node.name)] = root(producer.name)
+    members: dict[str, dict[str, Node]] = {}
+    for node in chosen:
+        members.setdefault(root(node.name), {})[node.name] = node
+    kept: set[str] = set()
+    for group in members.values():
+        saving = sum(_int8_saving_ns(graph, node, target, node.name in split_addends) for node in group.values())
+        conversions = sum(_conversion_ns(graph, node, group, results, target) for node in group.values())
+        if saving > conversions:
+            kept.update(group)
+    return [n for n in chosen if n.name in kept]
+
+
+def _int8_producer(graph: Graph, name: str, results: dict[str, Node]) -> Node | None:
+    """The chosen op whose result (after its Relu/Clip) `name` is, looking through views (they
+    keep int8 values int8); else the op that makes it."""
+    producer = graph.producer(name)
+    while name not in results and producer is not None and producer.op_type in _SAME_RANGE \
+            and producer.op_type != "MaxPool" and not producer.domain:
+        name = producer.inputs[0]
+        producer = graph.producer(name)
+    return results.get(name, producer)
+
+
+def _int8_saving_ns(graph: Graph, node: Node, target: TargetSpec, free_in_float: bool = False) -> float:
+    """bf16 time minus int8 time of the op, both by the cost model's roofline (int8 operands
+    take half of bf16's bytes)."""
+    bf16 = estimate_node(node, graph, target, "bf16")
+    op = op_shape(node, graph)
+    if op is None or "int8" not in target.peak_flops:
+        return 0.0
+    activations = (bf16.input_bytes + bf16.output_bytes) // 2
+    in_sram = activations <= target.sram_bytes
+    int8, _ = kernel_time_ns(op_flops(op), activations if in_sram else 0,
+                             bf16.weight_bytes // 2 + (0 if in_sram else activations), target, "int8",
+                             matrix=runs_on_matrix_engine(op))
+    return (0.0 if free_in_float else bf16.time_ns) - int8
+
+
+def _conversion_ns(graph: Graph, node: Node, kept: dict[str, Node], results: dict[str, Node],
+                   target: TargetSpec) -> float:
+    """Modelled time of the conversions `node` needs: a QuantizeLinear per activation input not
+    made by a kept op, a DequantizeLinear when a reader of its result is not a kept op."""
+    def conversion(name: str) -> float:
+        elements = graph.tensors[name].size
+        time, _ = kernel_time_ns(3 * elements, 3 * elements, 0, target, "bf16", matrix=False)
+        return time
+
+    total = 0.0
+    for name in _activation_inputs(graph, node):
+        producer = _int8_producer(graph, name, results)
+        if producer is None or producer.name not in kept:
+            total += conversion(name)
+    result = _result(graph, node)
+    readers = list(graph.consumers(result))
+    while readers and all(r.op_type in _SAME_RANGE and r.op_type != "MaxPool" and not r.domain for r in readers):
+        readers = [c for r in readers for c in graph.consumers(r.outputs[0])]
+    if result in graph.outputs or any(r.name not in kept for r in readers):
+        total += conversion(result)
+    return total

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from ..errors import CompileError
 from ..ir.graph import Graph
+from ..target import TargetSpec
 from .qdq import rewrite_qdq
 
 
@@ -23,7 +24,8 @@ def has_qdq(graph: Graph) -> bool:
 
 
 def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: str = "minmax", *,
-                   progress: Callable[[str], None] | None = None, show_progress: bool | None = None) -> QuantizeReport:
+                   progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
+                   target: TargetSpec | None = None, ops: str = "auto") -> QuantizeReport:
     """QDQ patterns the model already has become int8 ops with their scales as given; with
     dtype="int8" and `calibration`, rblnc first quantises the float model itself."""
     report = QuantizeReport()
@@ -33,7 +35,7 @@ def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: st
         from .insert import quantize_float_graph  # numpy + onnxruntime work only int8 compiles need
 
         report.calibrated_samples, report.ranges = quantize_float_graph(
-            graph, calibration, method, progress=progress, show_progress=show_progress)
+            graph, calibration, method, progress=progress, show_progress=show_progress, target=target, ops=ops)
     elif dtype == "int8" and not has_qdq(graph):
         raise CompileError("dtype='int8' needs calibration data (calibration=..., or --calibrate DATA.npz) "
                            "unless the model is already quantised (QDQ)")
