@@ -36,6 +36,8 @@ def fold_constants(graph: Graph, ctx: PassContext) -> int:
             continue
         if not all(not i or i in known for i in node.inputs):
             continue
+        if node.op_type == "DequantizeLinear" and graph.is_constant(node.inputs[0]):
+            continue  # a quantised weight: the quantize stage (rblnc/quantize/) uses its integers and scales
         outputs = [o for o in node.outputs if o]
         if any(o in graph.outputs for o in outputs):
             continue  # a model output must stay produced by a node for the runtime to return it

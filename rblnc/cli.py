@@ -89,7 +89,17 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
               help="Bind a forward argument (TorchScript) or an input (ONNX) to a value at compile time, "
                    "e.g. sr=16000; control flow on it folds (repeat for several).")
 @click.option("--dtype", default="bf16", show_default=True,
-              help="Precision of NPU compute: bf16, fp16 or fp32 (docs/precision.md).")
+              help="Precision of NPU compute: bf16, fp16, fp32, or int8 (quantised ops in int8, the rest "
+                   "in bf16; needs --calibrate unless the model is QDQ) (docs/precision.md).")
+@click.option("--calibrate", "calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, metavar="DATA.npz",
+              help="--dtype int8: calibration samples, an .npz of stacked inputs (one array per input name, "
+                   "first axis = samples).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile"]), default="minmax",
+              show_default=True, help="How --calibrate chooses each activation's range.")
+@click.option("--int8-ops", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
+              help="--calibrate: auto keeps in bf16 the ops whose modelled int8 saving does not pay for "
+                   "their Quantize/Dequantize conversions; all quantises every op int8 can run.")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--target", default=None, help="Target preset name or a .toml/.json spec file.")
 @click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")
@@ -104,8 +114,10 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
               help="Fail, listing every op the NPU cannot run, instead of running ops on the host.")
 @click.option("--no-refine", is_flag=True,
               help="Keep every supported op on the NPU (no cost-driven moves to the host).")
-def compile(model: Path, output: Path, inputs, constants, dtype, opt_level, target, verify_each, dump_ir_after,
-            disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback, no_refine) -> None:
+def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_method, int8_ops,
+            opt_level, target,
+            verify_each, dump_ir_after, disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback,
+            no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
     frozen .pb) into a .rbln file."""
     from .format.writer import check_output_path
@@ -122,6 +134,11 @@ def compile(model: Path, output: Path, inputs, constants, dtype, opt_level, targ
         invocation="rblnc " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
+    if calibration is not None:
+        from .quantize.calibrate import NpzSamples
+
+        options.update(calibration=NpzSamples(calibration), calibration_method=calibration_method,
+                       int8_ops=int8_ops, show_progress=True)
     click.echo(f"compiling {model} ({framework})", err=True)
     compiled = _compile_model(framework, model, input_info, options, constant_args)
     compiled.save(output)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ._version import __version__
-from .dtypes import PRECISIONS
+from .dtypes import MIXED_PRECISIONS, PRECISIONS, float_precision
 from .errors import CompileError
 from .format.artifact import Artifact, CompileOptions
 from .ir import Graph, verify_graph
 from .lower import lower_graph
 from .partition import Legalisation, PartitionOptions, legalize_graph, partition_graph
+from .quantize import QuantizeReport, quantize_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
 from .target import TargetSpec, load_target
 
 # Precisions the emulator reproduces (docs/precision.md).
-SUPPORTED_PRECISIONS = ("fp32", "fp16", "bf16")
+SUPPORTED_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_PRECISION = "bf16"
 OPT_LEVELS = (0, 1, 2, 3)
 DEFAULT_OPT_LEVEL = 2
@@ -42,6 +43,14 @@ class CompileOptionsIn:
     npu_ops: Iterable[str] | str = ()
     host_fallback: bool = True
     refine_partitions: bool = True
+    # dtype="int8" (docs/precision.md): samples to calibrate activation ranges on (an iterable of
+    # input dicts or arrays), and how a range is chosen from them ("minmax" or "percentile").
+    calibration: Any = None
+    calibration_method: str = "minmax"
+    # "auto": ops whose modelled int8 saving does not pay for their conversions stay bf16; "all".
+    int8_ops: str = "auto"
+    # A progress bar on stderr while calibrating; None: when stderr is a terminal.
+    show_progress: bool | None = None
 
 
 @dataclass
@@ -50,11 +59,13 @@ class CompileReport:
     seconds: dict[str, float] = field(default_factory=dict)
     # Ops rewritten to fit the target's limits before the support check (docs/partitioning.md).
     legalised: list[Legalisation] = field(default_factory=list)
+    # What the quantize stage did (rblnc/quantize/).
+    quantized: QuantizeReport | None = None
 
 
 def check_options(options: CompileOptionsIn) -> None:
-    if options.dtype not in PRECISIONS:
-        raise CompileError(f"dtype {options.dtype!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+    if options.dtype not in PRECISIONS and options.dtype not in MIXED_PRECISIONS:
+        raise CompileError(f"dtype {options.dtype!r} is unknown; choose one of {', '.join(SUPPORTED_PRECISIONS)}")
     if options.dtype not in SUPPORTED_PRECISIONS:
         raise CompileError(
             f"dtype {options.dtype!r} is not supported yet; supported: {', '.join(SUPPORTED_PRECISIONS)}"
@@ -88,9 +99,18 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
         manager = PassManager(passes, verify_each=options.verify_each, dump_after=options.dump_ir_after)
     except ValueError as exc:
         raise CompileError(str(exc)) from None
-    report.passes = manager.run(graph, PassContext(dtype=options.dtype))
+    report.passes = manager.run(graph, PassContext(dtype=float_precision(options.dtype)))
     verify_graph(graph)
     stage("passes", start)
+
+    start = time.perf_counter()
+    report.quantized = quantize_graph(graph, options.dtype, options.calibration, options.calibration_method,
+                                      progress=options.progress, show_progress=options.show_progress,
+                                      target=target, ops=options.int8_ops)
+    if report.quantized.rewritten:
+        say(f"quantised {report.quantized.rewritten} op(s) to int8")
+        verify_graph(graph)
+    stage("quantize", start)
 
     start = time.perf_counter()
     placement = PartitionOptions.build(options.host_ops, options.npu_ops, host_fallback=options.host_fallback,

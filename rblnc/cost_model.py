@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .dtypes import is_float
+from .dtypes import float_precision, is_float
 from .ir.graph import RBLNC_DOMAIN, Graph, Node
+from .ir.quantized_ops import QUANTIZED_OP_TYPES
 from .target import TargetSpec
 
 Shape = Sequence[int]
@@ -34,6 +35,7 @@ _ELEMENTWISE_FLOPS = {
     "Selu": 5, "Softplus": 5, "Pow": 8, "Gelu": 8, "Mish": 8,
     "BatchNormalization": 2, "Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8,
     "InstanceNormalization": 8,
+    "QuantizeLinear": 3, "DequantizeLinear": 2,
 }
 # Ops that only move bytes.
 _DATA_MOVEMENT = frozenset({"Concat", "Transpose", "Slice", "Split", "Pad", "Resize", "Gather",
@@ -148,6 +150,16 @@ flop_rule(f"{RBLNC_DOMAIN}::FusedGemm")(lambda op: _gemm_flops(op) + _epilogue_f
 flop_rule(f"{RBLNC_DOMAIN}::FusedMatMul")(lambda op: _matmul_flops(op) + _epilogue_flops(op, 2))
 flop_rule(f"{RBLNC_DOMAIN}::SiLU")(lambda op: 5 * _count(op.output_shapes[0]))
 flop_rule(f"{RBLNC_DOMAIN}::Gelu")(lambda op: 8 * _count(op.output_shapes[0]))
+# Quantised ops (rblnc/ir/quantized_ops.py): the float op's count plus the requantisation (one
+# multiply-add per output element) and the activation, if any.
+flop_rule(f"{RBLNC_DOMAIN}::QConv")(
+    lambda op: _conv_flops(op) + 2 * _count(op.output_shapes[0]) + _epilogue_flops(op, None))
+flop_rule(f"{RBLNC_DOMAIN}::QGemm")(
+    lambda op: (2 * (op.input_shapes[0][-1] if op.input_shapes[0] else 1) + 2) * _count(op.output_shapes[0])
+    + _epilogue_flops(op, None))
+flop_rule(f"{RBLNC_DOMAIN}::QAdd")(lambda op: 5 * _count(op.output_shapes[0]) + _epilogue_flops(op, None))
+flop_rule(f"{RBLNC_DOMAIN}::QMaxPool")(_pool_flops)
+flop_rule(f"{RBLNC_DOMAIN}::QGlobalAveragePool")(lambda op: _count(op.input_shapes[0]) + 2 * _count(op.output_shapes[0]))
 flop_rule(f"{RBLNC_DOMAIN}::FusedElementwise")(
     lambda op: max(1, len(op.attrs.get("ops", []))) * 2 * _count(op.output_shapes[0]))
 
@@ -175,6 +187,14 @@ def runs_on_matrix_engine(op: OpShape) -> bool:
         channels_per_group = w[1] if base == "Conv" else w[0] // max(1, int(op.attrs.get("group", 1)))
         return channels_per_group >= MIN_MATRIX_CHANNELS or op.attrs.get("group", 1) == 1
     return True
+
+
+def command_precision(op_type: str, domain: str, precision: str) -> str:
+    """The precision a command computes in: int8 for our quantised ops (rblnc/ir/quantized_ops.py),
+    else the compile's float precision (bf16 in an int8 compile)."""
+    if domain == RBLNC_DOMAIN and op_type in QUANTIZED_OP_TYPES:
+        return "int8"
+    return float_precision(precision)
 
 
 def kernel_time_ns(flops: int, sram_bytes: int, dram_bytes: int, target: TargetSpec, precision: str,
@@ -242,7 +262,8 @@ def estimate_node(node: Node, graph: Graph, target: TargetSpec, dtype: str = "bf
     in_sram = reads + writes <= target.sram_bytes
     flops = op_flops(op)
     time, bound = kernel_time_ns(flops, reads + writes if in_sram else 0,
-                                 weights + (0 if in_sram else reads + writes), target, dtype,
+                                 weights + (0 if in_sram else reads + writes), target,
+                                 command_precision(node.op_type, node.domain, dtype),
                                  matrix=runs_on_matrix_engine(op))
     return Estimate(flops, reads, writes, weights, time, bound)
 
@@ -259,6 +280,6 @@ def host_node_time_ns(node: Node, graph: Graph, target: TargetSpec) -> float:
 
 __all__ = [
     "VIEW_OPS", "MATRIX_OPS", "OpShape", "Estimate", "FLOP_RULES", "flop_rule", "op_flops",
-    "runs_on_matrix_engine", "kernel_time_ns", "transfer_time_ns", "dma_time_ns",
+    "runs_on_matrix_engine", "command_precision", "kernel_time_ns", "transfer_time_ns", "dma_time_ns",
     "precision_itemsize", "op_shape", "estimate_node", "host_node_time_ns",
 ]

@@ -48,6 +48,16 @@ if _bfloat16 is not None:
     PRECISIONS["bf16"] = np.dtype(_bfloat16)
 
 
+# Compile precisions that are not a float type: "int8" runs quantised ops in int8 and the rest in
+# the float precision named here (docs/precision.md).
+MIXED_PRECISIONS = {"int8": "bf16"}
+
+
+def float_precision(precision: str) -> str:
+    """The float precision of a compile precision: itself, or bf16 for what int8 leaves in float."""
+    return MIXED_PRECISIONS.get(precision, precision)
+
+
 class DTypeError(RBLNError, TypeError):
     """An element type rblnc does not know."""
 

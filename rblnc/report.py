@@ -8,6 +8,7 @@ from . import dtypes
 from .format.artifact import (
     Artifact, CommandKind, Device, MemoryRegion, TensorKind, TransferDirection, ValueInfo,
 )
+from .cost_model import command_precision
 from .lower.memory_plan import RELOAD, SPILL, aligned
 
 
@@ -79,6 +80,7 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
         "refinements": [{"partition": p["name"], "name": o["name"], "op_type": o["op_type"],
                          "est_saving_ns": o["est_saving_ns"], "reason": o["reason"]}
                         for p in partitions if p["device"] == "host" for o in p["ops"] if o["est_saving_ns"]],
+        "precision": precision_summary(artifact),
         "dma_bytes_per_inference": {
             "h2d": sum(t.bytes for p in artifact.partitions for t in p.transfers
                        if t.direction == TransferDirection.HOST_TO_DEVICE),
@@ -86,6 +88,26 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
                        if t.direction == TransferDirection.DEVICE_TO_HOST),
         },
     }
+
+
+def precision_summary(artifact: Artifact) -> dict[str, dict[str, float]]:
+    """NPU kernel commands and their modelled time by the precision they compute in; the
+    Quantize/DequantizeLinear at int8/float boundaries counted apart ("conversion")."""
+    summary: dict[str, dict[str, float]] = {}
+    for p in artifact.partitions:
+        for c in p.npu_program.commands if p.npu_program is not None else ():
+            if c.kind == CommandKind.DMA:
+                continue
+            if not c.domain and c.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                key = "conversion"
+            elif c.inputs and c.inputs[0] >= 0 and p.npu_program.tensors[c.inputs[0]].quantization is not None:
+                key = "int8"  # a view of int8 values (Flatten between int8 ops)
+            else:
+                key = command_precision(c.op_type, c.domain, artifact.options.dtype)
+            entry = summary.setdefault(key, {"commands": 0, "est_time_ns": 0.0})
+            entry["commands"] += 1
+            entry["est_time_ns"] += c.est_time_ns
+    return summary
 
 
 def memory_summary(artifact: Artifact) -> dict[str, int]:
@@ -211,6 +233,11 @@ def render_text(report: dict[str, Any], *, max_ops: int = 12) -> str:
         f"modelled time per inference on {report['target']}: {format_time(timing['total'])}",
         "  " + ", ".join(f"{stage} {format_time(timing[stage])}" for stage in ("h2d", "npu", "host", "d2h")),
     ]
+    precision = report.get("precision", {})
+    if "int8" in precision or "conversion" in precision:
+        lines.append("  NPU commands by precision: " + ", ".join(
+            f"{key if key != 'conversion' else 'Quantize/DequantizeLinear'} {int(v['commands'])} "
+            f"({format_time(v['est_time_ns'])})" for key, v in sorted(precision.items())))
     slowest = sorted(((o, p["name"]) for p in report["partitions"] if p["device"] == "npu" for o in p["ops"]),
                      key=lambda item: -item[0]["est_time_ns"])[:max_ops]
     if slowest:

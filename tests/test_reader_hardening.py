@@ -78,9 +78,9 @@ def test_description_is_read_from_the_schema_file():
     """Appending a field to the schema (the only change its rules allow) is picked up."""
     text = SCHEMA_PATH.read_text()
     extended = text.replace(
-        "  // Bytes the tensor occupies on the device (in the program's precision).\n  size: ulong;\n",
-        "  // Bytes the tensor occupies on the device (in the program's precision).\n  size: ulong;\n"
-        "  quant_scales: [float];\n  note: string (required);\n", 1)
+        "  quantization: Quantization;\n}",
+        "  quantization: Quantization;\n"
+        "  quant_scales: [float];\n  note: string (required);\n}", 1)
     assert extended != text
     before = load_schema().tables["Tensor"]
     after = parse_schema(extended).tables["Tensor"]

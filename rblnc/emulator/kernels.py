@@ -13,7 +13,7 @@ inputs, or None when it does not apply; the runner uses it instead of the kernel
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -67,6 +67,11 @@ class CommandContext:
     # reports doing so by setting `fused`.
     epilogue: Epilogue | None = None
     fused: bool = False
+    # Quantised operands (int8 programs): per input and per output, its QuantParams or None; and
+    # each output's element type (int8_kernels.py).
+    input_quantization: list = field(default_factory=list)
+    output_quantization: list = field(default_factory=list)
+    output_dtypes: list = field(default_factory=list)
 
     @property
     def qualified_type(self) -> str:

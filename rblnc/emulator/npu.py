@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..format.artifact import Command, CommandKind, MemoryRegion, NpuProgram, TensorKind
+from . import int8_kernels as _int8  # noqa: F401  (registers the int8 kernels)
 from . import prepared as _fast_paths  # noqa: F401  (registers the fast paths)
 from .kernels import KERNELS, CommandContext, Epilogue, Prepared, prepare_command, torch_dtype
 
@@ -141,6 +142,9 @@ class NpuProgramRunner:
                     input_shapes=[tuple(tensors[i].shape) if i >= 0 else None for i in ins],
                     output_shapes=[tuple(tensors[i].shape) if i >= 0 else () for i in outs],
                     float_type=float_type, inplace=inplace, epilogue=epilogue,
+                    input_quantization=[tensors[i].quantization if i >= 0 else None for i in ins],
+                    output_quantization=[tensors[i].quantization if i >= 0 else None for i in outs],
+                    output_dtypes=[torch_dtype(tensors[i].dtype) if i >= 0 else None for i in outs],
                 )
                 try:
                     fn = prepare_command(context)

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from ..quant_params import QuantParams
 from ..target import TargetSpec
 
-FORMAT_VERSION = 1
+# 2: quantised tensors (Tensor.quantization); see the revision history in schemas/rbln.fbs.
+FORMAT_VERSION = 2
 FILE_IDENTIFIER = b"RBLN"
 FOOTER_MAGIC = b"RBLE"
 ALIGNMENT = 64
@@ -67,6 +69,8 @@ class Tensor:
     region: MemoryRegion = MemoryRegion.DRAM
     offset: int = 0
     size: int = 0
+    # Integer tensors of int8 programs: how their values map to reals (None for the others).
+    quantization: QuantParams | None = None
 
 
 @dataclass

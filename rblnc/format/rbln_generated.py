@@ -688,6 +688,194 @@ class AttributeT(object):
         return attribute
 
 
+class Quantization(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Quantization()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsQuantization(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def QuantizationBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x52\x42\x4C\x4E", size_prefixed=size_prefixed)
+
+    # Quantization
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Quantization
+    def Scale(self, j: int):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
+
+    # Quantization
+    def ScaleAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Float32Flags, o)
+        return 0
+
+    # Quantization
+    def ScaleLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Quantization
+    def ScaleIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        return o == 0
+
+    # Quantization
+    def ZeroPoint(self, j: int):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Int64Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 8))
+        return 0
+
+    # Quantization
+    def ZeroPointAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Int64Flags, o)
+        return 0
+
+    # Quantization
+    def ZeroPointLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Quantization
+    def ZeroPointIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        return o == 0
+
+    # Quantization
+    def QuantizedDimension(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
+        return 0
+
+def QuantizationStart(builder: flatbuffers.Builder):
+    builder.StartObject(3)
+
+def QuantizationAddScale(builder: flatbuffers.Builder, scale: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(scale), 0)
+
+def QuantizationStartScaleVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def QuantizationAddZeroPoint(builder: flatbuffers.Builder, zeroPoint: int):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(zeroPoint), 0)
+
+def QuantizationStartZeroPointVector(builder, numElems: int) -> int:
+    return builder.StartVector(8, numElems, 8)
+
+def QuantizationAddQuantizedDimension(builder: flatbuffers.Builder, quantizedDimension: int):
+    builder.PrependInt32Slot(2, quantizedDimension, 0)
+
+def QuantizationEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+try:
+    from typing import List
+except:
+    pass
+
+class QuantizationT(object):
+
+    # QuantizationT
+    def __init__(
+        self,
+        scale = None,
+        zeroPoint = None,
+        quantizedDimension = 0,
+    ):
+        self.scale = scale  # type: Optional[List[float]]
+        self.zeroPoint = zeroPoint  # type: Optional[List[int]]
+        self.quantizedDimension = quantizedDimension  # type: int
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        quantization = Quantization()
+        quantization.Init(buf, pos)
+        return cls.InitFromObj(quantization)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, quantization):
+        x = QuantizationT()
+        x._UnPack(quantization)
+        return x
+
+    # QuantizationT
+    def _UnPack(self, quantization):
+        if quantization is None:
+            return
+        if not quantization.ScaleIsNone():
+            if np is None:
+                self.scale = []
+                for i in range(quantization.ScaleLength()):
+                    self.scale.append(quantization.Scale(i))
+            else:
+                self.scale = quantization.ScaleAsNumpy()
+        if not quantization.ZeroPointIsNone():
+            if np is None:
+                self.zeroPoint = []
+                for i in range(quantization.ZeroPointLength()):
+                    self.zeroPoint.append(quantization.ZeroPoint(i))
+            else:
+                self.zeroPoint = quantization.ZeroPointAsNumpy()
+        self.quantizedDimension = quantization.QuantizedDimension()
+
+    # QuantizationT
+    def Pack(self, builder):
+        if self.scale is not None:
+            if np is not None and type(self.scale) is np.ndarray:
+                scale = builder.CreateNumpyVector(self.scale)
+            else:
+                QuantizationStartScaleVector(builder, len(self.scale))
+                for i in reversed(range(len(self.scale))):
+                    builder.PrependFloat32(self.scale[i])
+                scale = builder.EndVector()
+        if self.zeroPoint is not None:
+            if np is not None and type(self.zeroPoint) is np.ndarray:
+                zeroPoint = builder.CreateNumpyVector(self.zeroPoint)
+            else:
+                QuantizationStartZeroPointVector(builder, len(self.zeroPoint))
+                for i in reversed(range(len(self.zeroPoint))):
+                    builder.PrependInt64(self.zeroPoint[i])
+                zeroPoint = builder.EndVector()
+        QuantizationStart(builder)
+        if self.scale is not None:
+            QuantizationAddScale(builder, scale)
+        if self.zeroPoint is not None:
+            QuantizationAddZeroPoint(builder, zeroPoint)
+        QuantizationAddQuantizedDimension(builder, self.quantizedDimension)
+        quantization = QuantizationEnd(builder)
+        return quantization
+
+
 class Tensor(object):
     __slots__ = ['_tab']
 
@@ -786,8 +974,18 @@ class Tensor(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # Tensor
+    def Quantization(self) -> Optional[Quantization]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            x = self._tab.Indirect(o + self._tab.Pos)
+            obj = Quantization()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
 def TensorStart(builder: flatbuffers.Builder):
-    builder.StartObject(8)
+    builder.StartObject(9)
 
 def TensorAddName(builder: flatbuffers.Builder, name: int):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
@@ -816,12 +1014,15 @@ def TensorAddOffset(builder: flatbuffers.Builder, offset: int):
 def TensorAddSize(builder: flatbuffers.Builder, size: int):
     builder.PrependUint64Slot(7, size, 0)
 
+def TensorAddQuantization(builder: flatbuffers.Builder, quantization: int):
+    builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(quantization), 0)
+
 def TensorEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
 
 try:
-    from typing import List
+    from typing import List, Optional
 except:
     pass
 
@@ -838,6 +1039,7 @@ class TensorT(object):
         region = 1,
         offset = 0,
         size = 0,
+        quantization = None,
     ):
         self.name = name  # type: Optional[str]
         self.dtype = dtype  # type: int
@@ -847,6 +1049,7 @@ class TensorT(object):
         self.region = region  # type: int
         self.offset = offset  # type: int
         self.size = size  # type: int
+        self.quantization = quantization  # type: Optional[QuantizationT]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -885,6 +1088,8 @@ class TensorT(object):
         self.region = tensor.Region()
         self.offset = tensor.Offset()
         self.size = tensor.Size()
+        if tensor.Quantization() is not None:
+            self.quantization = QuantizationT.InitFromObj(tensor.Quantization())
 
     # TensorT
     def Pack(self, builder):
@@ -898,6 +1103,8 @@ class TensorT(object):
                 for i in reversed(range(len(self.shape))):
                     builder.PrependInt64(self.shape[i])
                 shape = builder.EndVector()
+        if self.quantization is not None:
+            quantization = self.quantization.Pack(builder)
         TensorStart(builder)
         if self.name is not None:
             TensorAddName(builder, name)
@@ -909,6 +1116,8 @@ class TensorT(object):
         TensorAddRegion(builder, self.region)
         TensorAddOffset(builder, self.offset)
         TensorAddSize(builder, self.size)
+        if self.quantization is not None:
+            TensorAddQuantization(builder, quantization)
         tensor = TensorEnd(builder)
         return tensor
 

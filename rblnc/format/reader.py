@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import ArtifactError
+from ..quant_params import QuantParams
 from ..target import TargetSpec
 from . import rbln_generated as fb
 from .artifact import (
@@ -329,7 +330,21 @@ class _Reader:
                 self.fail(where, f"placed at {region.name} bytes [{t.offset}, {t.offset + t.size}), past the "
                                  f"{capacity} bytes of {region.name}")
         data = self._array(t.buffer, dtype, shape, where) if kind == TensorKind.CONSTANT else None
-        return Tensor(t.name, dtype, shape, kind, data, region, t.offset, t.size)
+        quantization = self._quantization(t.quantization, shape, where) if t.quantization is not None else None
+        return Tensor(t.name, dtype, shape, kind, data, region, t.offset, t.size, quantization)
+
+    def _quantization(self, q: fb.QuantizationT, shape: tuple, where: str) -> QuantParams:
+        scale = np.asarray(q.scale if q.scale is not None else [], dtype=np.float32)
+        zero_point = np.asarray(q.zeroPoint if q.zeroPoint is not None else [], dtype=np.int64)
+        axis = q.quantizedDimension
+        if scale.size == 0 or scale.size != zero_point.size:
+            self.fail(where, f"quantization has {scale.size} scale(s) and {zero_point.size} zero point(s); "
+                             "it needs the same number, at least one")
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            self.fail(where, "quantization scale is not a positive finite number")
+        if scale.size > 1 and not (0 <= axis < len(shape) and shape[axis] == scale.size):
+            self.fail(where, f"{scale.size} per-channel scales do not match dimension {axis} of shape {_dims(shape)}")
+        return QuantParams(scale, zero_point, axis if scale.size > 1 else -1)
 
     def _command(self, c: fb.CommandT, index: int, tensors: list[Tensor], where: str) -> Command:
         where = f"{where} command {index} {_quote(c.name or '')}"

@@ -227,6 +227,11 @@ def _tensor(tensor: Tensor, blobs: _BlobTable) -> fb.TensorT:
     out.region = int(tensor.region)
     out.offset = tensor.offset
     out.size = tensor.size
+    if tensor.quantization is not None:
+        out.quantization = fb.QuantizationT()
+        out.quantization.scale = [float(v) for v in tensor.quantization.scale]
+        out.quantization.zeroPoint = [int(v) for v in tensor.quantization.zero_point]
+        out.quantization.quantizedDimension = tensor.quantization.axis
     return out
 
 

@@ -11,3 +11,4 @@ __all__ = [
 ]
 
 from . import fused_ops  # noqa: E402,F401  registers the ai.rblnc ops' shape rules and decompositions
+from . import quantized_ops  # noqa: E402,F401  registers the quantised ops' shape rules and decompositions

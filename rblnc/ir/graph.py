@@ -11,6 +11,8 @@ from typing import Any, Iterable, Iterator
 import networkx as nx
 import numpy as np
 
+from ..quant_params import QuantParams
+
 # Our own (fused) ops live in this domain; everything in domain "" has ONNX semantics.
 RBLNC_DOMAIN = "ai.rblnc"
 # The opset whose semantics passes and NPU kernels implement. Importers bring graphs to it
@@ -96,6 +98,9 @@ class Graph:
         # Model-local ONNX functions (custom ops defined in the model), by (domain, name): a host
         # subgraph that calls one carries its definition.
         self.functions: dict[tuple[str, str], bytes] = {}
+        # Integer tensors that stand for real values (int8 activations and weights, int32 biases
+        # of quantised ops), by tensor name: set by the quantize stage (rblnc/quantize/).
+        self.quantization: dict[str, QuantParams] = {}
         self._producer: dict[str, str] = {}
         self._consumers: dict[str, dict[str, None]] = {}  # ordered set of node names
         self._next_order = 0  # insertion rank, for a deterministic topological order
@@ -251,6 +256,7 @@ class Graph:
         other.inputs = list(self.inputs)
         other.outputs = list(self.outputs)
         other.input_layouts = dict(self.input_layouts)
+        other.quantization = dict(self.quantization)
         other._producer = dict(self._producer)
         other._consumers = {k: dict(v) for k, v in self._consumers.items()}
         return other

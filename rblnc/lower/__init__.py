@@ -51,10 +51,13 @@ def lower_graph(graph: Graph, plan: list[PlannedPartition], target: TargetSpec,
         if planned.device == Device.NPU:
             partition.npu_program = lower_npu_program(graph, planned.nodes, inputs, outputs, options.dtype)
 
+            device_bytes = {t.name: t.size for t in partition.npu_program.tensors}
+
             def link_bytes(n: str) -> int:
-                # The host converts to and from the program's precision, so the link carries it.
+                # The host converts to and from the program's tensor types (the precision; fp32 where an
+                # int8 program quantises an input as it arrives), so the link carries those.
                 info = graph.tensors[n]
-                return info.size * precision_itemsize(info.dtype, options.dtype)
+                return device_bytes.get(n, info.size * precision_itemsize(info.dtype, options.dtype))
 
             for n in inputs:
                 if n not in on_device:

@@ -3,7 +3,7 @@ partition, per host-link transfer. The runtime paces by these; `inspect` reports
 
 from __future__ import annotations
 
-from ..cost_model import OpShape, dma_time_ns, kernel_time_ns, op_flops, runs_on_matrix_engine
+from ..cost_model import OpShape, command_precision, dma_time_ns, kernel_time_ns, op_flops, runs_on_matrix_engine
 from ..format.artifact import CommandKind, MemoryRegion, NpuProgram, TensorKind
 from ..target import TargetSpec
 from .memory_plan import VIEW_OPS
@@ -32,7 +32,8 @@ def estimate_program(program: NpuProgram, target: TargetSpec, precision: str) ->
                      [tensors[i].shape for i in command.outputs if i >= 0])
         command.flops = op_flops(op)
         command.sram_bytes, command.dram_bytes = sram, dram
-        command.est_time_ns, _ = kernel_time_ns(command.flops, sram, dram, target, precision,
+        command.est_time_ns, _ = kernel_time_ns(command.flops, sram, dram, target,
+                                                command_precision(command.op_type, command.domain, precision),
                                                 matrix=runs_on_matrix_engine(op))
         total += command.est_time_ns
     return total

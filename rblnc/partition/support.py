@@ -14,6 +14,7 @@ import onnx.defs
 import onnx.helper
 
 from ..ir.graph import CANONICAL_OPSET, RBLNC_DOMAIN, Graph, Node
+from ..ir.quantized_ops import is_quantized_op
 from ..target import TargetSpec
 
 _NPU_DTYPES = {np.dtype(np.float32), np.dtype(np.float16)}
@@ -24,8 +25,14 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+# Quantised int8 tensors (graph.quantization) are NPU values for our int8 ops, the conversions
+# at their boundaries, and ops that only view or move them.
+_INT8_DTYPES = {np.dtype(np.int8), np.dtype(np.uint8)}
+_INT8_CAPABLE = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                 "Transpose", "Identity"}
+
 # Inputs that must be compile-time constants for the NPU (they set shapes or bounds).
-_CONSTANT_INPUTS = {"Reshape": (1,), "Clip": (1, 2)}
+_CONSTANT_INPUTS = {"Reshape": (1,), "Clip": (1, 2), "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2)}
 
 # Ops whose output shape depends on the values of their inputs, not only on their shapes: the
 # NPU's memory plan needs every size at compile time, so they always run on the host.
@@ -103,11 +110,14 @@ def constraint_static_shapes(node: Node, graph: Graph, target: TargetSpec) -> st
 
 
 def constraint_dtypes(node: Node, graph: Graph, target: TargetSpec) -> str | None:
-    """Tensors computed on the NPU are floating point (fp32, fp16 or bf16)."""
+    """Tensors computed on the NPU are floating point (fp32, fp16 or bf16), or quantised int8 operands of int8 ops."""
+    int8_capable = is_quantized_op(node) or (not node.domain and node.op_type in _INT8_CAPABLE)
     for name in node.inputs + node.outputs:
         if not name or graph.is_constant(name):  # constant operands (shapes, axes) may be ints
             continue
         dtype = graph.tensors[name].dtype
+        if int8_capable and dtype in _INT8_DTYPES and name in graph.quantization:
+            continue
         if dtype not in _NPU_DTYPES:
             return (f"tensor {name!r} is {dtype.name}; the NPU computes in floating point only "
                     "(fp32, fp16, bf16), so the op runs on the host")

@@ -1,0 +1,278 @@
+"""Integer kernels of the emulator: int8 x int8 -> int32 accumulation and requantisation, on
+torch's quantized CPU ops (oneDNN int8, weights prepacked once per command).
+
+Numerics (docs/precision.md): an int8 command computes acc = sum (x - x_zp) * w + bias (int32),
+then y = saturate(round_half_even(acc * x_scale * w_scale / y_scale) + y_zp), the requantisation
+multiplier applied in fp32, as onnxruntime's QLinearConv / MLAS requantisation does. Activations
+are held as ONNX's int8 (or uint8); torch's kernels take uint8 activations, so an int8 tensor is
+shifted by 128 (its sign bit flipped, with the zero point moved along), which changes no real value.
+QuantizeLinear and DequantizeLinear run at the int8/float boundaries with ONNX semantics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import torch
+
+from ..quant_params import QuantParams
+from .kernels import (
+    KERNELS, CommandContext, _spatial_pads, _symmetric, _torch_pad_order, kernel, max_pool, prepare,
+)
+
+_SIGNED = torch.int8
+# torch deprecates its quantized tensor types, which are its int8 kernels' interface. One narrow
+# filter, set once: catch_warnings per request swaps the process-wide filter list (not thread-safe).
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                        category=UserWarning)
+# Weights are prepacked for oneDNN: fbgemm's depthwise convolution sums uint8 x int8 pairs in int16
+# and saturates on full-range activations (tens of LSB off on MobileNet's depthwise layers), where
+# oneDNN accumulates in int32. The packed weights carry their engine, whatever the global one is.
+_PACKING_ENGINE = "onednn" if "onednn" in torch.backends.quantized.supported_engines else None
+
+
+@contextlib.contextmanager
+def _packing_engine():
+    if _PACKING_ENGINE is None:
+        yield
+        return
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = _PACKING_ENGINE
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def _unavailable(inputs, attrs):
+    raise RuntimeError("an int8 kernel needs its operands' quantisation (it runs through prepare_command)")
+
+
+def _quantized_tensor(values: torch.Tensor, params: QuantParams) -> torch.Tensor:
+    """A torch quint8 tensor of an int8/uint8 activation (int8 shifted by 128: the same reals)."""
+    zero = int(params.zero_point[0])
+    if values.dtype == _SIGNED:
+        values, zero = values.view(torch.uint8).bitwise_xor(128), zero + 128
+    return torch._make_per_tensor_quantized_tensor(values, float(params.scale[0]), zero)
+
+
+def _from_quantized(result: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    values = result.int_repr()
+    return values.bitwise_xor(128).view(_SIGNED) if dtype == _SIGNED else values
+
+
+def _torch_zero_point(params: QuantParams, dtype: torch.dtype) -> int:
+    return int(params.zero_point[0]) + (128 if dtype == _SIGNED else 0)
+
+
+def _weight(values: torch.Tensor, params: QuantParams) -> torch.Tensor:
+    if params.per_tensor:
+        return torch._make_per_tensor_quantized_tensor(values, float(params.scale[0]), 0)
+    return torch._make_per_channel_quantized_tensor(
+        values, torch.from_numpy(params.scale.astype("float64")),
+        torch.zeros(params.scale.size, dtype=torch.long), params.axis)
+
+
+def _float_bias(bias: torch.Tensor | None, params: QuantParams | None) -> torch.Tensor | None:
+    """The int32 bias as the float torch's kernels take (they requantise it exactly back)."""
+    if bias is None:
+        return None
+    return (bias.double() * torch.from_numpy(params.scale.astype("float64"))).float()
+
+
+def _clamp_bounds(ctx: CommandContext, dtype: torch.dtype) -> tuple[int, int] | None:
+    """The fused activation as integer bounds of the result: quantisation is monotone, so
+    Q(clip(v, lo, hi)) = clamp(Q(v), Q(lo), Q(hi))."""
+    activation = ctx.attrs.get("activation", "")
+    if not activation:
+        return None
+    info = torch.iinfo(dtype)
+    params = ctx.output_quantization[0]
+    scale, zero = float(params.scale[0]), int(params.zero_point[0])
+    low, high = (0.0, math.inf) if activation == "Relu" else tuple(ctx.attrs["activation_params"])
+
+    def quantise(v: float, default: int) -> int:
+        if math.isinf(v):
+            return default
+        return max(info.min, min(info.max, round(v / scale) + zero))
+
+    return quantise(low, info.min), quantise(high, info.max)
+
+
+def _finish(ctx: CommandContext):
+    dtype = ctx.output_dtypes[0]
+    bounds = _clamp_bounds(ctx, dtype)
+
+    def finish(y: torch.Tensor) -> torch.Tensor:
+        y = _from_quantized(y, dtype)
+        return y.clamp_(*bounds) if bounds is not None else y
+
+    return finish
+
+
+@kernel("ai.rblnc::QConv", "ai.rblnc::QGemm", "ai.rblnc::QAdd", "ai.rblnc::QMaxPool",
+        "ai.rblnc::QGlobalAveragePool")
+def _needs_context(inputs, attrs):
+    return _unavailable(inputs, attrs)
+
+
+@prepare("ai.rblnc::QConv")
+def prepare_qconv(ctx: CommandContext):
+    x_params, w_params = ctx.input_quantization[0], ctx.input_quantization[1]
+    y_params, y_dtype = ctx.output_quantization[0], ctx.output_dtypes[0]
+    weight, bias = ctx.constants[1], ctx.constants[2] if len(ctx.constants) > 2 else None
+    if weight is None or len(ctx.input_shapes[0]) != 4:
+        raise ValueError("QConv needs a constant weight and a 4-D input")
+    kernel_shape = list(ctx.attrs.get("kernel_shape", weight.shape[2:]))
+    strides = list(ctx.attrs.get("strides", [1, 1]))
+    dilations = list(ctx.attrs.get("dilations", [1, 1]))
+    pads = _spatial_pads(torch.empty(ctx.input_shapes[0], device="meta"), ctx.attrs, kernel_shape, strides, dilations)
+    padding = _symmetric(pads)
+    pre_pad = None
+    if padding is None:  # torch pads symmetrically: pad the integers with the zero point (real 0) first
+        pre_pad, padding = _torch_pad_order(pads), [0, 0]
+    x_zero = int(x_params.zero_point[0])
+    with _packing_engine():
+        packed = torch.ops.quantized.conv2d_prepack(
+            _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None),
+            strides, padding, dilations, int(ctx.attrs.get("group", 1)))
+    y_scale, y_zero = float(y_params.scale[0]), _torch_zero_point(y_params, y_dtype)
+    finish = _finish(ctx)
+
+    def run(args):
+        x = args[0]
+        if pre_pad is not None:
+            x = torch.nn.functional.pad(x, pre_pad, value=x_zero)
+        return [finish(torch.ops.quantized.conv2d(_quantized_tensor(x, x_params), packed, y_scale, y_zero))]
+
+    return run
+
+
+@prepare("ai.rblnc::QGemm")
+def prepare_qgemm(ctx: CommandContext):
+    x_params, w_params = ctx.input_quantization[0], ctx.input_quantization[1]
+    y_params, y_dtype = ctx.output_quantization[0], ctx.output_dtypes[0]
+    weight, bias = ctx.constants[1], ctx.constants[2] if len(ctx.constants) > 2 else None
+    if weight is None:
+        raise ValueError("QGemm needs a constant weight")
+    with _packing_engine():
+        packed = torch.ops.quantized.linear_prepack(
+            _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None))
+    y_scale, y_zero = float(y_params.scale[0]), _torch_zero_point(y_params, y_dtype)
+    finish = _finish(ctx)
+
+    def run(args):
+        return [finish(torch.ops.quantized.linear(_quantized_tensor(args[0], x_params), packed, y_scale, y_zero))]
+
+    return run
+
+
+@prepare("ai.rblnc::QAdd")
+def prepare_qadd(ctx: CommandContext):
+    """As onnxruntime's QLinearAdd: each operand's integers times scale_i / y_scale in fp32, added,
+    rounded half to even (broadcasting, a constant operand allowed)."""
+    a_params, b_params = ctx.input_quantization[0], ctx.input_quantization[1]
+    y_params, y_dtype = ctx.output_quantization[0], ctx.output_dtypes[0]
+    y_scale = float(y_params.scale[0])
+    a_multiplier = torch.tensor(float(a_params.scale[0]) / y_scale, dtype=torch.float32)
+    b_multiplier = torch.tensor(float(b_params.scale[0]) / y_scale, dtype=torch.float32)
+    a_zero, b_zero, y_zero = int(a_params.zero_point[0]), int(b_params.zero_point[0]), int(y_params.zero_point[0])
+    info = torch.iinfo(y_dtype)
+    low, high = _clamp_bounds(ctx, y_dtype) or (info.min, info.max)
+
+    def run(args):
+        total = ((args[0].to(torch.int32) - a_zero).float() * a_multiplier
+                 + (args[1].to(torch.int32) - b_zero).float() * b_multiplier)
+        return [(torch.round(total) + y_zero).clamp_(low, high).to(y_dtype)]
+
+    return run
+
+
+def requantize(values: torch.Tensor, source: QuantParams, target: QuantParams, dtype: torch.dtype,
+               count: int = 1) -> torch.Tensor:
+    """Integers (or an int32 sum of `count` of them) at `source` params as `dtype` at `target`:
+    round_half_even((q - zp) * multiplier) + zp', multiplier = s / (count * s') in fp32."""
+    multiplier = float(source.scale[0]) / (count * float(target.scale[0]))
+    centred = values.to(torch.int32) - count * int(source.zero_point[0])
+    info = torch.iinfo(dtype)
+    scaled = torch.round(centred.float() * torch.tensor(multiplier, dtype=torch.float32))
+    return (scaled + int(target.zero_point[0])).clamp_(info.min, info.max).to(dtype)
+
+
+@prepare("ai.rblnc::QMaxPool")
+def prepare_qmaxpool(ctx: CommandContext):
+    x_params, y_params, y_dtype = ctx.input_quantization[0], ctx.output_quantization[0], ctx.output_dtypes[0]
+    attrs, same = ctx.attrs, x_params.same_as(y_params)
+
+    def run(args):
+        # A max selects one of its inputs: on the integers as floats (exact up to 2^24) it is exact.
+        selected = max_pool([args[0].float()], attrs)[0].to(args[0].dtype)
+        return [selected if same else requantize(selected, x_params, y_params, y_dtype)]
+
+    return run
+
+
+@prepare("ai.rblnc::QGlobalAveragePool")
+def prepare_qglobal_average_pool(ctx: CommandContext):
+    x_params, y_params, y_dtype = ctx.input_quantization[0], ctx.output_quantization[0], ctx.output_dtypes[0]
+    shape = ctx.input_shapes[0]
+    axes = tuple(range(2, len(shape)))
+    count = math.prod(shape[2:])
+
+    def run(args):
+        total = args[0].to(torch.int32).sum(dim=axes, keepdim=True, dtype=torch.int32)
+        return [requantize(total, x_params, y_params, y_dtype, count)]
+
+    return run
+
+
+def _params_tensor(ctx: CommandContext, position: int, rank: int) -> tuple[torch.Tensor, int]:
+    """Scale or zero point input `position` shaped to broadcast along ONNX's `axis`."""
+    value = ctx.constants[position]
+    if value is None:
+        raise ValueError("scale and zero point must be constants")
+    if value.numel() > 1:
+        axis = int(ctx.attrs.get("axis", 1)) % rank
+        return value.reshape([-1 if d == axis else 1 for d in range(rank)]), axis
+    return value.reshape(()), -1
+
+
+@prepare("QuantizeLinear")
+def prepare_quantize_linear(ctx: CommandContext):
+    rank = len(ctx.input_shapes[0])
+    scale, _ = _params_tensor(ctx, 1, rank)
+    scale = scale.float()
+    if len(ctx.constants) > 2 and ctx.constants[2] is not None:
+        zero = _params_tensor(ctx, 2, rank)[0].to(torch.int32)
+        dtype = ctx.output_dtypes[0]
+    else:
+        zero, dtype = torch.zeros((), dtype=torch.int32), torch.uint8
+    info = torch.iinfo(dtype)
+
+    def run(args):
+        # ONNX: saturate(round_half_even(x / scale) + zero_point); torch.round rounds half to even.
+        return [(torch.round(args[0].float() / scale) + zero).clamp_(info.min, info.max).to(dtype)]
+
+    return run
+
+
+@prepare("DequantizeLinear")
+def prepare_dequantize_linear(ctx: CommandContext):
+    rank = max(1, len(ctx.input_shapes[0]))
+    scale = _params_tensor(ctx, 1, rank)[0].float()
+    zero = (_params_tensor(ctx, 2, rank)[0].to(torch.int32)
+            if len(ctx.constants) > 2 and ctx.constants[2] is not None else torch.zeros((), dtype=torch.int32))
+    out_dtype = ctx.output_dtypes[0] if ctx.output_dtypes and ctx.output_dtypes[0] is not None else ctx.float_type
+
+    def run(args):
+        return [((args[0].to(torch.int32) - zero).float() * scale).to(out_dtype)]
+
+    return run
+
+
+KERNELS.setdefault("QuantizeLinear", _unavailable)
+KERNELS.setdefault("DequantizeLinear", _unavailable)
+
+__all__ = ["requantize"]

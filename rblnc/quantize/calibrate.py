@@ -1,0 +1,179 @@
+"""Calibration: run the float graph on the user's samples (onnxruntime) and record each wanted
+tensor's range, by `minmax` or `percentile`; checks the samples first, naming what is wrong."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import CompileError
+from ..ir.graph import Graph
+from ..ir.onnx_bridge import make_model
+
+METHODS = ("minmax", "percentile")
+# percentile: the range covers this share of each tensor's values (both tails cut), as
+# onnxruntime's Percentile calibrator's default.
+PERCENTILE = 99.999
+# percentile keeps at most this many values per tensor (a uniform sample), to bound memory.
+_MAX_KEPT = 1 << 20
+
+
+class CalibrationError(CompileError):
+    """Calibration data that cannot calibrate the model (empty, wrong shape or type, NaN)."""
+
+
+class CalibrationWarning(UserWarning):
+    """Calibration data that gives a tensor no usable range (it was constant on every sample)."""
+
+
+def check_sample(graph: Graph, sample: Any, index: int) -> dict[str, np.ndarray]:
+    """One sample as {input name: array}, or a CalibrationError naming the input and the sample."""
+    names = list(graph.inputs)
+    if isinstance(sample, Mapping) and len(sample) == 1 and len(names) == 1 and names[0] not in sample:
+        values = {names[0]: next(iter(sample.values()))}  # an .npz saved without names ("arr_0")
+    elif isinstance(sample, Mapping):
+        missing = [n for n in names if n not in sample]
+        if missing:
+            raise CalibrationError(f"calibration sample {index} lacks input(s) {', '.join(map(repr, missing))} "
+                                   f"(it has {', '.join(map(repr, sample)) or 'none'})")
+        values = {n: sample[n] for n in names}
+    elif isinstance(sample, (list, tuple)) and len(names) > 1:
+        if len(sample) != len(names):
+            raise CalibrationError(f"calibration sample {index} has {len(sample)} arrays; the model takes "
+                                   f"{len(names)} inputs ({', '.join(names)})")
+        values = dict(zip(names, sample))
+    elif len(names) == 1:
+        values = {names[0]: sample}
+    else:
+        raise CalibrationError(f"calibration sample {index} is a {type(sample).__name__}; the model takes "
+                               f"{len(names)} inputs: give a dict {{name: array}}")
+    checked = {}
+    for name, value in values.items():
+        array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+        info = graph.tensors[name]
+        if info.shape and info.shape[0] == 1 and tuple(array.shape) == tuple(info.shape[1:]):
+            array = array[None]  # samples stacked without the model's batch dimension of 1
+        if tuple(array.shape) != tuple(info.shape):
+            raise CalibrationError(f"calibration sample {index}: input {name!r} has shape {list(array.shape)}, "
+                                   f"the model takes {list(info.shape)}")
+        if array.dtype.kind != info.dtype.kind:
+            raise CalibrationError(f"calibration sample {index}: input {name!r} is {array.dtype.name}, "
+                                   f"the model takes {info.dtype.name}")
+        array = array.astype(info.dtype, copy=False)
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise CalibrationError(f"calibration sample {index}: input {name!r} holds NaN or infinite values")
+        checked[name] = array
+    return checked
+
+
+class _Range:
+    def __init__(self, method: str):
+        self.method, self.low, self.high, self.kept = method, np.inf, -np.inf, []
+        self._rng = np.random.default_rng(0)
+
+    def add(self, values: np.ndarray) -> None:
+        values = values.reshape(-1).astype(np.float32, copy=False)
+        if not values.size:
+            return
+        self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
+        if self.method == "percentile":
+            if values.size > _MAX_KEPT // 4:
+                values = self._rng.choice(values, _MAX_KEPT // 4, replace=False)
+            self.kept.append(values)
+
+    def result(self) -> tuple[float, float]:
+        if self.method == "percentile" and self.kept:
+            values = np.concatenate(self.kept)
+            if values.size > _MAX_KEPT:
+                values = self._rng.choice(values, _MAX_KEPT, replace=False)
+            return (float(np.percentile(values, 100 - PERCENTILE)), float(np.percentile(values, PERCENTILE)))
+        return self.low, self.high
+
+
+def calibrate(graph: Graph, samples: Iterable[Any], tensors: list[str], method: str = "minmax", *,
+              progress: Callable[[str], None] | None = None, show_progress: bool | None = None
+              ) -> tuple[dict[str, tuple[float, float]], int]:
+    """({tensor: (low, high)}, number of samples) over `samples` run through the float graph."""
+    if method not in METHODS:
+        raise CalibrationError(f"calibration method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
+        raise CalibrationError(f"calibration must be an iterable of samples (input dicts or arrays), "
+                               f"got {type(samples).__name__}")
+    nodes = graph.topological_order()
+    constants = sorted({i for n in nodes for i in n.inputs + n.implicit_inputs if i and graph.is_constant(i)})
+    wanted = [t for t in dict.fromkeys(tensors) if t not in graph.constants]
+    outputs = list(dict.fromkeys(list(graph.outputs) + [t for t in wanted if t not in graph.inputs]))
+    model = make_model(graph, nodes, graph.inputs, outputs, name="calibration", initializers=constants)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ranges = {t: _Range(method) for t in wanted}
+    total = len(samples) if hasattr(samples, "__len__") else None
+    bar = _progress_bar(total, show_progress)
+    count = 0
+    try:
+        for index, sample in enumerate(samples):
+            feeds = check_sample(graph, sample, index)
+            values = dict(zip(outputs, session.run(outputs, feeds)))
+            values.update(feeds)
+            for name in wanted:
+                ranges[name].add(np.asarray(values[name]))
+            count += 1
+            bar.update(1)
+            if progress is not None and (count % 16 == 0 or count == total):
+                progress(f"calibrated on {count}{f'/{total}' if total else ''} sample(s)")
+    finally:
+        bar.close()
+    if not count:
+        raise CalibrationError("the calibration set is empty: give at least one sample (a few hundred "
+                               "representative inputs calibrate best)")
+    result = {}
+    for name, tracked in ranges.items():
+        low, high = tracked.result()
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise CalibrationError(f"tensor {name!r} reached NaN or infinity on the calibration data; "
+                                   "int8 cannot represent it")
+        if low == high:
+            warnings.warn(f"tensor {name!r} is {low:g} on every calibration sample (a zero range): its int8 "
+                          "scale cannot be measured; give samples that vary", CalibrationWarning, stacklevel=2)
+        result[name] = (low, high)
+    return result, count
+
+
+def _progress_bar(total: int | None, show: bool | None):
+    """tqdm on stderr; by default only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if show is None else show
+    return tqdm(total=total, desc="calibrating", unit="sample", disable=not show, file=sys.stderr, leave=False)
+
+
+class NpzSamples:
+    """The samples of an .npz of stacked inputs: one array per input name (the first axis counts
+    samples), or a single unnamed array for a one-input model; read lazily, sample by sample."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            with np.load(path) as data:
+                self._names = list(data.files)
+                counts = {name: data[name].shape[0] if data[name].ndim else 0 for name in self._names}
+        except (OSError, ValueError) as exc:
+            raise CalibrationError(f"cannot read calibration data {str(path)!r}: {exc}") from None
+        if len(set(counts.values())) > 1:
+            raise CalibrationError(f"calibration data {str(path)!r}: arrays hold different numbers of samples "
+                                   f"({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+        self._count = next(iter(counts.values()), 0)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        with np.load(self.path) as data:
+            arrays = {name: data[name] for name in self._names}
+        for i in range(self._count):
+            yield {name: array[i] for name, array in arrays.items()}

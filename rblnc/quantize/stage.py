@@ -1,0 +1,43 @@
+"""The quantize stage as the compiler runs it: calibrate and insert QDQ (dtype="int8"), then rewrite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import CompileError
+from ..ir.graph import Graph
+from ..target import TargetSpec
+from .qdq import rewrite_qdq
+
+
+@dataclass
+class QuantizeReport:
+    rewritten: int = 0                   # ops that became int8 ops
+    calibrated_samples: int = 0          # 0: the model's own QDQ scales were used
+    # Activation ranges chosen by calibration, by tensor: (low, high).
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def has_qdq(graph: Graph) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and not n.domain for n in graph.nodes)
+
+
+def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: str = "minmax", *,
+                   progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
+                   target: TargetSpec | None = None, ops: str = "auto") -> QuantizeReport:
+    """QDQ patterns the model already has become int8 ops with their scales as given; with
+    dtype="int8" and `calibration`, rblnc first quantises the float model itself."""
+    report = QuantizeReport()
+    if calibration is not None:
+        if dtype != "int8":
+            raise CompileError(f"calibration data is only used with dtype='int8' (got dtype={dtype!r})")
+        from .insert import quantize_float_graph  # numpy + onnxruntime work only int8 compiles need
+
+        report.calibrated_samples, report.ranges = quantize_float_graph(
+            graph, calibration, method, progress=progress, show_progress=show_progress, target=target, ops=ops)
+    elif dtype == "int8" and not has_qdq(graph):
+        raise CompileError("dtype='int8' needs calibration data (calibration=..., or --calibrate DATA.npz) "
+                           "unless the model is already quantised (QDQ)")
+    report.rewritten = rewrite_qdq(graph)
+    return report
