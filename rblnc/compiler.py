@@ -13,8 +13,8 @@ from .format.artifact import Artifact, CompileOptions
 from .ir import Graph, verify_graph
 from .lower import lower_graph
 from .partition import Legalisation, PartitionOptions, legalize_graph, partition_graph
-from .quantize import QuantizeReport, quantize_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
+from .quantize import QuantizeReport, quantize_graph
 from .target import TargetSpec, load_target
 
 # Precisions the emulator reproduces (docs/precision.md).
