@@ -9,7 +9,7 @@ hub is out of reach) and where the data comes from (a folder laid out as NYU Dep
 validation set, generated when absent). After the tutorial's code, the script measures what
 concurrency gained (see examples/concurrency_report.py) and checks rblnc's outputs against
 Keras's own; it exits 1 if they differ by more than the tolerance. Last it prints the process's
-peak memory (docs/emulator.md has the figures: about 11 GB at 512x512, most of it TensorFlow's).
+peak memory (docs/emulator.md has the figures: about 10 GB at 512x512, most of it TensorFlow's).
 """
 
 import argparse
