@@ -42,11 +42,13 @@ def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str]
 
     register_missing_handlers()
     _rebuild_node_protos_on_update()
+    graph_def, hidden = _hide_large_constants(graph_def)
     graph_def = _inlinable(graph_def)
     with quiet_tensorflow():
         try:
             with tf.Graph().as_default():  # grappler: constant folding, function inlining
                 optimized = tf_loader.tf_optimize(list(input_names), list(output_names), graph_def)
+            _restore_constants(optimized, hidden)
             onnx_graph = convert(optimized)
         except Exception as exc:  # grappler's and the op handlers' own errors
             raise ModelImportError(f"{origin}: tf2onnx could not convert the graph: {_short(exc)}") from None
@@ -59,6 +61,49 @@ def graph_def_to_onnx(graph_def, input_names: list[str], output_names: list[str]
         except Exception:  # an optimiser failed half-way: start again with tf2onnx's rollbacks
             onnx_graph = optimizer.optimize_graph(convert(optimized), catch_errors=True)
         return onnx_graph.make_model(f"converted from {origin}")
+
+
+# Constants at least this big pass grappler as placeholders (_hide_large_constants).
+_HIDDEN_CONSTANT_BYTES = 64 * 1024
+
+
+def _hide_large_constants(graph_def):
+    """`graph_def` with its large Const nodes replaced by Placeholders of the same type and shape,
+    and those Const nodes by name.
+
+    Grappler copies the graph it optimises about ten times over (export to a MetaGraphDef,
+    serialise, parse in C++, fold, serialise back, parse): with ConvNeXtBase's 350 MB of weights
+    that was 3.6 GB, and ConvNeXtXLarge needed 15 GB. Its constant folding gains nothing from
+    the weights' values that rblnc's own fold_constants pass does not do later, and shapes, which
+    it does need, stay on the placeholders.
+    """
+    from tensorflow.core.framework import attr_value_pb2, graph_pb2
+
+    hidden = {}
+    for node in graph_def.node:
+        if node.op == "Const" and len(node.attr["value"].tensor.tensor_content) >= _HIDDEN_CONSTANT_BYTES:
+            hidden[node.name] = node
+    if not hidden:
+        return graph_def, hidden
+    light = graph_pb2.GraphDef()
+    light.versions.CopyFrom(graph_def.versions)
+    light.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name not in hidden:
+            light.node.add().CopyFrom(node)
+            continue
+        tensor = node.attr["value"].tensor
+        placeholder = light.node.add(name=node.name, op="Placeholder", device=node.device)
+        placeholder.attr["dtype"].CopyFrom(attr_value_pb2.AttrValue(type=tensor.dtype))
+        placeholder.attr["shape"].CopyFrom(attr_value_pb2.AttrValue(shape=tensor.tensor_shape))
+    return light, hidden
+
+
+def _restore_constants(graph_def, hidden: dict) -> None:
+    """Puts the Const nodes `_hide_large_constants` took out back in place of their placeholders."""
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in hidden:
+            node.CopyFrom(hidden[node.name])
 
 
 # Keras 3 runs grouped convolutions (ConvNeXt's depthwise Conv2D(groups=C)) in a
