@@ -164,7 +164,7 @@ def register_missing_handlers() -> None:
 
 
 _NODE_PROTOS_REBUILT = False
-_KEPT_NODE_FIELDS_SKIPPED = ("input", "output", "attribute")
+_FIELDS_UPDATE_PROTO_WRITES = ("input", "output", "attribute")
 
 
 def _rebuild_node_protos_on_update() -> None:
@@ -189,9 +189,11 @@ def _rebuild_node_protos_on_update() -> None:
         old = self._op
         fresh = onnx.NodeProto()
         for field, value in old.ListFields():
-            if field.name in _KEPT_NODE_FIELDS_SKIPPED:
+            if field.name in _FIELDS_UPDATE_PROTO_WRITES:
                 continue  # update_proto writes these from the Node's own state
-            if field.label == field.LABEL_REPEATED if hasattr(field, "label") else field.is_repeated:
+            # protobuf 7 dropped FieldDescriptor.label; older releases lack is_repeated
+            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+            if repeated:
                 getattr(fresh, field.name).extend(value)
             elif field.message_type is not None:
                 getattr(fresh, field.name).CopyFrom(value)
