@@ -9,12 +9,13 @@ from typing import Any, Callable, Iterable
 from ._version import __version__
 from .dtypes import MIXED_PRECISIONS, PRECISIONS, float_precision
 from .errors import CompileError
-from .format.artifact import Artifact, CompileOptions
+from .format.artifact import Artifact, CompileOptions, LayerPrecision
 from .ir import Graph, verify_graph
 from .lower import lower_graph
 from .partition import Legalisation, PartitionOptions, legalize_graph, partition_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
 from .quantize import QuantizeReport, quantize_graph
+from .quantize.sensitivity import DEFAULT_MIN_SQNR_DB
 from .target import TargetSpec, load_target
 
 # Precisions the emulator reproduces (docs/precision.md).
@@ -49,6 +50,11 @@ class CompileOptionsIn:
     calibration_method: str = "minmax"
     # "auto": ops whose modelled int8 saving does not pay for their conversions stay bf16; "all".
     int8_ops: str = "auto"
+    # Ops kept in float whatever int8_ops says: node names (rblnc's or the source model's) or
+    # op types. And the accuracy budget: with int8_ops="auto" an op whose output's SQNR against
+    # the float model (calibration data) is below it stays in float (rblnc/quantize/sensitivity.py).
+    keep_float: Iterable[str] | str = ()
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
     # A progress bar on stderr while calibrating; None: when stderr is a terminal.
     show_progress: bool | None = None
 
@@ -106,9 +112,16 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
     start = time.perf_counter()
     report.quantized = quantize_graph(graph, options.dtype, options.calibration, options.calibration_method,
                                       progress=options.progress, show_progress=options.show_progress,
-                                      target=target, ops=options.int8_ops)
+                                      target=target, ops=options.int8_ops, keep_float=options.keep_float,
+                                      min_sqnr_db=options.min_sqnr_db)
     if report.quantized.rewritten:
         say(f"quantised {report.quantized.rewritten} op(s) to int8")
+    if report.quantized.layers:
+        kept = sum(not layer.int8 for layer in report.quantized.layers)
+        say(f"int8 sensitivity of {len(report.quantized.layers)} op(s), {kept} kept in float; lowest SQNR: "
+            + "; ".join(f"{layer.name} ({layer.op_type}) {layer.sqnr_db:.1f} dB "
+                        + ("int8" if layer.int8 else f"float: {layer.reason}")
+                        for layer in report.quantized.lowest_sqnr()))
         verify_graph(graph)
     stage("quantize", start)
 
@@ -136,5 +149,9 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
     )
     artifact.nodes_before_passes = nodes_before
     artifact.nodes_after_passes = len(graph)
+    artifact.layer_precision = [
+        LayerPrecision(layer.name, layer.op_type, "int8" if layer.int8 else float_precision(options.dtype),
+                       layer.sqnr_db, layer.reason)
+        for layer in report.quantized.layers]
     stage("lower", start)
     return artifact, report

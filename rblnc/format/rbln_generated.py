@@ -2799,6 +2799,162 @@ class TargetT(object):
         return target
 
 
+class LayerPrecision(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = LayerPrecision()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsLayerPrecision(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def LayerPrecisionBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x52\x42\x4C\x4E", size_prefixed=size_prefixed)
+
+    # LayerPrecision
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # LayerPrecision
+    def Name(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # LayerPrecision
+    def OpType(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # LayerPrecision
+    def Precision(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # LayerPrecision
+    def SqnrDb(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 0.0
+
+    # LayerPrecision
+    def Reason(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+def LayerPrecisionStart(builder: flatbuffers.Builder):
+    builder.StartObject(5)
+
+def LayerPrecisionAddName(builder: flatbuffers.Builder, name: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def LayerPrecisionAddOpType(builder: flatbuffers.Builder, opType: int):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(opType), 0)
+
+def LayerPrecisionAddPrecision(builder: flatbuffers.Builder, precision: int):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(precision), 0)
+
+def LayerPrecisionAddSqnrDb(builder: flatbuffers.Builder, sqnrDb: float):
+    builder.PrependFloat32Slot(3, sqnrDb, 0.0)
+
+def LayerPrecisionAddReason(builder: flatbuffers.Builder, reason: int):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(reason), 0)
+
+def LayerPrecisionEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class LayerPrecisionT(object):
+
+    # LayerPrecisionT
+    def __init__(
+        self,
+        name = None,
+        opType = None,
+        precision = None,
+        sqnrDb = 0.0,
+        reason = None,
+    ):
+        self.name = name  # type: Optional[str]
+        self.opType = opType  # type: Optional[str]
+        self.precision = precision  # type: Optional[str]
+        self.sqnrDb = sqnrDb  # type: float
+        self.reason = reason  # type: Optional[str]
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        layerPrecision = LayerPrecision()
+        layerPrecision.Init(buf, pos)
+        return cls.InitFromObj(layerPrecision)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, layerPrecision):
+        x = LayerPrecisionT()
+        x._UnPack(layerPrecision)
+        return x
+
+    # LayerPrecisionT
+    def _UnPack(self, layerPrecision):
+        if layerPrecision is None:
+            return
+        self.name = layerPrecision.Name()
+        if self.name is not None:
+            self.name = self.name.decode('utf-8')
+        self.opType = layerPrecision.OpType()
+        if self.opType is not None:
+            self.opType = self.opType.decode('utf-8')
+        self.precision = layerPrecision.Precision()
+        if self.precision is not None:
+            self.precision = self.precision.decode('utf-8')
+        self.sqnrDb = layerPrecision.SqnrDb()
+        self.reason = layerPrecision.Reason()
+        if self.reason is not None:
+            self.reason = self.reason.decode('utf-8')
+
+    # LayerPrecisionT
+    def Pack(self, builder):
+        if self.name is not None:
+            name = builder.CreateString(self.name)
+        if self.opType is not None:
+            opType = builder.CreateString(self.opType)
+        if self.precision is not None:
+            precision = builder.CreateString(self.precision)
+        if self.reason is not None:
+            reason = builder.CreateString(self.reason)
+        LayerPrecisionStart(builder)
+        if self.name is not None:
+            LayerPrecisionAddName(builder, name)
+        if self.opType is not None:
+            LayerPrecisionAddOpType(builder, opType)
+        if self.precision is not None:
+            LayerPrecisionAddPrecision(builder, precision)
+        LayerPrecisionAddSqnrDb(builder, self.sqnrDb)
+        if self.reason is not None:
+            LayerPrecisionAddReason(builder, reason)
+        layerPrecision = LayerPrecisionEnd(builder)
+        return layerPrecision
+
+
 class CompileOptions(object):
     __slots__ = ['_tab']
 
@@ -3108,8 +3264,32 @@ class Model(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
+    # Model
+    def LayerPrecision(self, j: int) -> Optional[LayerPrecision]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = LayerPrecision()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Model
+    def LayerPrecisionLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Model
+    def LayerPrecisionIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
+        return o == 0
+
 def ModelStart(builder: flatbuffers.Builder):
-    builder.StartObject(11)
+    builder.StartObject(12)
 
 def ModelAddVersion(builder: flatbuffers.Builder, version: int):
     builder.PrependUint32Slot(0, version, 0)
@@ -3156,6 +3336,12 @@ def ModelAddNodesBeforePasses(builder: flatbuffers.Builder, nodesBeforePasses: i
 def ModelAddNodesAfterPasses(builder: flatbuffers.Builder, nodesAfterPasses: int):
     builder.PrependUint32Slot(10, nodesAfterPasses, 0)
 
+def ModelAddLayerPrecision(builder: flatbuffers.Builder, layerPrecision: int):
+    builder.PrependUOffsetTRelativeSlot(11, flatbuffers.number_types.UOffsetTFlags.py_type(layerPrecision), 0)
+
+def ModelStartLayerPrecisionVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
 def ModelEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
@@ -3181,6 +3367,7 @@ class ModelT(object):
         buffers = None,
         nodesBeforePasses = 0,
         nodesAfterPasses = 0,
+        layerPrecision = None,
     ):
         self.version = version  # type: int
         self.producer = producer  # type: Optional[str]
@@ -3193,6 +3380,7 @@ class ModelT(object):
         self.buffers = buffers  # type: Optional[List[BufferT]]
         self.nodesBeforePasses = nodesBeforePasses  # type: int
         self.nodesAfterPasses = nodesAfterPasses  # type: int
+        self.layerPrecision = layerPrecision  # type: Optional[List[LayerPrecisionT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -3258,6 +3446,14 @@ class ModelT(object):
                     self.buffers.append(buffer_)
         self.nodesBeforePasses = model.NodesBeforePasses()
         self.nodesAfterPasses = model.NodesAfterPasses()
+        if not model.LayerPrecisionIsNone():
+            self.layerPrecision = []
+            for i in range(model.LayerPrecisionLength()):
+                if model.LayerPrecision(i) is None:
+                    self.layerPrecision.append(None)
+                else:
+                    layerPrecision_ = LayerPrecisionT.InitFromObj(model.LayerPrecision(i))
+                    self.layerPrecision.append(layerPrecision_)
 
     # ModelT
     def Pack(self, builder):
@@ -3296,6 +3492,14 @@ class ModelT(object):
             for i in reversed(range(len(self.buffers))):
                 self.buffers[i].Pack(builder)
             buffers = builder.EndVector()
+        if self.layerPrecision is not None:
+            layerPrecisionlist = []
+            for i in range(len(self.layerPrecision)):
+                layerPrecisionlist.append(self.layerPrecision[i].Pack(builder))
+            ModelStartLayerPrecisionVector(builder, len(self.layerPrecision))
+            for i in reversed(range(len(self.layerPrecision))):
+                builder.PrependUOffsetTRelative(layerPrecisionlist[i])
+            layerPrecision = builder.EndVector()
         ModelStart(builder)
         ModelAddVersion(builder, self.version)
         if self.producer is not None:
@@ -3315,6 +3519,8 @@ class ModelT(object):
             ModelAddBuffers(builder, buffers)
         ModelAddNodesBeforePasses(builder, self.nodesBeforePasses)
         ModelAddNodesAfterPasses(builder, self.nodesAfterPasses)
+        if self.layerPrecision is not None:
+            ModelAddLayerPrecision(builder, layerPrecision)
         model = ModelEnd(builder)
         return model
 

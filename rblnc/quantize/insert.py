@@ -9,8 +9,9 @@ where they meet int8 ops."""
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
 from ..quant_params import QuantParams
 from ..target import TargetSpec
 from .calibrate import calibrate
+from .sensitivity import DEFAULT_MIN_SQNR_DB, LayerSensitivity, measure_sqnr, quantize_weights, retain, weight_axis
 
 INT8_OP_CHOICES = ("auto", "all")
 
@@ -32,19 +34,87 @@ _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpo
 
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                          progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
-                         target: TargetSpec | None = None, ops: str = "auto",
-                         ) -> tuple[int, dict[str, tuple[float, float]]]:
-    """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges). With
-    ops="auto" and a target, an op whose modelled int8 saving does not pay for the conversions
-    it needs at float neighbours stays in float; ops="all" takes every op int8 can run."""
+                         target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
+                         min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
+                         ) -> tuple[int, dict[str, tuple[float, float]], list[LayerSensitivity]]:
+    """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges, each
+    candidate op's measured SQNR and final precision). `keep_float` (node names, source-op names
+    or op types) stay in float whatever `ops` says. With ops="auto", an op whose SQNR
+    (sensitivity.py) is below `min_sqnr_db` stays in float, and with a target so does one whose
+    modelled int8 saving does not pay for the conversions it needs at float neighbours;
+    ops="all" takes every op int8 can run (still measuring each one's SQNR)."""
     if ops not in INT8_OP_CHOICES:
         raise CompileError(f"int8_ops must be one of {', '.join(INT8_OP_CHOICES)}, got {ops!r}")
+    if not isinstance(min_sqnr_db, (int, float)) or isinstance(min_sqnr_db, bool) or math.isnan(min_sqnr_db):
+        raise CompileError(f"min_sqnr_db must be a number of dB, got {min_sqnr_db!r}")
+    user_kept = match_keep_float(graph, keep_float)
     unfused = _unfuse(graph)
-    chosen = [n for n in graph.topological_order() if _worth_int8(graph, n)]
+    candidates = [n for n in graph.topological_order() if _worth_int8(graph, n)]
+    # Every candidate is calibrated and measured, also those that will stay float: the report
+    # shows what int8 would cost each of them.
+    retained = retain(samples)
+    ranges, count = calibrate(graph, retained, _activations(graph, candidates), method, progress=progress,
+                              show_progress=show_progress)
+    _share_ranges(graph, ranges)
+    params = {name: activation_params(*bounds) for name, bounds in ranges.items()}
+    sqnr = measure_sqnr(graph, candidates, {n.name: _activation_inputs(graph, n) for n in candidates}, params,
+                        retained.kept)
+    layers = {n.name: LayerSensitivity(n.name, n.op_type, sqnr[n.name]) for n in candidates}
+
+    def stay_float(node: Node, reason: str) -> None:
+        layers[node.name].int8, layers[node.name].reason = False, reason
+
+    chosen = []
+    for node in candidates:
+        entry = next((e for e in user_kept if e in (node.name, node.op_type) or e in node.source_ops), None)
+        if entry is not None:
+            stay_float(node, f"keep_float {entry!r}")
+        elif ops == "auto" and sqnr[node.name] < min_sqnr_db:
+            stay_float(node, f"SQNR {sqnr[node.name]:.1f} dB < min_sqnr_db {min_sqnr_db:g} dB")
+        else:
+            chosen.append(node)
+    # The ops split out of a fused one whose core op stays float go back into it (_refuse).
+    floating = {n.name for n in candidates} - {n.name for n in chosen}
+    for core, (_, made, _) in unfused.items():
+        if core in floating:
+            for node in chosen:
+                if node.name in made:
+                    stay_float(node, f"fused into {core}, which stays float")
+    chosen = [n for n in chosen if layers[n.name].int8]
     if ops == "auto" and target is not None:
         split_addends = {name for _, made, _ in unfused.values() for name in made if name.endswith("_addend")}
-        chosen = profitable(graph, chosen, target, split_addends)
+        paying = {n.name for n in profitable(graph, chosen, target, split_addends)}
+        for node in chosen:
+            if node.name not in paying:
+                stay_float(node, "int8 saves less modelled time than its conversions cost")
+        chosen = [n for n in chosen if n.name in paying]
     _refuse(graph, unfused, {n.name for n in chosen})
+    activations = _activations(graph, chosen)
+    for node in chosen:
+        _quantize_weight(graph, node)
+    for name in activations:
+        _insert_qdq(graph, name, params[name])
+    return count, ranges, list(layers.values())
+
+
+def match_keep_float(graph: Graph, entries: Iterable[str] | str) -> list[str]:
+    """The keep_float entries, each checked to name a node (as rblnc or the source model calls
+    it) or an op type of `graph`; a CompileError names an entry that does not, with close matches."""
+    entries = [entries] if isinstance(entries, str) else list(entries)
+    names = {n.name for n in graph.nodes} | {s for n in graph.nodes for s in n.source_ops}
+    op_types = {n.op_type for n in graph.nodes} | set(_MATRIX + _FOLLOWERS)
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise CompileError(f"keep_float entries are node names or op types (strings), got {entry!r}")
+        if entry not in names and entry not in op_types:
+            close = difflib.get_close_matches(entry, sorted(names | op_types), n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise CompileError(f"keep_float entry {entry!r} names no node or op type of the model{hint}")
+    return entries
+
+
+def _activations(graph: Graph, chosen: list[Node]) -> list[str]:
+    """The tensors to calibrate and quantise for `chosen`: their activation inputs and results."""
     activations: list[str] = []
     for node in chosen:
         for name in _activation_inputs(graph, node):
@@ -56,14 +126,7 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
             producer = graph.producer(name)
             if producer is not None and producer.op_type in _SAME_RANGE and not producer.domain:
                 activations.append(producer.inputs[0])
-    activations = list(dict.fromkeys(activations))
-    ranges, count = calibrate(graph, samples, activations, method, progress=progress, show_progress=show_progress)
-    _share_ranges(graph, ranges)
-    for node in chosen:
-        _quantize_weight(graph, node)
-    for name in activations:
-        _insert_qdq(graph, name, activation_params(*ranges[name]))
-    return count, ranges
+    return list(dict.fromkeys(activations))
 
 
 def activation_params(low: float, high: float) -> QuantParams:
@@ -194,12 +257,8 @@ def _quantize_weight(graph: Graph, node: Node) -> None:
         return
     name = node.inputs[1]
     weights = np.asarray(graph.constants[name], dtype=np.float32)
-    axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and node.attrs.get("transB", 0)) else 1
-    reduce_axes = tuple(a for a in range(weights.ndim) if a != axis)
-    peak = np.max(np.abs(weights), axis=reduce_axes)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    shape = [-1 if a == axis else 1 for a in range(weights.ndim)]
-    integers = np.clip(np.round(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+    axis = weight_axis(node)
+    integers, scale = quantize_weights(weights, axis)
     stored = graph.add_constant(graph.unique_name(f"{name}_int8"), integers)
     scale_name = graph.add_constant(graph.unique_name(f"{name}_scale"), scale)
     zero_name = graph.add_constant(graph.unique_name(f"{name}_zero_point"), np.zeros(scale.shape, np.int8))
