@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from ._version import __version__
 from .dtypes import MIXED_PRECISIONS, PRECISIONS, float_precision
 from .errors import CompileError
@@ -151,7 +153,7 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
     artifact.nodes_after_passes = len(graph)
     artifact.layer_precision = [
         LayerPrecision(layer.name, layer.op_type, "int8" if layer.int8 else float_precision(options.dtype),
-                       layer.sqnr_db, layer.reason)
+                       float(np.float32(layer.sqnr_db)), layer.reason)  # as the file stores it
         for layer in report.quantized.layers]
     stage("lower", start)
     return artifact, report

@@ -98,18 +98,20 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
 
 
 def match_keep_float(graph: Graph, entries: Iterable[str] | str) -> list[str]:
-    """The keep_float entries, each checked to name a node (as rblnc or the source model calls
-    it) or an op type of `graph`; a CompileError names an entry that does not, with close matches."""
+    """The keep_float entries, each checked to name a node of `graph` (as rblnc or the source
+    model calls it) or an op type rblnc quantises; a CompileError names an entry that does
+    neither, with close matches."""
     entries = [entries] if isinstance(entries, str) else list(entries)
     names = {n.name for n in graph.nodes} | {s for n in graph.nodes for s in n.source_ops}
-    op_types = {n.op_type for n in graph.nodes} | set(_MATRIX + _FOLLOWERS)
+    op_types = _MATRIX + _FOLLOWERS
     for entry in entries:
         if not isinstance(entry, str):
             raise CompileError(f"keep_float entries are node names or op types (strings), got {entry!r}")
         if entry not in names and entry not in op_types:
-            close = difflib.get_close_matches(entry, sorted(names | op_types), n=5, cutoff=0.5)
+            close = difflib.get_close_matches(entry, sorted(names | set(op_types)), n=5, cutoff=0.5)
             hint = f"; close matches: {', '.join(close)}" if close else ""
-            raise CompileError(f"keep_float entry {entry!r} names no node or op type of the model{hint}")
+            raise CompileError(f"keep_float entry {entry!r} names no node of the model nor an op type rblnc "
+                               f"quantises ({', '.join(op_types)}){hint}")
     return entries
 
 
