@@ -193,3 +193,28 @@ def test_compile_log_and_inspect_show_each_layers_sqnr(onnx_paths, tmp_path):
     assert failed.stderr.strip().splitlines()[-1] == (
         "error: keep_float entry '/0/Cnv' names no node of the model nor an op type rblnc quantises (Conv, Gemm, "
         "MatMul, Add, MaxPool, GlobalAveragePool); close matches: /0/Conv, /2/Conv, Conv")
+
+
+def test_ops_kept_float_between_int8_neighbours_stay_float():
+    """Once its neighbours are int8, an Add or a MaxPool sits between a DequantizeLinear and a
+    QuantizeLinear, the pattern the QDQ rewrite turns into QAdd / QMaxPool: kept float (here by
+    name, the Add split out of a fused conv as inspect lists it, and by type), it stays float."""
+    from test_int8 import SmallCnn
+
+    torch.manual_seed(0)
+    cnn = SmallCnn().eval()
+    shape = (1, 3, 16, 16)
+    rng = np.random.default_rng(0)
+    compiled = rblnc.compile_from_torch(cnn, [("x", list(shape), "float32")], dtype="int8", int8_ops="all",
+                                        calibration=[rng.standard_normal(shape).astype(np.float32) for _ in range(8)],
+                                        keep_float=["c2/_convolution_addend", "MaxPool"])
+    ops = _ops(compiled)
+    assert "QAdd" not in ops and "QMaxPool" not in ops and ops.count("QConv") == 4
+    assert ops.count("Add") == 1 and ops.count("MaxPool") == 1
+    assert [(layer.name, layer.reason) for layer in compiled.report.quantized.layers if not layer.int8] == [
+        ("c2/_convolution_addend", "keep_float 'c2/_convolution_addend'"), ("max_pool2d", "keep_float 'MaxPool'")]
+    # Still the model: within 5 % relative L2 of torch (as the all-int8 CNN in test_int8_calibration).
+    x = rng.standard_normal(shape).astype(np.float32)
+    reference = cnn(torch.from_numpy(x)).detach().numpy()
+    ours = np.asarray(compiled.create_runtime().run(x))
+    assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) < 0.05

@@ -47,8 +47,12 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
         raise CompileError(f"int8_ops must be one of {', '.join(INT8_OP_CHOICES)}, got {ops!r}")
     if not isinstance(min_sqnr_db, (int, float)) or isinstance(min_sqnr_db, bool) or math.isnan(min_sqnr_db):
         raise CompileError(f"min_sqnr_db must be a number of dB, got {min_sqnr_db!r}")
-    user_kept = match_keep_float(graph, keep_float)
+    node_names = {n.name for n in graph.nodes}
     unfused = _unfuse(graph)
+    # The Adds _unfuse splits out of a fused conv or matmul ("<name>_addend") are listed on their
+    # own in the report and `rblnc inspect`, so keep_float may name them too.
+    split_adds = {name for _, made, _ in unfused.values() for name in made if name.endswith("_addend")}
+    user_kept = match_keep_float(graph, keep_float, node_names | split_adds)
     candidates = [n for n in graph.topological_order() if _worth_int8(graph, n)]
     # Every candidate is calibrated and measured, also those that will stay float: the report
     # shows what int8 would cost each of them.
@@ -97,12 +101,13 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     return count, ranges, list(layers.values())
 
 
-def match_keep_float(graph: Graph, entries: Iterable[str] | str) -> list[str]:
-    """The keep_float entries, each checked to name a node of `graph` (as rblnc or the source
-    model calls it) or an op type rblnc quantises; a CompileError names an entry that does
-    neither, with close matches."""
+def match_keep_float(graph: Graph, entries: Iterable[str] | str, node_names: set[str] | None = None) -> list[str]:
+    """The keep_float entries, each checked to name a node (one of `node_names`, by default
+    those of `graph`, or as the source model calls it) or an op type rblnc quantises; a
+    CompileError names an entry that does neither, with close matches."""
     entries = [entries] if isinstance(entries, str) else list(entries)
-    names = {n.name for n in graph.nodes} | {s for n in graph.nodes for s in n.source_ops}
+    node_names = {n.name for n in graph.nodes} if node_names is None else node_names
+    names = node_names | {s for n in graph.nodes for s in n.source_ops}
     op_types = _MATRIX + _FOLLOWERS
     for entry in entries:
         if not isinstance(entry, str):

@@ -53,5 +53,5 @@ def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: st
     elif dtype == "int8" and not has_qdq(graph):
         raise CompileError("dtype='int8' needs calibration data (calibration=..., or --calibrate DATA.npz) "
                            "unless the model is already quantised (QDQ)")
-    report.rewritten = rewrite_qdq(graph)
+    report.rewritten = rewrite_qdq(graph, {layer.name for layer in report.layers if not layer.int8})
     return report
