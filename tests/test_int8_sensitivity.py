@@ -218,3 +218,38 @@ def test_ops_kept_float_between_int8_neighbours_stay_float():
     reference = cnn(torch.from_numpy(x)).detach().numpy()
     ours = np.asarray(compiled.create_runtime().run(x))
     assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) < 0.05
+
+
+class _TwoBranches(torch.nn.Module):
+    """relu(c(relu(a(x) + b(x)))): b ignores the outlier channel (hostile), a does not (benign);
+    the passes fuse the Add into a as its addend."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(32, 128, 3, padding=1), torch.nn.Conv2d(32, 128, 3, padding=1)
+        self.c = torch.nn.Conv2d(128, 128, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.c(torch.relu(self.a(x) + self.b(x))))
+
+
+def test_a_float_op_reads_the_float_value_of_an_input_it_shares_with_int8(tmp_path):
+    torch.manual_seed(0)
+    module = _TwoBranches().eval()
+    with torch.no_grad():
+        module.b.weight[:, 0] *= 1e-3
+    path = tmp_path / "branches.onnx"
+    torch.onnx.export(module, torch.randn(*SHAPE), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    auto = _compile(path, True)
+    layers = _layers(auto)
+    assert not layers["/b/Conv"].int8 and layers["/a/Conv"].int8 and layers["/c/Conv"].int8
+    program = auto.artifact.partitions[0].npu_program
+    kept = next(c for c in program.commands if c.name == "/b/Conv")
+    # The float conv reads the model input itself, not its int8 copy that /a/Conv reads.
+    assert kept.op_type == "Conv" and program.tensors[kept.inputs[0]].name == "x"
+    assert "DequantizeLinear" not in [c.op_type for c in program.commands][:2]
+    # Keeping the conv that carries the fused Add keeps the Add with it (by name, the Add matches
+    # too: it computes the fused op's source ops).
+    split = _layers(_compile(path, True, int8_ops="all", keep_float=["Conv"]))["/a/Conv_addend"]
+    assert not split.int8 and split.reason == "fused into /a/Conv, which stays float"

@@ -96,8 +96,14 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     activations = _activations(graph, chosen)
     for node in chosen:
         _quantize_weight(graph, node)
+    # An int8 op's result is int8 for every reader; a float op's result that an int8 op reads is
+    # quantised for the int8 readers only (the views between them included): the float readers
+    # (the ops kept in float above all) keep the float value.
+    results = {_result(graph, node) for node in chosen}
+    readers = {n.name for n in chosen} | {n.name for n in graph.nodes if n.op_type in _SAME_RANGE and not n.domain
+                                          and n.outputs[0] in activations}
     for name in activations:
-        _insert_qdq(graph, name, params[name])
+        _insert_qdq(graph, name, params[name], None if name in results else readers)
     return count, ranges, list(layers.values())
 
 
@@ -276,17 +282,19 @@ def _quantize_weight(graph: Graph, node: Node) -> None:
     graph.set_input(node, 1, dequantised)
 
 
-def _insert_qdq(graph: Graph, name: str, params: QuantParams) -> None:
+def _insert_qdq(graph: Graph, name: str, params: QuantParams, readers: set[str] | None = None) -> None:
     """`name` now means its quantised value: its producer writes `name`_float, then
-    QuantizeLinear and DequantizeLinear give back `name` (so consumers and outputs keep it)."""
+    QuantizeLinear and DequantizeLinear give back `name` (so consumers and outputs keep it).
+    With `readers`, only those consumers read a dequantised copy; the others and the graph's
+    outputs keep the float `name`."""
     info = graph.tensors[name]
     scale = graph.add_constant(graph.unique_name(f"{name}_scale"), params.scale.reshape(()))
     zero = graph.add_constant(graph.unique_name(f"{name}_zero_point"), params.zero_point.astype(np.int8).reshape(()))
     quantised = graph.unique_name(f"{name}_quantized")
     producer = graph.producer(name)
-    if producer is None:  # a graph input: its consumers read the dequantised copy
+    if producer is None or readers is not None:  # a graph input, or a float op's result
         source, result = name, graph.unique_name(f"{name}_dequantized")
-        consumers = list(graph.consumers(name))
+        consumers = [c for c in graph.consumers(name) if readers is None or c.name in readers]
     else:
         source = graph.unique_name(f"{name}_float")
         graph.remove_node(producer.name)
