@@ -253,3 +253,13 @@ def test_a_float_op_reads_the_float_value_of_an_input_it_shares_with_int8(tmp_pa
     # too: it computes the fused op's source ops).
     split = _layers(_compile(path, True, int8_ops="all", keep_float=["Conv"]))["/a/Conv_addend"]
     assert not split.int8 and split.reason == "fused into /a/Conv, which stays float"
+
+
+def test_a_one_shot_generator_calibrates_and_measures_alike(onnx_paths):
+    """Sensitivity reads the samples again after calibration: a generator's first samples are kept
+    as they pass, so it measures what a list measures."""
+    listed = _layers(_compile(onnx_paths[True], True, int8_ops="all"))
+    generated = _layers(rblnc.compile_from_onnx(onnx_paths[True], dtype="int8", int8_ops="all",
+                                                calibration=(x for x in _samples(8, True))))
+    assert {name: layer.sqnr_db for name, layer in generated.items()} == {
+        name: layer.sqnr_db for name, layer in listed.items()}
