@@ -77,6 +77,11 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
             stay_float(node, f"SQNR {sqnr[node.name]:.1f} dB < min_sqnr_db {min_sqnr_db:g} dB")
         else:
             chosen.append(node)
+    if ops == "auto":
+        for producer, reason in _breaking_producers(graph, candidates, layers, params, retained.kept, min_sqnr_db):
+            if layers[producer.name].int8:
+                stay_float(producer, reason)
+        chosen = [n for n in chosen if layers[n.name].int8]
     # The ops split out of a fused one whose core op stays float go back into it (_refuse).
     floating = {n.name for n in candidates} - {n.name for n in chosen}
     for core, (_, made, _) in unfused.items():
@@ -105,6 +110,47 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     for name in activations:
         _insert_qdq(graph, name, params[name], None if name in results else readers)
     return count, ranges, list(layers.values())
+
+
+def _breaking_producers(graph: Graph, candidates: list[Node], layers: dict[str, LayerSensitivity],
+                        params: dict[str, QuantParams], samples: list[Any], min_sqnr_db: float
+                        ) -> list[tuple[Node, str]]:
+    """The candidates whose int8 result would break an op kept in float by the budget: an op whose
+    SQNR stays below `min_sqnr_db` with only its inputs in int8 (its weights float) is broken by
+    its input's int8 range (an outlier channel), and keeping it in float does not help while the
+    op writing that input is int8, whose result every reader reads in int8. So that op (and, for
+    an Add or a pool, which pass their input's range on, the ops writing theirs) stays float too.
+    Measured again only for the ops below the budget (usually none)."""
+    below = [n for n in candidates if layers[n.name].reason.startswith("SQNR ")]
+    if not below:
+        return []
+    activation_sqnr = measure_sqnr(graph, below, {n.name: _activation_inputs(graph, n) for n in below}, params,
+                                   samples, quantise_weights=False)
+    writers = {_result(graph, n): n for n in candidates}
+    found: list[tuple[Node, str]] = []
+    for broken in below:
+        if activation_sqnr[broken.name] >= min_sqnr_db:
+            continue  # its weights' int8, not its input's, costs it the budget
+        reason = (f"its int8 result would break {broken.name} "
+                  f"(SQNR {activation_sqnr[broken.name]:.1f} dB from that input's int8 alone)")
+        pending, seen = list(_activation_inputs(graph, broken)), set()
+        while pending:
+            tensor = pending.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            producer = graph.producer(tensor)
+            if tensor not in writers and producer is not None and producer.op_type in _SAME_RANGE \
+                    and not producer.domain:
+                pending.append(producer.inputs[0])  # a view between them: the same values
+                continue
+            writer = writers.get(tensor)
+            if writer is None:
+                continue
+            found.append((writer, reason))
+            if writer.op_type in _FOLLOWERS:
+                pending.extend(_activation_inputs(graph, writer))
+    return found
 
 
 def match_keep_float(graph: Graph, entries: Iterable[str] | str, node_names: set[str] | None = None) -> list[str]:

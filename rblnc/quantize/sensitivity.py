@@ -87,10 +87,12 @@ def sqnr_db(reference: np.ndarray, quantised: np.ndarray) -> float | None:
 
 
 def measure_sqnr(graph: Graph, nodes: list[Node], activation_inputs: dict[str, list[str]],
-                 params: dict[str, QuantParams], samples: Iterable[Any]) -> dict[str, float]:
+                 params: dict[str, QuantParams], samples: Iterable[Any], *,
+                 quantise_weights: bool = True) -> dict[str, float]:
     """{node name: mean SQNR in dB over the samples} of each of `nodes` (standard ops of `graph`,
     still in float) with its `activation_inputs[node name]` quantised by `params` and, for a
-    matrix op, its weights per channel. A node whose output was zero on every sample reads EXACT_DB."""
+    matrix op with `quantise_weights`, its weights per channel (without: the SQNR its inputs'
+    int8 alone leaves). A node whose output was zero on every sample reads EXACT_DB."""
     if not nodes:
         return {}
     import onnxruntime as ort  # only int8 compiles need it (stage.py imports this module for its names)
@@ -112,7 +114,7 @@ def measure_sqnr(graph: Graph, nodes: list[Node], activation_inputs: dict[str, l
                 inputs.append(name)
             elif graph.is_constant(name):
                 value = np.asarray(graph.constants[name])
-                if node.op_type in _MATRIX and position == 1:
+                if node.op_type in _MATRIX and position == 1 and quantise_weights:
                     integers, scale = quantize_weights(value, weight_axis(node))
                     shape = [-1 if a == weight_axis(node) else 1 for a in range(value.ndim)]
                     value = integers.astype(np.float32) * scale.reshape(shape)
