@@ -124,6 +124,7 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
             + "; ".join(f"{layer.name} ({layer.op_type}) {layer.sqnr_db:.1f} dB "
                         + ("int8" if layer.int8 else f"float: {layer.reason}")
                         for layer in report.quantized.lowest_sqnr()))
+    if report.quantized.rewritten or report.quantized.layers:  # the graph changed
         verify_graph(graph)
     stage("quantize", start)
 
