@@ -68,17 +68,19 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     def stay_float(node: Node, reason: str) -> None:
         layers[node.name].int8, layers[node.name].reason = False, reason
 
-    chosen = []
+    chosen, below_budget = [], []
     for node in candidates:
         entry = next((e for e in user_kept if e in (node.name, node.op_type) or e in node.source_ops), None)
         if entry is not None:
             stay_float(node, f"keep_float {entry!r}")
         elif ops == "auto" and sqnr[node.name] < min_sqnr_db:
             stay_float(node, f"SQNR {sqnr[node.name]:.1f} dB < min_sqnr_db {min_sqnr_db:g} dB")
+            below_budget.append(node)
         else:
             chosen.append(node)
-    if ops == "auto":
-        for producer, reason in _breaking_producers(graph, candidates, layers, params, retained.kept, min_sqnr_db):
+    if below_budget:
+        for producer, reason in _breaking_producers(graph, candidates, below_budget, params, retained.kept,
+                                                    min_sqnr_db):
             if layers[producer.name].int8:
                 stay_float(producer, reason)
         chosen = [n for n in chosen if layers[n.name].int8]
@@ -112,18 +114,14 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     return count, ranges, list(layers.values())
 
 
-def _breaking_producers(graph: Graph, candidates: list[Node], layers: dict[str, LayerSensitivity],
-                        params: dict[str, QuantParams], samples: list[Any], min_sqnr_db: float
-                        ) -> list[tuple[Node, str]]:
+def _breaking_producers(graph: Graph, candidates: list[Node], below: list[Node], params: dict[str, QuantParams],
+                        samples: list[Any], min_sqnr_db: float) -> list[tuple[Node, str]]:
     """The candidates whose int8 result would break an op kept in float by the budget: an op whose
     SQNR stays below `min_sqnr_db` with only its inputs in int8 (its weights float) is broken by
     its input's int8 range (an outlier channel), and keeping it in float does not help while the
     op writing that input is int8, whose result every reader reads in int8. So that op (and, for
     an Add or a pool, which pass their input's range on, the ops writing theirs) stays float too.
-    Measured again only for the ops below the budget (usually none)."""
-    below = [n for n in candidates if layers[n.name].reason.startswith("SQNR ")]
-    if not below:
-        return []
+    Measured again only for the ops `below` the budget (usually none)."""
     activation_sqnr = measure_sqnr(graph, below, {n.name: _activation_inputs(graph, n) for n in below}, params,
                                    samples, quantise_weights=False)
     writers = {_result(graph, n): n for n in candidates}
