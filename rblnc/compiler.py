@@ -124,6 +124,9 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
             + "; ".join(f"{layer.name} ({layer.op_type}) {layer.sqnr_db:.1f} dB "
                         + ("int8" if layer.int8 else f"float: {layer.reason}")
                         for layer in report.quantized.lowest_sqnr()))
+    if report.quantized.output_sqnr_db:
+        say("int8 model output SQNR against the float model on the calibration data: " + "; ".join(
+            f"{name} {value:.1f} dB" for name, value in report.quantized.output_sqnr_db.items()))
     if report.quantized.rewritten or report.quantized.layers:  # the graph changed
         verify_graph(graph)
     stage("quantize", start)

@@ -122,6 +122,16 @@ def test_auto_keeps_the_hostile_layer_in_bf16_and_all_quantises_it(onnx_paths):
         auto_error = np.linalg.norm(np.asarray(auto_runtime.run(x)) - reference) / np.linalg.norm(reference)
         all_error = np.linalg.norm(np.asarray(everything_runtime.run(x)) - reference) / np.linalg.norm(reference)
         assert auto_error < 0.03 and all_error > 0.5
+    # The whole model's output SQNR once quantised (its QDQ form in onnxruntime), on the calibration
+    # samples: what the emulator's all-int8 model measures on them, within 0.5 dB.
+    auto_output, all_output = auto.report.quantized.output_sqnr_db, everything.report.quantized.output_sqnr_db
+    assert list(all_output) == ["y"] and auto_output["y"] > 25 and all_output["y"] < 5
+    emulated = []
+    for x in _samples(8, True):
+        reference = session.run(None, {"x": x})[0].astype(np.float64)
+        noise = reference - np.asarray(everything_runtime.run(x), dtype=np.float64)
+        emulated.append(10 * math.log10(float((reference ** 2).sum() / (noise ** 2).sum())))
+    assert all_output["y"] == pytest.approx(float(np.mean(emulated)), abs=0.5)
 
 
 def test_min_sqnr_db_moves_the_budget(onnx_paths):

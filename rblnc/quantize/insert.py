@@ -21,7 +21,9 @@ from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
 from ..quant_params import QuantParams
 from ..target import TargetSpec
 from .calibrate import calibrate
-from .sensitivity import DEFAULT_MIN_SQNR_DB, LayerSensitivity, measure_sqnr, quantize_weights, retain, weight_axis
+from .sensitivity import (
+    DEFAULT_MIN_SQNR_DB, LayerSensitivity, measure_sqnr, output_sqnr, quantize_weights, retain, weight_axis,
+)
 
 INT8_OP_CHOICES = ("auto", "all")
 
@@ -36,10 +38,11 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                          progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
                          target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
                          min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
-                         ) -> tuple[int, dict[str, tuple[float, float]], list[LayerSensitivity]]:
+                         ) -> tuple[int, dict[str, tuple[float, float]], list[LayerSensitivity], dict[str, float]]:
     """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges, each
-    candidate op's measured SQNR and final precision). `keep_float` (node names, source-op names
-    or op types) stay in float whatever `ops` says. With ops="auto", an op whose SQNR
+    candidate op's measured SQNR and final precision, each model output's SQNR once quantised
+    against the float model: sensitivity.output_sqnr; empty when no op is int8). `keep_float`
+    (node names, source-op names or op types) stay in float whatever `ops` says. With ops="auto", an op whose SQNR
     (sensitivity.py) is below `min_sqnr_db` stays in float, and with a target so does one whose
     modelled int8 saving does not pay for the conversions it needs at float neighbours;
     ops="all" takes every op int8 can run (still measuring each one's SQNR)."""
@@ -61,8 +64,9 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                               show_progress=show_progress)
     _share_ranges(graph, ranges)
     params = {name: activation_params(*bounds) for name, bounds in ranges.items()}
+    references: list[dict[str, np.ndarray]] = []
     sqnr = measure_sqnr(graph, candidates, {n.name: _activation_inputs(graph, n) for n in candidates}, params,
-                        retained.kept)
+                        retained.kept, model_outputs=references)
     layers = {n.name: LayerSensitivity(n.name, n.op_type, sqnr[n.name]) for n in candidates}
 
     def stay_float(node: Node, reason: str) -> None:
@@ -111,7 +115,8 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                                           and n.outputs[0] in activations}
     for name in activations:
         _insert_qdq(graph, name, params[name], None if name in results else readers)
-    return count, ranges, list(layers.values())
+    outputs = output_sqnr(graph, retained.kept[:len(references)], references) if chosen else {}
+    return count, ranges, list(layers.values()), outputs
 
 
 def _breaking_producers(graph: Graph, candidates: list[Node], below: list[Node], params: dict[str, QuantParams],

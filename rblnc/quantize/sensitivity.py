@@ -24,6 +24,9 @@ from ..quant_params import QuantParams
 # the model, the twins and the sums (ResNet-50 at 224x224: about 0.2 s on 2 cores); on MobileNetV2
 # the mean over 16 samples is within 0.1 dB of the mean over 64 for every layer.
 SAMPLES = 16
+# The float model's outputs kept for output_sqnr (the rest of those samples are not used for it):
+# enough for 16 samples of a 1000-class classifier or one of a 21-class 512x512 segmenter.
+OUTPUT_BYTES = 64 << 20
 # A layer int8 reproduces exactly (noise 0) reads as this many dB, so means stay finite.
 EXACT_DB = 100.0
 # The default accuracy budget: with int8_ops="auto" a layer whose SQNR is below it stays in bf16.
@@ -88,11 +91,15 @@ def sqnr_db(reference: np.ndarray, quantised: np.ndarray) -> float | None:
 
 def measure_sqnr(graph: Graph, nodes: list[Node], activation_inputs: dict[str, list[str]],
                  params: dict[str, QuantParams], samples: Iterable[Any], *,
-                 quantise_weights: bool = True) -> dict[str, float]:
+                 quantise_weights: bool = True, model_outputs: list[dict[str, np.ndarray]] | None = None,
+                 ) -> dict[str, float]:
     """{node name: mean SQNR in dB over the samples} of each of `nodes` (standard ops of `graph`,
     still in float) with its `activation_inputs[node name]` quantised by `params` and, for a
     matrix op with `quantise_weights`, its weights per channel (without: the SQNR its inputs'
-    int8 alone leaves). A node whose output was zero on every sample reads EXACT_DB."""
+    int8 alone leaves). A node whose output was zero on every sample reads EXACT_DB. Given
+    `model_outputs`, the float graph's outputs on the samples are appended to it, one dict per
+    sample, while they fit in OUTPUT_BYTES (for output_sqnr, which needs them once the graph is
+    quantised)."""
     if not nodes:
         return {}
     import onnxruntime as ort  # only int8 compiles need it (stage.py imports this module for its names)
@@ -136,11 +143,17 @@ def measure_sqnr(graph: Graph, nodes: list[Node], activation_inputs: dict[str, l
                    initializers=list(twins.constants)).SerializeToString(),
         _options(), providers=["CPUExecutionProvider"])
     totals = {node.name: [] for node in nodes}
+    kept_bytes = 0
     for index, sample in enumerate(_first(samples, SAMPLES)):
         feeds = check_sample(graph, sample, index)
-        wanted = [o for o in float_outputs if o not in feeds]
+        wanted = [o for o in dict.fromkeys(float_outputs + list(graph.outputs)) if o not in feeds]
         values = dict(zip(wanted, float_session.run(wanted, feeds)))
         values.update(feeds)
+        if model_outputs is not None and len(model_outputs) == index:
+            outputs = {name: np.asarray(values[name]) for name in graph.outputs}
+            kept_bytes += sum(value.nbytes for value in outputs.values())
+            if kept_bytes <= OUTPUT_BYTES or not model_outputs:
+                model_outputs.append(outputs)
         twin_feeds = {name: fake_quantize(values[name], params[name]) if name in params else values[name]
                       for name in twins.inputs}
         results = twin_session.run(twins.outputs, twin_feeds)
@@ -149,6 +162,28 @@ def measure_sqnr(graph: Graph, nodes: list[Node], activation_inputs: dict[str, l
             if measured is not None:
                 totals[node.name].append(measured)
     return {name: float(np.mean(values)) if values else EXACT_DB for name, values in totals.items()}
+
+
+def output_sqnr(graph: Graph, samples: list[Any], references: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """{graph output: mean SQNR in dB} of `graph` once quantised (its QDQ form, run by
+    onnxruntime: int8 where rblnc computes int8, fp32 elsewhere) against the float model's outputs
+    `references` on the first samples, one per reference: the whole model's int8 error, which
+    the per-layer figures do not add up to (it compounds over depth)."""
+    session = _session(graph, [])
+    totals: dict[str, list[float]] = {name: [] for name in graph.outputs}
+    for index, (sample, reference) in enumerate(zip(samples, references)):
+        feeds = {name: np.asarray(value) for name, value in _check(graph, sample, index).items()}
+        for name, value in zip(graph.outputs, session.run(list(graph.outputs), feeds)):
+            measured = sqnr_db(reference[name], np.asarray(value))
+            if measured is not None:
+                totals[name].append(measured)
+    return {name: float(np.mean(values)) if values else EXACT_DB for name, values in totals.items()}
+
+
+def _check(graph: Graph, sample: Any, index: int) -> dict[str, np.ndarray]:
+    from .calibrate import check_sample
+
+    return check_sample(graph, sample, index)
 
 
 def _first(samples: Iterable[Any], count: int) -> Iterator[Any]:

@@ -21,6 +21,9 @@ class QuantizeReport:
     # Each op considered for int8 by rblnc's own quantisation: its SQNR against the float model
     # and whether it computes in int8 (else why not), in graph order (sensitivity.py).
     layers: list[LayerSensitivity] = field(default_factory=list)
+    # Each model output's SQNR (dB) against the float model once quantised (int8 where rblnc
+    # computes int8, fp32 elsewhere) on the first calibration samples; empty when no op is int8.
+    output_sqnr_db: dict[str, float] = field(default_factory=dict)
 
     def lowest_sqnr(self, count: int = 5) -> list[LayerSensitivity]:
         return sorted(self.layers, key=lambda layer: layer.sqnr_db)[:count]
@@ -47,7 +50,7 @@ def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: st
             raise CompileError(f"calibration data is only used with dtype='int8' (got dtype={dtype!r})")
         from .insert import quantize_float_graph  # numpy + onnxruntime work only int8 compiles need
 
-        report.calibrated_samples, report.ranges, report.layers = quantize_float_graph(
+        report.calibrated_samples, report.ranges, report.layers, report.output_sqnr_db = quantize_float_graph(
             graph, calibration, method, progress=progress, show_progress=show_progress, target=target, ops=ops,
             keep_float=keep_float, min_sqnr_db=min_sqnr_db)
     elif dtype == "int8" and not has_qdq(graph):
