@@ -159,5 +159,6 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
         LayerPrecision(layer.name, layer.op_type, "int8" if layer.int8 else float_precision(options.dtype),
                        float(np.float32(layer.sqnr_db)), layer.reason)  # as the file stores it
         for layer in report.quantized.layers]
+    artifact.output_sqnr = {name: float(np.float32(value)) for name, value in report.quantized.output_sqnr_db.items()}
     stage("lower", start)
     return artifact, report

@@ -83,6 +83,8 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
         "precision": precision_summary(artifact),
         # Each op rblnc's own int8 quantisation considered: SQNR (dB) of its output against the
         # float model on the calibration data, the precision it ended in and why (format v3).
+        # Each model output's SQNR (dB) against the float model once quantised (format v3).
+        "int8_output_sqnr": dict(artifact.output_sqnr),
         "int8_layers": [{"name": layer.name, "op_type": layer.op_type, "precision": layer.precision,
                          "sqnr_db": layer.sqnr_db, "reason": layer.reason} for layer in artifact.layer_precision],
         "dma_bytes_per_inference": {
@@ -253,8 +255,12 @@ def render_text(report: dict[str, Any], *, max_ops: int = 12) -> str:
     if layers:
         kept = sum(layer["precision"] != "int8" for layer in layers)
         lines += ["", f"int8 sensitivity ({len(layers)} ops, {kept} kept in float): SQNR of each op's output "
-                      "against the float model on the calibration data",
-                  f"  {'op':<32} {'type':<18} {'SQNR dB':>8}  {'precision':<9}  reason"]
+                      "against the float model on the calibration data"]
+        outputs = report.get("int8_output_sqnr", {})
+        if outputs:
+            lines.append("  the whole int8 model's output: " + "; ".join(
+                f"{name} {value:.1f} dB" for name, value in outputs.items()))
+        lines.append(f"  {'op':<32} {'type':<18} {'SQNR dB':>8}  {'precision':<9}  reason")
         for layer in layers:
             lines.append(f"  {layer['name'][:32]:<32} {layer['op_type'][:18]:<18} {layer['sqnr_db']:>8.1f}  "
                          f"{layer['precision']:<9}  {layer['reason']}".rstrip())

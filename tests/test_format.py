@@ -72,6 +72,7 @@ def full_artifact() -> Artifact:
         nodes_after_passes=4,
         layer_precision=[LayerPrecision("conv1", "Conv", "int8", 41.25),
                          LayerPrecision("fc", "Gemm", "bf16", 12.5, "SQNR 12.5 dB < min_sqnr_db 20 dB")],
+        output_sqnr={"z": 31.5, "k": 100.0},
     )
 
 
@@ -142,12 +143,18 @@ def test_layer_precision_bytes_and_files_without_it(tmp_path):
     assert entry.Reason() == b"SQNR 12.5 dB < min_sqnr_db 20 dB"
     field = entry._tab.Offset(4 + 2 * 3)  # sqnr_db: the table's fourth field
     assert field and data[entry._tab.Pos + field: entry._tab.Pos + field + 4] == struct.pack("<f", 12.5)
+    # Model.output_sqnr, in the artifact's order: name, then sqnr_db as a float32.
+    assert model.OutputSqnrLength() == 2 and model.OutputSqnr(0).Name() == b"z"
+    output = model.OutputSqnr(0)
+    field = output._tab.Offset(4 + 2 * 1)  # sqnr_db: the table's second field
+    assert field and data[output._tab.Pos + field: output._tab.Pos + field + 4] == struct.pack("<f", 31.5)
     older = full_artifact()
-    older.layer_precision, older.version = [], 2
+    older.layer_precision, older.output_sqnr, older.version = [], {}, 2
     path = save_artifact(older, tmp_path / "v2.rbln")
-    assert fb.Model.GetRootAs(path.read_bytes(), 0).LayerPrecisionIsNone()
+    root = fb.Model.GetRootAs(path.read_bytes(), 0)
+    assert root.LayerPrecisionIsNone() and root.OutputSqnrIsNone()
     loaded = load_artifact(path)
-    assert loaded.version == 2 and loaded.layer_precision == []
+    assert loaded.version == 2 and loaded.layer_precision == [] and loaded.output_sqnr == {}
 
 
 def test_layer_precision_with_a_non_finite_sqnr_is_refused(tmp_path):
@@ -156,6 +163,21 @@ def test_layer_precision_with_a_non_finite_sqnr_is_refused(tmp_path):
     path = save_artifact(artifact, tmp_path / "nan.rbln")
     with pytest.raises(ArtifactError, match=r"layer_precision 1 \(fc\): sqnr_db is nan, not a finite number"):
         load_artifact(path)
+
+
+def test_output_sqnr_non_finite_or_listed_twice_is_refused(tmp_path):
+    artifact = full_artifact()
+    artifact.output_sqnr["k"] = float("inf")
+    with pytest.raises(ArtifactError, match=r"output_sqnr 1 \(k\): sqnr_db is inf, not a finite number"):
+        load_artifact(save_artifact(artifact, tmp_path / "inf.rbln"))
+
+    class Twice(dict):  # a file written by something else: the same output twice
+        def items(self):
+            return [("z", 1.0), ("z", 2.0)]
+
+    artifact.output_sqnr = Twice()
+    with pytest.raises(ArtifactError, match=r"output_sqnr 1 \(z\): the output is listed twice"):
+        load_artifact(save_artifact(artifact, tmp_path / "twice.rbln"))
 
 
 def test_constants_are_zero_copy_views_of_the_file(tmp_path):

@@ -188,12 +188,18 @@ def test_compile_log_and_inspect_show_each_layers_sqnr(onnx_paths, tmp_path):
     assert "int8 sensitivity (2 ops, 1 kept in float): SQNR of each op's output against the float model" in text
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if "SQNR dB" in line)
+    output_sqnr = load_artifact(output).output_sqnr
+    assert list(output_sqnr) == ["y"] and output_sqnr["y"] > 25
+    assert lines[header - 1] == f"  the whole int8 model's output: y {output_sqnr['y']:.1f} dB"
+    assert f"int8 model output SQNR against the float model on the calibration data: y {output_sqnr['y']:.1f} dB" \
+        in done.stderr
     assert lines[header + 1].split() == ["/0/Conv", "Conv", f"{low.sqnr_db:.1f}", "bf16", *low.reason.split()]
     assert lines[header + 2].split() == ["/2/Conv", "Conv", f"{high.sqnr_db:.1f}", "int8"]
     report = json.loads(_cli("inspect", output, "--json").stdout)
     assert [(layer["name"], layer["precision"]) for layer in report["int8_layers"]] == [
         ("/0/Conv", "bf16"), ("/2/Conv", "int8")]
     assert report["int8_layers"][1]["sqnr_db"] == pytest.approx(high.sqnr_db, abs=1e-4)
+    assert report["int8_output_sqnr"] == output_sqnr
     # The file keeps each SQNR as a float32.
     assert [layer.sqnr_db for layer in load_artifact(output).layer_precision] == [
         float(np.float32(low.sqnr_db)), float(np.float32(high.sqnr_db))]

@@ -11,7 +11,7 @@ import numpy as np
 from ..quant_params import QuantParams
 from ..target import TargetSpec
 
-# 2: quantised tensors (Tensor.quantization); 3: per-op int8 sensitivity (Model.layer_precision);
+# 2: quantised tensors (Tensor.quantization); 3: int8 sensitivity (Model.layer_precision, .output_sqnr);
 # see the revision history in schemas/rbln.fbs.
 FORMAT_VERSION = 3
 FILE_IDENTIFIER = b"RBLN"
@@ -165,6 +165,9 @@ class Artifact:
     nodes_after_passes: int = 0
     # Since version 3; empty unless quantised by rblnc from calibration data.
     layer_precision: list[LayerPrecision] = field(default_factory=list)
+    # Since version 3: {model output: SQNR in dB against the float model once quantised}; empty
+    # unless rblnc's own quantisation put some op in int8.
+    output_sqnr: dict[str, float] = field(default_factory=dict)
 
     def constant_bytes(self) -> int:
         return sum(

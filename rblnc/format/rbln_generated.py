@@ -2955,6 +2955,105 @@ class LayerPrecisionT(object):
         return layerPrecision
 
 
+class OutputSqnr(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = OutputSqnr()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsOutputSqnr(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def OutputSqnrBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x52\x42\x4C\x4E", size_prefixed=size_prefixed)
+
+    # OutputSqnr
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # OutputSqnr
+    def Name(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # OutputSqnr
+    def SqnrDb(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 0.0
+
+def OutputSqnrStart(builder: flatbuffers.Builder):
+    builder.StartObject(2)
+
+def OutputSqnrAddName(builder: flatbuffers.Builder, name: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def OutputSqnrAddSqnrDb(builder: flatbuffers.Builder, sqnrDb: float):
+    builder.PrependFloat32Slot(1, sqnrDb, 0.0)
+
+def OutputSqnrEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class OutputSqnrT(object):
+
+    # OutputSqnrT
+    def __init__(
+        self,
+        name = None,
+        sqnrDb = 0.0,
+    ):
+        self.name = name  # type: Optional[str]
+        self.sqnrDb = sqnrDb  # type: float
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        outputSqnr = OutputSqnr()
+        outputSqnr.Init(buf, pos)
+        return cls.InitFromObj(outputSqnr)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, outputSqnr):
+        x = OutputSqnrT()
+        x._UnPack(outputSqnr)
+        return x
+
+    # OutputSqnrT
+    def _UnPack(self, outputSqnr):
+        if outputSqnr is None:
+            return
+        self.name = outputSqnr.Name()
+        if self.name is not None:
+            self.name = self.name.decode('utf-8')
+        self.sqnrDb = outputSqnr.SqnrDb()
+
+    # OutputSqnrT
+    def Pack(self, builder):
+        if self.name is not None:
+            name = builder.CreateString(self.name)
+        OutputSqnrStart(builder)
+        if self.name is not None:
+            OutputSqnrAddName(builder, name)
+        OutputSqnrAddSqnrDb(builder, self.sqnrDb)
+        outputSqnr = OutputSqnrEnd(builder)
+        return outputSqnr
+
+
 class CompileOptions(object):
     __slots__ = ['_tab']
 
@@ -3288,8 +3387,32 @@ class Model(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
         return o == 0
 
+    # Model
+    def OutputSqnr(self, j: int) -> Optional[OutputSqnr]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = OutputSqnr()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Model
+    def OutputSqnrLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Model
+    def OutputSqnrIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        return o == 0
+
 def ModelStart(builder: flatbuffers.Builder):
-    builder.StartObject(12)
+    builder.StartObject(13)
 
 def ModelAddVersion(builder: flatbuffers.Builder, version: int):
     builder.PrependUint32Slot(0, version, 0)
@@ -3342,6 +3465,12 @@ def ModelAddLayerPrecision(builder: flatbuffers.Builder, layerPrecision: int):
 def ModelStartLayerPrecisionVector(builder, numElems: int) -> int:
     return builder.StartVector(4, numElems, 4)
 
+def ModelAddOutputSqnr(builder: flatbuffers.Builder, outputSqnr: int):
+    builder.PrependUOffsetTRelativeSlot(12, flatbuffers.number_types.UOffsetTFlags.py_type(outputSqnr), 0)
+
+def ModelStartOutputSqnrVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
 def ModelEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
@@ -3368,6 +3497,7 @@ class ModelT(object):
         nodesBeforePasses = 0,
         nodesAfterPasses = 0,
         layerPrecision = None,
+        outputSqnr = None,
     ):
         self.version = version  # type: int
         self.producer = producer  # type: Optional[str]
@@ -3381,6 +3511,7 @@ class ModelT(object):
         self.nodesBeforePasses = nodesBeforePasses  # type: int
         self.nodesAfterPasses = nodesAfterPasses  # type: int
         self.layerPrecision = layerPrecision  # type: Optional[List[LayerPrecisionT]]
+        self.outputSqnr = outputSqnr  # type: Optional[List[OutputSqnrT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -3454,6 +3585,14 @@ class ModelT(object):
                 else:
                     layerPrecision_ = LayerPrecisionT.InitFromObj(model.LayerPrecision(i))
                     self.layerPrecision.append(layerPrecision_)
+        if not model.OutputSqnrIsNone():
+            self.outputSqnr = []
+            for i in range(model.OutputSqnrLength()):
+                if model.OutputSqnr(i) is None:
+                    self.outputSqnr.append(None)
+                else:
+                    outputSqnr_ = OutputSqnrT.InitFromObj(model.OutputSqnr(i))
+                    self.outputSqnr.append(outputSqnr_)
 
     # ModelT
     def Pack(self, builder):
@@ -3500,6 +3639,14 @@ class ModelT(object):
             for i in reversed(range(len(self.layerPrecision))):
                 builder.PrependUOffsetTRelative(layerPrecisionlist[i])
             layerPrecision = builder.EndVector()
+        if self.outputSqnr is not None:
+            outputSqnrlist = []
+            for i in range(len(self.outputSqnr)):
+                outputSqnrlist.append(self.outputSqnr[i].Pack(builder))
+            ModelStartOutputSqnrVector(builder, len(self.outputSqnr))
+            for i in reversed(range(len(self.outputSqnr))):
+                builder.PrependUOffsetTRelative(outputSqnrlist[i])
+            outputSqnr = builder.EndVector()
         ModelStart(builder)
         ModelAddVersion(builder, self.version)
         if self.producer is not None:
@@ -3521,6 +3668,8 @@ class ModelT(object):
         ModelAddNodesAfterPasses(builder, self.nodesAfterPasses)
         if self.layerPrecision is not None:
             ModelAddLayerPrecision(builder, layerPrecision)
+        if self.outputSqnr is not None:
+            ModelAddOutputSqnr(builder, outputSqnr)
         model = ModelEnd(builder)
         return model
 

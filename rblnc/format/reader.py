@@ -162,7 +162,18 @@ class _Reader:
             nodes_before_passes=model.nodesBeforePasses,
             nodes_after_passes=model.nodesAfterPasses,
             layer_precision=[self._layer_precision(layer, i) for i, layer in enumerate(model.layerPrecision or [])],
+            output_sqnr=self._output_sqnr(model.outputSqnr or []),
         )
+
+    def _output_sqnr(self, entries: list) -> dict[str, float]:
+        result = {}
+        for index, entry in enumerate(entries):
+            if not math.isfinite(entry.sqnrDb):
+                self.fail(f"output_sqnr {index} ({entry.name})", f"sqnr_db is {entry.sqnrDb}, not a finite number")
+            if entry.name in result:
+                self.fail(f"output_sqnr {index} ({entry.name})", "the output is listed twice")
+            result[entry.name] = float(entry.sqnrDb)
+        return result
 
     def _layer_precision(self, layer: fb.LayerPrecisionT, index: int) -> LayerPrecision:
         if not math.isfinite(layer.sqnrDb):

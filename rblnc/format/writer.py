@@ -140,10 +140,18 @@ def _model(artifact: Artifact, blobs: _BlobTable) -> fb.ModelT:
     model.nodesBeforePasses = artifact.nodes_before_passes
     model.nodesAfterPasses = artifact.nodes_after_passes
     model.layerPrecision = [_layer_precision(layer) for layer in artifact.layer_precision] or None
+    model.outputSqnr = [_output_sqnr(name, value) for name, value in artifact.output_sqnr.items()] or None
     model.buffers = [fb.BufferT() for _ in range(len(blobs.blobs) + 1)]
     for buffer, blob in zip(model.buffers[1:], blobs.blobs):
         buffer.size = len(blob)
     return model
+
+
+def _output_sqnr(name: str, value: float) -> fb.OutputSqnrT:
+    out = fb.OutputSqnrT()
+    out.name = name
+    out.sqnrDb = float(value)
+    return out
 
 
 def _layer_precision(layer: LayerPrecision) -> fb.LayerPrecisionT:
