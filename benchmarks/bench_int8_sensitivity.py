@@ -7,8 +7,8 @@ calibration it follows, and the SQNR it finds, on zoo models in one run.
 Each zoo model (random weights, rblnc.zoo) is exported to ONNX and compiled with dtype="int8",
 int8_ops="all" and `--samples` uniform random calibration inputs. `calibrate` and `sensitivity` are
 the seconds of the two steps of the quantize stage (wrapped timers), `ratio` sensitivity /
-calibrate (the sensitivity step reads at most sensitivity.SAMPLES samples). SQNR columns: min and
-median over the ops int8 could run, in dB; `below budget` counts those under the default
+calibrate (the sensitivity step reads at most sensitivity.SAMPLES samples), `output` the seconds
+of the whole-model output SQNR (sensitivity.output_sqnr). SQNR columns: min and median over the ops int8 could run, in dB; `below budget` counts those under the default
 min_sqnr_db, which int8_ops="auto" keeps in bf16. `all err` is the all-int8 model's relative L2
 error against onnxruntime fp32 on the file, mean over 2 fresh inputs of the same kind: what the
 per-layer figures do not show (error compounding over depth). Timings on a shared machine are noisy; the ratio
@@ -61,8 +61,9 @@ def main() -> None:
     seconds: dict[str, float] = {}
     insert.calibrate = _timed(seconds, "calibrate", insert.calibrate)
     insert.measure_sqnr = _timed(seconds, "sensitivity", insert.measure_sqnr)
+    insert.output_sqnr = _timed(seconds, "output", insert.output_sqnr)
     print(f"{args.samples} calibration samples, sensitivity on the first {min(args.samples, SAMPLES)}")
-    print(f"{'model':<18} {'ops':>4} {'calibrate':>10} {'sensitivity':>12} {'ratio':>6} "
+    print(f"{'model':<18} {'ops':>4} {'calibrate':>10} {'sensitivity':>12} {'ratio':>6} {'output':>7} "
           f"{'SQNR min':>9} {'median':>7} {'below budget':>13} {'all err':>8}")
 
     def row(name: str, path: Path, input_info, samples) -> None:
@@ -78,7 +79,8 @@ def main() -> None:
             ours = np.asarray(ours[0] if isinstance(ours, list) else ours)
             errors.append(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
         print(f"{name:<18} {sqnr.size:>4} {seconds['calibrate']:>9.2f}s {seconds['sensitivity']:>11.2f}s "
-              f"{seconds['sensitivity'] / seconds['calibrate']:>6.2f} {sqnr.min():>8.1f} {np.median(sqnr):>7.1f} "
+              f"{seconds['sensitivity'] / seconds['calibrate']:>6.2f} {seconds.get('output', 0.0):>6.2f}s "
+              f"{sqnr.min():>8.1f} {np.median(sqnr):>7.1f} "
               f"{int((sqnr < DEFAULT_MIN_SQNR_DB).sum()):>13} {100 * np.mean(errors):>7.1f}%")
 
     with tempfile.TemporaryDirectory() as directory:
