@@ -16,6 +16,7 @@ from . import dtypes
 from ._version import __version__
 from .errors import RBLNError
 from .importers import parse_input_option
+from .quantize.sensitivity import DEFAULT_MIN_SQNR_DB
 
 
 class _Group(click.Group):
@@ -98,8 +99,15 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile"]), default="minmax",
               show_default=True, help="How --calibrate chooses each activation's range.")
 @click.option("--int8-ops", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
-              help="--calibrate: auto keeps in bf16 the ops whose modelled int8 saving does not pay for "
-                   "their Quantize/Dequantize conversions; all quantises every op int8 can run.")
+              help="--calibrate: auto keeps in bf16 the ops int8 would break (SQNR below --min-sqnr-db) and "
+                   "those whose modelled int8 saving does not pay for their Quantize/Dequantize conversions; "
+                   "all quantises every op int8 can run.")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="NAME_OR_OPTYPE",
+              help="--calibrate: keep this op (its name in the model or in `rblnc inspect`) or every op of "
+                   "this type (e.g. Gemm) in bf16 whatever --int8-ops says (repeat for several).")
+@click.option("--min-sqnr-db", type=float, default=DEFAULT_MIN_SQNR_DB, show_default=True,
+              help="--calibrate with --int8-ops auto: an op whose output's SQNR in int8 against the float "
+                   "model (on the calibration data) is below this stays in bf16; --int8-ops all ignores it.")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--target", default=None, help="Target preset name or a .toml/.json spec file.")
 @click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")
@@ -115,7 +123,7 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--no-refine", is_flag=True,
               help="Keep every supported op on the NPU (no cost-driven moves to the host).")
 def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_method, int8_ops,
-            opt_level, target,
+            keep_float, min_sqnr_db, opt_level, target,
             verify_each, dump_ir_after, disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback,
             no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
@@ -138,7 +146,10 @@ def compile(model: Path, output: Path, inputs, constants, dtype, calibration, ca
         from .quantize.calibrate import NpzSamples
 
         options.update(calibration=NpzSamples(calibration), calibration_method=calibration_method,
-                       int8_ops=int8_ops, show_progress=True)
+                       int8_ops=int8_ops, show_progress=True, keep_float=list(keep_float),
+                       min_sqnr_db=min_sqnr_db)
+    elif keep_float:
+        raise click.UsageError("--keep-float needs --dtype int8 --calibrate DATA.npz")
     click.echo(f"compiling {model} ({framework})", err=True)
     compiled = _compile_model(framework, model, input_info, options, constant_args)
     compiled.save(output)

@@ -6,15 +6,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from ._version import __version__
 from .dtypes import MIXED_PRECISIONS, PRECISIONS, float_precision
 from .errors import CompileError
-from .format.artifact import Artifact, CompileOptions
+from .format.artifact import Artifact, CompileOptions, LayerPrecision
 from .ir import Graph, verify_graph
 from .lower import lower_graph
 from .partition import Legalisation, PartitionOptions, legalize_graph, partition_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
 from .quantize import QuantizeReport, quantize_graph
+from .quantize.sensitivity import DEFAULT_MIN_SQNR_DB
 from .target import TargetSpec, load_target
 
 # Precisions the emulator reproduces (docs/precision.md).
@@ -49,6 +52,11 @@ class CompileOptionsIn:
     calibration_method: str = "minmax"
     # "auto": ops whose modelled int8 saving does not pay for their conversions stay bf16; "all".
     int8_ops: str = "auto"
+    # Ops kept in float whatever int8_ops says: node names (rblnc's or the source model's) or
+    # op types. And the accuracy budget: with int8_ops="auto" an op whose output's SQNR against
+    # the float model (calibration data) is below it stays in float (rblnc/quantize/sensitivity.py).
+    keep_float: Iterable[str] | str = ()
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
     # A progress bar on stderr while calibrating; None: when stderr is a terminal.
     show_progress: bool | None = None
 
@@ -106,9 +114,20 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
     start = time.perf_counter()
     report.quantized = quantize_graph(graph, options.dtype, options.calibration, options.calibration_method,
                                       progress=options.progress, show_progress=options.show_progress,
-                                      target=target, ops=options.int8_ops)
+                                      target=target, ops=options.int8_ops, keep_float=options.keep_float,
+                                      min_sqnr_db=options.min_sqnr_db)
     if report.quantized.rewritten:
         say(f"quantised {report.quantized.rewritten} op(s) to int8")
+    if report.quantized.layers:
+        kept = sum(not layer.int8 for layer in report.quantized.layers)
+        say(f"int8 sensitivity of {len(report.quantized.layers)} op(s), {kept} kept in float; lowest SQNR: "
+            + "; ".join(f"{layer.name} ({layer.op_type}) {layer.sqnr_db:.1f} dB "
+                        + ("int8" if layer.int8 else f"float: {layer.reason}")
+                        for layer in report.quantized.lowest_sqnr()))
+    if report.quantized.output_sqnr_db:
+        say("int8 model output SQNR against the float model on the calibration data: " + "; ".join(
+            f"{name} {value:.1f} dB" for name, value in report.quantized.output_sqnr_db.items()))
+    if report.quantized.rewritten or report.quantized.layers:  # the graph changed
         verify_graph(graph)
     stage("quantize", start)
 
@@ -136,5 +155,10 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
     )
     artifact.nodes_before_passes = nodes_before
     artifact.nodes_after_passes = len(graph)
+    artifact.layer_precision = [
+        LayerPrecision(layer.name, layer.op_type, "int8" if layer.int8 else float_precision(options.dtype),
+                       float(np.float32(layer.sqnr_db)), layer.reason)  # as the file stores it
+        for layer in report.quantized.layers]
+    artifact.output_sqnr = {name: float(np.float32(value)) for name, value in report.quantized.output_sqnr_db.items()}
     stage("lower", start)
     return artifact, report

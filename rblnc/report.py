@@ -81,6 +81,12 @@ def build_report(artifact: Artifact, source: str = "") -> dict[str, Any]:
                          "est_saving_ns": o["est_saving_ns"], "reason": o["reason"]}
                         for p in partitions if p["device"] == "host" for o in p["ops"] if o["est_saving_ns"]],
         "precision": precision_summary(artifact),
+        # Each op rblnc's own int8 quantisation considered: SQNR (dB) of its output against the
+        # float model on the calibration data, the precision it ended in and why (format v3).
+        # Each model output's SQNR (dB) against the float model once quantised (format v3).
+        "int8_output_sqnr": dict(artifact.output_sqnr),
+        "int8_layers": [{"name": layer.name, "op_type": layer.op_type, "precision": layer.precision,
+                         "sqnr_db": layer.sqnr_db, "reason": layer.reason} for layer in artifact.layer_precision],
         "dma_bytes_per_inference": {
             "h2d": sum(t.bytes for p in artifact.partitions for t in p.transfers
                        if t.direction == TransferDirection.HOST_TO_DEVICE),
@@ -245,6 +251,19 @@ def render_text(report: dict[str, Any], *, max_ops: int = 12) -> str:
         for op, _ in slowest:
             lines.append(f"    {op['name'][:32]:<32} {op['op_type'][:18]:<18} {format_time(op['est_time_ns']):>10} "
                          f"{op['flops'] / 1e9:>8.3f}")
+    layers = report.get("int8_layers", [])
+    if layers:
+        kept = sum(layer["precision"] != "int8" for layer in layers)
+        lines += ["", f"int8 sensitivity ({len(layers)} ops, {kept} kept in float): SQNR of each op's output "
+                      "against the float model on the calibration data"]
+        outputs = report.get("int8_output_sqnr", {})
+        if outputs:
+            lines.append("  the whole int8 model's output: " + "; ".join(
+                f"{name} {value:.1f} dB" for name, value in outputs.items()))
+        lines.append(f"  {'op':<32} {'type':<18} {'SQNR dB':>8}  {'precision':<9}  reason")
+        for layer in layers:
+            lines.append(f"  {layer['name'][:32]:<32} {layer['op_type'][:18]:<18} {layer['sqnr_db']:>8.1f}  "
+                         f"{layer['precision']:<9}  {layer['reason']}".rstrip())
     dma = report["dma_bytes_per_inference"]
     lines += [
         "",

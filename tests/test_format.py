@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 import subprocess
 import sys
 import zlib
@@ -14,7 +15,7 @@ from ml_dtypes import bfloat16
 from rblnc.errors import ArtifactError
 from rblnc.format.artifact import (
     ALIGNMENT, FORMAT_VERSION, Artifact, Command, CommandKind, CompileOptions, Device,
-    FallbackReason, MemoryRegion, NpuProgram, Partition, Tensor, TensorKind, Transfer,
+    FallbackReason, LayerPrecision, MemoryRegion, NpuProgram, Partition, Tensor, TensorKind, Transfer,
     TransferDirection, ValueInfo,
 )
 from rblnc.format.reader import load_artifact
@@ -69,6 +70,9 @@ def full_artifact() -> Artifact:
         version=FORMAT_VERSION,
         nodes_before_passes=10,
         nodes_after_passes=4,
+        layer_precision=[LayerPrecision("conv1", "Conv", "int8", 41.25),
+                         LayerPrecision("fc", "Gemm", "bf16", 12.5, "SQNR 12.5 dB < min_sqnr_db 20 dB")],
+        output_sqnr={"z": 31.5, "k": 100.0},
     )
 
 
@@ -123,6 +127,57 @@ def test_layout_identifier_alignment_footer(tmp_path):
         buffer = model.Buffers(i)
         assert buffer.Offset() % ALIGNMENT == 0 and buffer.Offset() >= fb_size
         assert bytes(data[buffer.Offset(): buffer.Offset() + buffer.Size()]) == bytes(blobs[i - 1])
+
+
+def test_layer_precision_bytes_and_files_without_it(tmp_path):
+    """Version 3's Model.layer_precision: each entry's sqnr_db is a little-endian float32 in its
+    table; a file whose artifact has none writes no vector at all (as version 2 wrote), and reads
+    back with an empty list."""
+    from rblnc.format import rbln_generated as fb
+
+    data = save_artifact(full_artifact(), tmp_path / "m.rbln").read_bytes()
+    model = fb.Model.GetRootAs(data, 0)
+    assert model.Version() == FORMAT_VERSION == 3 and model.LayerPrecisionLength() == 2
+    entry = model.LayerPrecision(1)
+    assert (entry.Name(), entry.OpType(), entry.Precision()) == (b"fc", b"Gemm", b"bf16")
+    assert entry.Reason() == b"SQNR 12.5 dB < min_sqnr_db 20 dB"
+    field = entry._tab.Offset(4 + 2 * 3)  # sqnr_db: the table's fourth field
+    assert field and data[entry._tab.Pos + field: entry._tab.Pos + field + 4] == struct.pack("<f", 12.5)
+    # Model.output_sqnr, in the artifact's order: name, then sqnr_db as a float32.
+    assert model.OutputSqnrLength() == 2 and model.OutputSqnr(0).Name() == b"z"
+    output = model.OutputSqnr(0)
+    field = output._tab.Offset(4 + 2 * 1)  # sqnr_db: the table's second field
+    assert field and data[output._tab.Pos + field: output._tab.Pos + field + 4] == struct.pack("<f", 31.5)
+    older = full_artifact()
+    older.layer_precision, older.output_sqnr, older.version = [], {}, 2
+    path = save_artifact(older, tmp_path / "v2.rbln")
+    root = fb.Model.GetRootAs(path.read_bytes(), 0)
+    assert root.LayerPrecisionIsNone() and root.OutputSqnrIsNone()
+    loaded = load_artifact(path)
+    assert loaded.version == 2 and loaded.layer_precision == [] and loaded.output_sqnr == {}
+
+
+def test_layer_precision_with_a_non_finite_sqnr_is_refused(tmp_path):
+    artifact = full_artifact()
+    artifact.layer_precision[1].sqnr_db = float("nan")
+    path = save_artifact(artifact, tmp_path / "nan.rbln")
+    with pytest.raises(ArtifactError, match=r"layer_precision 1 \(fc\): sqnr_db is nan, not a finite number"):
+        load_artifact(path)
+
+
+def test_output_sqnr_non_finite_or_listed_twice_is_refused(tmp_path):
+    artifact = full_artifact()
+    artifact.output_sqnr["k"] = float("inf")
+    with pytest.raises(ArtifactError, match=r"output_sqnr 1 \(k\): sqnr_db is inf, not a finite number"):
+        load_artifact(save_artifact(artifact, tmp_path / "inf.rbln"))
+
+    class Twice(dict):  # a file written by something else: the same output twice
+        def items(self):
+            return [("z", 1.0), ("z", 2.0)]
+
+    artifact.output_sqnr = Twice()
+    with pytest.raises(ArtifactError, match=r"output_sqnr 1 \(z\): the output is listed twice"):
+        load_artifact(save_artifact(artifact, tmp_path / "twice.rbln"))
 
 
 def test_constants_are_zero_copy_views_of_the_file(tmp_path):

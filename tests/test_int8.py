@@ -123,7 +123,7 @@ def test_quantised_tensors_round_trip_through_the_file(tmp_path):
     compiled = rblnc.compile_from_onnx(path)
     saved = save_artifact(compiled.artifact, tmp_path / "model.rbln")
     loaded = load_artifact(saved)
-    assert loaded.version == FORMAT_VERSION == 2
+    assert loaded.version == FORMAT_VERSION == 3
     before = {t.name: t for t in compiled.artifact.partitions[0].npu_program.tensors}
     after = loaded.partitions[0].npu_program.tensors
     quantised = [t for t in after if t.quantization is not None]

@@ -11,8 +11,9 @@ import numpy as np
 from ..quant_params import QuantParams
 from ..target import TargetSpec
 
-# 2: quantised tensors (Tensor.quantization); see the revision history in schemas/rbln.fbs.
-FORMAT_VERSION = 2
+# 2: quantised tensors (Tensor.quantization); 3: int8 sensitivity (Model.layer_precision, .output_sqnr);
+# see the revision history in schemas/rbln.fbs.
+FORMAT_VERSION = 3
 FILE_IDENTIFIER = b"RBLN"
 FOOTER_MAGIC = b"RBLE"
 ALIGNMENT = 64
@@ -139,6 +140,18 @@ class CompileOptions:
 
 
 @dataclass
+class LayerPrecision:
+    """An op rblnc's own int8 quantisation considered: the precision it computes in, its output's
+    SQNR (dB) against the float model on the calibration data, and why it stays float ("" if int8)."""
+
+    name: str
+    op_type: str
+    precision: str
+    sqnr_db: float
+    reason: str = ""
+
+
+@dataclass
 class Artifact:
     options: CompileOptions
     target: TargetSpec
@@ -150,6 +163,11 @@ class Artifact:
     version: int = FORMAT_VERSION
     nodes_before_passes: int = 0
     nodes_after_passes: int = 0
+    # Since version 3; empty unless quantised by rblnc from calibration data.
+    layer_precision: list[LayerPrecision] = field(default_factory=list)
+    # Since version 3: {model output: SQNR in dB against the float model once quantised}; empty
+    # unless rblnc's own quantisation put some op in int8.
+    output_sqnr: dict[str, float] = field(default_factory=dict)
 
     def constant_bytes(self) -> int:
         return sum(

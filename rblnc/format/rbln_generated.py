@@ -2799,6 +2799,261 @@ class TargetT(object):
         return target
 
 
+class LayerPrecision(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = LayerPrecision()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsLayerPrecision(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def LayerPrecisionBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x52\x42\x4C\x4E", size_prefixed=size_prefixed)
+
+    # LayerPrecision
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # LayerPrecision
+    def Name(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # LayerPrecision
+    def OpType(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # LayerPrecision
+    def Precision(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # LayerPrecision
+    def SqnrDb(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 0.0
+
+    # LayerPrecision
+    def Reason(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+def LayerPrecisionStart(builder: flatbuffers.Builder):
+    builder.StartObject(5)
+
+def LayerPrecisionAddName(builder: flatbuffers.Builder, name: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def LayerPrecisionAddOpType(builder: flatbuffers.Builder, opType: int):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(opType), 0)
+
+def LayerPrecisionAddPrecision(builder: flatbuffers.Builder, precision: int):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(precision), 0)
+
+def LayerPrecisionAddSqnrDb(builder: flatbuffers.Builder, sqnrDb: float):
+    builder.PrependFloat32Slot(3, sqnrDb, 0.0)
+
+def LayerPrecisionAddReason(builder: flatbuffers.Builder, reason: int):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(reason), 0)
+
+def LayerPrecisionEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class LayerPrecisionT(object):
+
+    # LayerPrecisionT
+    def __init__(
+        self,
+        name = None,
+        opType = None,
+        precision = None,
+        sqnrDb = 0.0,
+        reason = None,
+    ):
+        self.name = name  # type: Optional[str]
+        self.opType = opType  # type: Optional[str]
+        self.precision = precision  # type: Optional[str]
+        self.sqnrDb = sqnrDb  # type: float
+        self.reason = reason  # type: Optional[str]
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        layerPrecision = LayerPrecision()
+        layerPrecision.Init(buf, pos)
+        return cls.InitFromObj(layerPrecision)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, layerPrecision):
+        x = LayerPrecisionT()
+        x._UnPack(layerPrecision)
+        return x
+
+    # LayerPrecisionT
+    def _UnPack(self, layerPrecision):
+        if layerPrecision is None:
+            return
+        self.name = layerPrecision.Name()
+        if self.name is not None:
+            self.name = self.name.decode('utf-8')
+        self.opType = layerPrecision.OpType()
+        if self.opType is not None:
+            self.opType = self.opType.decode('utf-8')
+        self.precision = layerPrecision.Precision()
+        if self.precision is not None:
+            self.precision = self.precision.decode('utf-8')
+        self.sqnrDb = layerPrecision.SqnrDb()
+        self.reason = layerPrecision.Reason()
+        if self.reason is not None:
+            self.reason = self.reason.decode('utf-8')
+
+    # LayerPrecisionT
+    def Pack(self, builder):
+        if self.name is not None:
+            name = builder.CreateString(self.name)
+        if self.opType is not None:
+            opType = builder.CreateString(self.opType)
+        if self.precision is not None:
+            precision = builder.CreateString(self.precision)
+        if self.reason is not None:
+            reason = builder.CreateString(self.reason)
+        LayerPrecisionStart(builder)
+        if self.name is not None:
+            LayerPrecisionAddName(builder, name)
+        if self.opType is not None:
+            LayerPrecisionAddOpType(builder, opType)
+        if self.precision is not None:
+            LayerPrecisionAddPrecision(builder, precision)
+        LayerPrecisionAddSqnrDb(builder, self.sqnrDb)
+        if self.reason is not None:
+            LayerPrecisionAddReason(builder, reason)
+        layerPrecision = LayerPrecisionEnd(builder)
+        return layerPrecision
+
+
+class OutputSqnr(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = OutputSqnr()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsOutputSqnr(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def OutputSqnrBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x52\x42\x4C\x4E", size_prefixed=size_prefixed)
+
+    # OutputSqnr
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # OutputSqnr
+    def Name(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # OutputSqnr
+    def SqnrDb(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Float32Flags, o + self._tab.Pos)
+        return 0.0
+
+def OutputSqnrStart(builder: flatbuffers.Builder):
+    builder.StartObject(2)
+
+def OutputSqnrAddName(builder: flatbuffers.Builder, name: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def OutputSqnrAddSqnrDb(builder: flatbuffers.Builder, sqnrDb: float):
+    builder.PrependFloat32Slot(1, sqnrDb, 0.0)
+
+def OutputSqnrEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class OutputSqnrT(object):
+
+    # OutputSqnrT
+    def __init__(
+        self,
+        name = None,
+        sqnrDb = 0.0,
+    ):
+        self.name = name  # type: Optional[str]
+        self.sqnrDb = sqnrDb  # type: float
+
+    @classmethod
+    def InitFromBuf(cls, buf, pos):
+        outputSqnr = OutputSqnr()
+        outputSqnr.Init(buf, pos)
+        return cls.InitFromObj(outputSqnr)
+
+    @classmethod
+    def InitFromPackedBuf(cls, buf, pos=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, pos)
+        return cls.InitFromBuf(buf, pos+n)
+
+    @classmethod
+    def InitFromObj(cls, outputSqnr):
+        x = OutputSqnrT()
+        x._UnPack(outputSqnr)
+        return x
+
+    # OutputSqnrT
+    def _UnPack(self, outputSqnr):
+        if outputSqnr is None:
+            return
+        self.name = outputSqnr.Name()
+        if self.name is not None:
+            self.name = self.name.decode('utf-8')
+        self.sqnrDb = outputSqnr.SqnrDb()
+
+    # OutputSqnrT
+    def Pack(self, builder):
+        if self.name is not None:
+            name = builder.CreateString(self.name)
+        OutputSqnrStart(builder)
+        if self.name is not None:
+            OutputSqnrAddName(builder, name)
+        OutputSqnrAddSqnrDb(builder, self.sqnrDb)
+        outputSqnr = OutputSqnrEnd(builder)
+        return outputSqnr
+
+
 class CompileOptions(object):
     __slots__ = ['_tab']
 
@@ -3108,8 +3363,56 @@ class Model(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
+    # Model
+    def LayerPrecision(self, j: int) -> Optional[LayerPrecision]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = LayerPrecision()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Model
+    def LayerPrecisionLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Model
+    def LayerPrecisionIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
+        return o == 0
+
+    # Model
+    def OutputSqnr(self, j: int) -> Optional[OutputSqnr]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = OutputSqnr()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Model
+    def OutputSqnrLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Model
+    def OutputSqnrIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        return o == 0
+
 def ModelStart(builder: flatbuffers.Builder):
-    builder.StartObject(11)
+    builder.StartObject(13)
 
 def ModelAddVersion(builder: flatbuffers.Builder, version: int):
     builder.PrependUint32Slot(0, version, 0)
@@ -3156,6 +3459,18 @@ def ModelAddNodesBeforePasses(builder: flatbuffers.Builder, nodesBeforePasses: i
 def ModelAddNodesAfterPasses(builder: flatbuffers.Builder, nodesAfterPasses: int):
     builder.PrependUint32Slot(10, nodesAfterPasses, 0)
 
+def ModelAddLayerPrecision(builder: flatbuffers.Builder, layerPrecision: int):
+    builder.PrependUOffsetTRelativeSlot(11, flatbuffers.number_types.UOffsetTFlags.py_type(layerPrecision), 0)
+
+def ModelStartLayerPrecisionVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def ModelAddOutputSqnr(builder: flatbuffers.Builder, outputSqnr: int):
+    builder.PrependUOffsetTRelativeSlot(12, flatbuffers.number_types.UOffsetTFlags.py_type(outputSqnr), 0)
+
+def ModelStartOutputSqnrVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
 def ModelEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
@@ -3181,6 +3496,8 @@ class ModelT(object):
         buffers = None,
         nodesBeforePasses = 0,
         nodesAfterPasses = 0,
+        layerPrecision = None,
+        outputSqnr = None,
     ):
         self.version = version  # type: int
         self.producer = producer  # type: Optional[str]
@@ -3193,6 +3510,8 @@ class ModelT(object):
         self.buffers = buffers  # type: Optional[List[BufferT]]
         self.nodesBeforePasses = nodesBeforePasses  # type: int
         self.nodesAfterPasses = nodesAfterPasses  # type: int
+        self.layerPrecision = layerPrecision  # type: Optional[List[LayerPrecisionT]]
+        self.outputSqnr = outputSqnr  # type: Optional[List[OutputSqnrT]]
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -3258,6 +3577,22 @@ class ModelT(object):
                     self.buffers.append(buffer_)
         self.nodesBeforePasses = model.NodesBeforePasses()
         self.nodesAfterPasses = model.NodesAfterPasses()
+        if not model.LayerPrecisionIsNone():
+            self.layerPrecision = []
+            for i in range(model.LayerPrecisionLength()):
+                if model.LayerPrecision(i) is None:
+                    self.layerPrecision.append(None)
+                else:
+                    layerPrecision_ = LayerPrecisionT.InitFromObj(model.LayerPrecision(i))
+                    self.layerPrecision.append(layerPrecision_)
+        if not model.OutputSqnrIsNone():
+            self.outputSqnr = []
+            for i in range(model.OutputSqnrLength()):
+                if model.OutputSqnr(i) is None:
+                    self.outputSqnr.append(None)
+                else:
+                    outputSqnr_ = OutputSqnrT.InitFromObj(model.OutputSqnr(i))
+                    self.outputSqnr.append(outputSqnr_)
 
     # ModelT
     def Pack(self, builder):
@@ -3296,6 +3631,22 @@ class ModelT(object):
             for i in reversed(range(len(self.buffers))):
                 self.buffers[i].Pack(builder)
             buffers = builder.EndVector()
+        if self.layerPrecision is not None:
+            layerPrecisionlist = []
+            for i in range(len(self.layerPrecision)):
+                layerPrecisionlist.append(self.layerPrecision[i].Pack(builder))
+            ModelStartLayerPrecisionVector(builder, len(self.layerPrecision))
+            for i in reversed(range(len(self.layerPrecision))):
+                builder.PrependUOffsetTRelative(layerPrecisionlist[i])
+            layerPrecision = builder.EndVector()
+        if self.outputSqnr is not None:
+            outputSqnrlist = []
+            for i in range(len(self.outputSqnr)):
+                outputSqnrlist.append(self.outputSqnr[i].Pack(builder))
+            ModelStartOutputSqnrVector(builder, len(self.outputSqnr))
+            for i in reversed(range(len(self.outputSqnr))):
+                builder.PrependUOffsetTRelative(outputSqnrlist[i])
+            outputSqnr = builder.EndVector()
         ModelStart(builder)
         ModelAddVersion(builder, self.version)
         if self.producer is not None:
@@ -3315,6 +3666,10 @@ class ModelT(object):
             ModelAddBuffers(builder, buffers)
         ModelAddNodesBeforePasses(builder, self.nodesBeforePasses)
         ModelAddNodesAfterPasses(builder, self.nodesAfterPasses)
+        if self.layerPrecision is not None:
+            ModelAddLayerPrecision(builder, layerPrecision)
+        if self.outputSqnr is not None:
+            ModelAddOutputSqnr(builder, outputSqnr)
         model = ModelEnd(builder)
         return model
 

@@ -25,7 +25,7 @@ from ..target import TargetSpec
 from . import rbln_generated as fb
 from .artifact import (
     ALIGNMENT, FILE_IDENTIFIER, FOOTER_MAGIC, FORMAT_VERSION, Artifact, Command, CommandKind,
-    CompileOptions, Device, FallbackReason, MemoryRegion, NpuProgram, Partition, Tensor,
+    CompileOptions, Device, FallbackReason, LayerPrecision, MemoryRegion, NpuProgram, Partition, Tensor,
     TensorKind, Transfer, TransferDirection, ValueInfo,
 )
 from .verify import VerifyError, load_schema, verify_flatbuffer
@@ -161,7 +161,25 @@ class _Reader:
             partitions=partitions,
             nodes_before_passes=model.nodesBeforePasses,
             nodes_after_passes=model.nodesAfterPasses,
+            layer_precision=[self._layer_precision(layer, i) for i, layer in enumerate(model.layerPrecision or [])],
+            output_sqnr=self._output_sqnr(model.outputSqnr or []),
         )
+
+    def _output_sqnr(self, entries: list) -> dict[str, float]:
+        result = {}
+        for index, entry in enumerate(entries):
+            if not math.isfinite(entry.sqnrDb):
+                self.fail(f"output_sqnr {index} ({entry.name})", f"sqnr_db is {entry.sqnrDb}, not a finite number")
+            if entry.name in result:
+                self.fail(f"output_sqnr {index} ({entry.name})", "the output is listed twice")
+            result[entry.name] = float(entry.sqnrDb)
+        return result
+
+    def _layer_precision(self, layer: fb.LayerPrecisionT, index: int) -> LayerPrecision:
+        if not math.isfinite(layer.sqnrDb):
+            self.fail(f"layer_precision {index} ({layer.name})", f"sqnr_db is {layer.sqnrDb}, not a finite number")
+        return LayerPrecision(layer.name, layer.opType or "", layer.precision or "", float(layer.sqnrDb),
+                              layer.reason or "")
 
     def _check_buffers(self) -> None:
         if self.buffers and (self.buffers[0].offset, self.buffers[0].size) != (0, 0):

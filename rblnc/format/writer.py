@@ -16,8 +16,8 @@ from .. import dtypes
 from ..errors import ArtifactWriteError
 from . import rbln_generated as fb
 from .artifact import (
-    ALIGNMENT, FILE_IDENTIFIER, FOOTER_MAGIC, Artifact, Command, NpuProgram, Partition,
-    Tensor, ValueInfo,
+    ALIGNMENT, FILE_IDENTIFIER, FOOTER_MAGIC, Artifact, Command, LayerPrecision, NpuProgram,
+    Partition, Tensor, ValueInfo,
 )
 
 FOOTER = struct.Struct("<QI4s")  # FlatBuffer size, CRC-32, magic
@@ -139,10 +139,29 @@ def _model(artifact: Artifact, blobs: _BlobTable) -> fb.ModelT:
     model.partitions = [_partition(p, blobs) for p in artifact.partitions]
     model.nodesBeforePasses = artifact.nodes_before_passes
     model.nodesAfterPasses = artifact.nodes_after_passes
+    model.layerPrecision = [_layer_precision(layer) for layer in artifact.layer_precision] or None
+    model.outputSqnr = [_output_sqnr(name, value) for name, value in artifact.output_sqnr.items()] or None
     model.buffers = [fb.BufferT() for _ in range(len(blobs.blobs) + 1)]
     for buffer, blob in zip(model.buffers[1:], blobs.blobs):
         buffer.size = len(blob)
     return model
+
+
+def _output_sqnr(name: str, value: float) -> fb.OutputSqnrT:
+    out = fb.OutputSqnrT()
+    out.name = name
+    out.sqnrDb = float(value)
+    return out
+
+
+def _layer_precision(layer: LayerPrecision) -> fb.LayerPrecisionT:
+    out = fb.LayerPrecisionT()
+    out.name = layer.name
+    out.opType = layer.op_type
+    out.precision = layer.precision
+    out.sqnrDb = float(layer.sqnr_db)
+    out.reason = layer.reason
+    return out
 
 
 def _target(artifact: Artifact) -> fb.TargetT:

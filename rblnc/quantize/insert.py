@@ -9,8 +9,9 @@ where they meet int8 ops."""
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
 from ..quant_params import QuantParams
 from ..target import TargetSpec
 from .calibrate import calibrate
+from .sensitivity import (
+    DEFAULT_MIN_SQNR_DB, LayerSensitivity, measure_sqnr, output_sqnr, quantize_weights, retain, weight_axis,
+)
 
 INT8_OP_CHOICES = ("auto", "all")
 
@@ -32,19 +36,147 @@ _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpo
 
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                          progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
-                         target: TargetSpec | None = None, ops: str = "auto",
-                         ) -> tuple[int, dict[str, tuple[float, float]]]:
-    """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges). With
-    ops="auto" and a target, an op whose modelled int8 saving does not pay for the conversions
-    it needs at float neighbours stays in float; ops="all" takes every op int8 can run."""
+                         target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
+                         min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
+                         ) -> tuple[int, dict[str, tuple[float, float]], list[LayerSensitivity], dict[str, float]]:
+    """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges, each
+    candidate op's measured SQNR and final precision, each model output's SQNR once quantised
+    against the float model: sensitivity.output_sqnr; empty when no op is int8). `keep_float`
+    (node names, source-op names or op types) stay in float whatever `ops` says. With ops="auto", an op whose SQNR
+    (sensitivity.py) is below `min_sqnr_db` stays in float, and with a target so does one whose
+    modelled int8 saving does not pay for the conversions it needs at float neighbours;
+    ops="all" takes every op int8 can run (still measuring each one's SQNR)."""
     if ops not in INT8_OP_CHOICES:
         raise CompileError(f"int8_ops must be one of {', '.join(INT8_OP_CHOICES)}, got {ops!r}")
+    if not isinstance(min_sqnr_db, (int, float)) or isinstance(min_sqnr_db, bool) or math.isnan(min_sqnr_db):
+        raise CompileError(f"min_sqnr_db must be a number of dB, got {min_sqnr_db!r}")
+    node_names = {n.name for n in graph.nodes}
     unfused = _unfuse(graph)
-    chosen = [n for n in graph.topological_order() if _worth_int8(graph, n)]
+    # The Adds _unfuse splits out of a fused conv or matmul ("<name>_addend") are listed on their
+    # own in the report and `rblnc inspect`, so keep_float may name them too.
+    split_adds = {name for _, made, _ in unfused.values() for name in made if name.endswith("_addend")}
+    user_kept = match_keep_float(graph, keep_float, node_names | split_adds)
+    candidates = [n for n in graph.topological_order() if _worth_int8(graph, n)]
+    # Every candidate is calibrated and measured, also those that will stay float: the report
+    # shows what int8 would cost each of them.
+    retained = retain(samples)
+    ranges, count = calibrate(graph, retained, _activations(graph, candidates), method, progress=progress,
+                              show_progress=show_progress)
+    _share_ranges(graph, ranges)
+    params = {name: activation_params(*bounds) for name, bounds in ranges.items()}
+    references: list[dict[str, np.ndarray]] = []
+    sqnr = measure_sqnr(graph, candidates, {n.name: _activation_inputs(graph, n) for n in candidates}, params,
+                        retained.kept, model_outputs=references)
+    layers = {n.name: LayerSensitivity(n.name, n.op_type, sqnr[n.name]) for n in candidates}
+
+    def stay_float(node: Node, reason: str) -> None:
+        layers[node.name].int8, layers[node.name].reason = False, reason
+
+    chosen, below_budget = [], []
+    for node in candidates:
+        entry = next((e for e in user_kept if e in (node.name, node.op_type) or e in node.source_ops), None)
+        if entry is not None:
+            stay_float(node, f"keep_float {entry!r}")
+        elif ops == "auto" and sqnr[node.name] < min_sqnr_db:
+            stay_float(node, f"SQNR {sqnr[node.name]:.1f} dB < min_sqnr_db {min_sqnr_db:g} dB")
+            below_budget.append(node)
+        else:
+            chosen.append(node)
+    if below_budget:
+        for producer, reason in _breaking_producers(graph, candidates, below_budget, params, retained.kept,
+                                                    min_sqnr_db):
+            if layers[producer.name].int8:
+                stay_float(producer, reason)
+        chosen = [n for n in chosen if layers[n.name].int8]
+    # The ops split out of a fused one whose core op stays float go back into it (_refuse).
+    floating = {n.name for n in candidates} - {n.name for n in chosen}
+    for core, (_, made, _) in unfused.items():
+        if core in floating:
+            for node in chosen:
+                if node.name in made:
+                    stay_float(node, f"fused into {core}, which stays float")
+    chosen = [n for n in chosen if layers[n.name].int8]
     if ops == "auto" and target is not None:
         split_addends = {name for _, made, _ in unfused.values() for name in made if name.endswith("_addend")}
-        chosen = profitable(graph, chosen, target, split_addends)
+        paying = {n.name for n in profitable(graph, chosen, target, split_addends)}
+        for node in chosen:
+            if node.name not in paying:
+                stay_float(node, "int8 saves less modelled time than its conversions cost")
+        chosen = [n for n in chosen if n.name in paying]
     _refuse(graph, unfused, {n.name for n in chosen})
+    activations = _activations(graph, chosen)
+    for node in chosen:
+        _quantize_weight(graph, node)
+    # An int8 op's result is int8 for every reader; a float op's result that an int8 op reads is
+    # quantised for the int8 readers only (the views between them included): the float readers
+    # (the ops kept in float above all) keep the float value.
+    results = {_result(graph, node) for node in chosen}
+    readers = {n.name for n in chosen} | {n.name for n in graph.nodes if n.op_type in _SAME_RANGE and not n.domain
+                                          and n.outputs[0] in activations}
+    for name in activations:
+        _insert_qdq(graph, name, params[name], None if name in results else readers)
+    outputs = output_sqnr(graph, retained.kept[:len(references)], references) if chosen else {}
+    return count, ranges, list(layers.values()), outputs
+
+
+def _breaking_producers(graph: Graph, candidates: list[Node], below: list[Node], params: dict[str, QuantParams],
+                        samples: list[Any], min_sqnr_db: float) -> list[tuple[Node, str]]:
+    """The candidates whose int8 result would break an op kept in float by the budget: an op whose
+    SQNR stays below `min_sqnr_db` with only its inputs in int8 (its weights float) is broken by
+    its input's int8 range (an outlier channel), and keeping it in float does not help while the
+    op writing that input is int8, whose result every reader reads in int8. So that op (and, for
+    an Add or a pool, which pass their input's range on, the ops writing theirs) stays float too.
+    Measured again only for the ops `below` the budget (usually none)."""
+    activation_sqnr = measure_sqnr(graph, below, {n.name: _activation_inputs(graph, n) for n in below}, params,
+                                   samples, quantise_weights=False)
+    writers = {_result(graph, n): n for n in candidates}
+    found: list[tuple[Node, str]] = []
+    for broken in below:
+        if activation_sqnr[broken.name] >= min_sqnr_db:
+            continue  # its weights' int8, not its input's, costs it the budget
+        reason = (f"its int8 result would break {broken.name} "
+                  f"(SQNR {activation_sqnr[broken.name]:.1f} dB from that input's int8 alone)")
+        pending, seen = list(_activation_inputs(graph, broken)), set()
+        while pending:
+            tensor = pending.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            producer = graph.producer(tensor)
+            if tensor not in writers and producer is not None and producer.op_type in _SAME_RANGE \
+                    and not producer.domain:
+                pending.append(producer.inputs[0])  # a view between them: the same values
+                continue
+            writer = writers.get(tensor)
+            if writer is None:
+                continue
+            found.append((writer, reason))
+            if writer.op_type in _FOLLOWERS:
+                pending.extend(_activation_inputs(graph, writer))
+    return found
+
+
+def match_keep_float(graph: Graph, entries: Iterable[str] | str, node_names: set[str] | None = None) -> list[str]:
+    """The keep_float entries, each checked to name a node (one of `node_names`, by default
+    those of `graph`, or as the source model calls it) or an op type rblnc quantises; a
+    CompileError names an entry that does neither, with close matches."""
+    entries = [entries] if isinstance(entries, str) else list(entries)
+    node_names = {n.name for n in graph.nodes} if node_names is None else node_names
+    names = node_names | {s for n in graph.nodes for s in n.source_ops}
+    op_types = _MATRIX + _FOLLOWERS
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise CompileError(f"keep_float entries are node names or op types (strings), got {entry!r}")
+        if entry not in names and entry not in op_types:
+            close = difflib.get_close_matches(entry, sorted(names | set(op_types)), n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise CompileError(f"keep_float entry {entry!r} names no node of the model nor an op type rblnc "
+                               f"quantises ({', '.join(op_types)}){hint}")
+    return entries
+
+
+def _activations(graph: Graph, chosen: list[Node]) -> list[str]:
+    """The tensors to calibrate and quantise for `chosen`: their activation inputs and results."""
     activations: list[str] = []
     for node in chosen:
         for name in _activation_inputs(graph, node):
@@ -56,14 +188,7 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
             producer = graph.producer(name)
             if producer is not None and producer.op_type in _SAME_RANGE and not producer.domain:
                 activations.append(producer.inputs[0])
-    activations = list(dict.fromkeys(activations))
-    ranges, count = calibrate(graph, samples, activations, method, progress=progress, show_progress=show_progress)
-    _share_ranges(graph, ranges)
-    for node in chosen:
-        _quantize_weight(graph, node)
-    for name in activations:
-        _insert_qdq(graph, name, activation_params(*ranges[name]))
-    return count, ranges
+    return list(dict.fromkeys(activations))
 
 
 def activation_params(low: float, high: float) -> QuantParams:
@@ -194,12 +319,8 @@ def _quantize_weight(graph: Graph, node: Node) -> None:
         return
     name = node.inputs[1]
     weights = np.asarray(graph.constants[name], dtype=np.float32)
-    axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and node.attrs.get("transB", 0)) else 1
-    reduce_axes = tuple(a for a in range(weights.ndim) if a != axis)
-    peak = np.max(np.abs(weights), axis=reduce_axes)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    shape = [-1 if a == axis else 1 for a in range(weights.ndim)]
-    integers = np.clip(np.round(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+    axis = weight_axis(node)
+    integers, scale = quantize_weights(weights, axis)
     stored = graph.add_constant(graph.unique_name(f"{name}_int8"), integers)
     scale_name = graph.add_constant(graph.unique_name(f"{name}_scale"), scale)
     zero_name = graph.add_constant(graph.unique_name(f"{name}_zero_point"), np.zeros(scale.shape, np.int8))
@@ -210,17 +331,19 @@ def _quantize_weight(graph: Graph, node: Node) -> None:
     graph.set_input(node, 1, dequantised)
 
 
-def _insert_qdq(graph: Graph, name: str, params: QuantParams) -> None:
+def _insert_qdq(graph: Graph, name: str, params: QuantParams, readers: set[str] | None = None) -> None:
     """`name` now means its quantised value: its producer writes `name`_float, then
-    QuantizeLinear and DequantizeLinear give back `name` (so consumers and outputs keep it)."""
+    QuantizeLinear and DequantizeLinear give back `name` (so consumers and outputs keep it).
+    With `readers`, only those consumers read a dequantised copy; the others and the graph's
+    outputs keep the float `name`."""
     info = graph.tensors[name]
     scale = graph.add_constant(graph.unique_name(f"{name}_scale"), params.scale.reshape(()))
     zero = graph.add_constant(graph.unique_name(f"{name}_zero_point"), params.zero_point.astype(np.int8).reshape(()))
     quantised = graph.unique_name(f"{name}_quantized")
     producer = graph.producer(name)
-    if producer is None:  # a graph input: its consumers read the dequantised copy
+    if producer is None or readers is not None:  # a graph input, or a float op's result
         source, result = name, graph.unique_name(f"{name}_dequantized")
-        consumers = list(graph.consumers(name))
+        consumers = [c for c in graph.consumers(name) if readers is None or c.name in readers]
     else:
         source = graph.unique_name(f"{name}_float")
         graph.remove_node(producer.name)

@@ -10,6 +10,7 @@ QuantizeLinear / DequantizeLinear nodes, which run as commands at the int8/float
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection
 
 import numpy as np
 
@@ -32,12 +33,14 @@ class _Dequantized:
     constant: bool
 
 
-def rewrite_qdq(graph: Graph) -> int:
-    """Rewrites every QDQ pattern it recognises; returns how many ops became quantised ops."""
+def rewrite_qdq(graph: Graph, keep_float: Collection[str] = ()) -> int:
+    """Rewrites every QDQ pattern it recognises, except at the nodes named in `keep_float` (ops
+    rblnc's quantisation keeps in float whose neighbours, both int8, leave them between a
+    DequantizeLinear and a QuantizeLinear); returns how many ops became quantised ops."""
     _record_quantize_outputs(graph)
     rewrites = 0
     for node in graph.topological_order():
-        if node.name not in graph.nx or node.domain:
+        if node.name not in graph.nx or node.domain or node.name in keep_float:
             continue
         if node.op_type in VIEW_LIKE:
             rewrites += _rewrite_view(graph, node)
