@@ -25,7 +25,8 @@ scheduler slices whenever the other core is taken, which made the emulator 5-30x
 step times vary 50x between runs; that noise belongs to the emulator, not to the modelled chip.
 
     python benchmarks/bench_async.py [--requests 100] [--functional-requests 100] [--models resnet50,conv_gelu]
-        [--overhead-requests 2000] [--zoo all|none|NAME,...] [--zoo-requests 20] [--sections overhead,functional,paced]
+        [--overhead-requests 2000] [--zoo all|none|NAME,...] [--zoo-requests 40] [--conv-requests 200] [--rounds 5] [--busy 0]
+        [--sections overhead,functional,paced]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -147,10 +149,14 @@ def calibrate(compiled, samples) -> float:
 
 
 def throughput_sync(runtime, samples, n: int) -> float:
+    """One request after another, every output kept, as asyncio.gather keeps them (a loop that
+    dropped each output would let the allocator give the next request the same pages, where
+    gather's requests fault fresh ones in: ~130 faults per request for a 512 KB output)."""
     start = time.perf_counter()
-    for i in range(n):
-        runtime.run(samples[i % len(samples)])
-    return n / (time.perf_counter() - start)
+    outputs = [runtime.run(samples[i % len(samples)]) for i in range(n)]
+    seconds = time.perf_counter() - start
+    assert len(outputs) == n
+    return n / seconds
 
 
 def throughput_async(runtime, samples, n: int) -> float:
@@ -375,6 +381,7 @@ def print_functional(rows: list[dict], title: str) -> None:
 
 
 def main() -> None:
+    global FUNCTIONAL_ROUNDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--functional-requests", type=int, default=100)
@@ -384,7 +391,12 @@ def main() -> None:
     parser.add_argument("--zoo-requests", type=int, default=40)
     parser.add_argument("--conv-requests", type=int, default=200)
     parser.add_argument("--sections", default="overhead,functional,paced")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating rounds of the functional measurements (requests are split among them)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="functional section: this many busy-looping processes (own sessions) compete for the cores")
     args = parser.parse_args()
+    FUNCTIONAL_ROUNDS = args.rounds
     sections = set(args.sections.split(","))
     torch.set_num_threads(1)  # see the module docstring
     if "overhead" in sections:
@@ -395,10 +407,20 @@ def main() -> None:
         print_overhead(overhead, args.overhead_requests)
     if "functional" in sections:
         zoo = [] if args.zoo == "none" else sorted(rblnc.zoo.TORCH_ZOO) if args.zoo == "all" else args.zoo.split(",")
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = functional_rows(zoo, args.zoo_requests, args.conv_requests, Path(tmp))
+        # Competitors as another user's work would be: their own sessions (the kernel's autogroup
+        # shares CPU between sessions, not threads).
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+                for _ in range(args.busy)]
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = functional_rows(zoo, args.zoo_requests, args.conv_requests, Path(tmp))
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
         print_functional(rows, f"Functional throughput (unpaced, {FUNCTIONAL_ROUNDS} alternating rounds; one thread each"
-                               " for the emulator and each host lane; zoo models at their small input size)")
+                               " for the emulator and each host lane; zoo models at their small input size"
+                               f"{f'; {args.busy} busy-looping process(es) beside' if args.busy else ''})")
     if "paced" not in sections:
         return
     rows = []

@@ -255,7 +255,7 @@ def test_two_starting_threads_each_run_whole_requests_on_two_lanes():
 
 
 def test_chain_tuner_keeps_the_faster_limit_and_tries_again():
-    tuner = ChainTuner(2, window=4, hold=2)
+    tuner = ChainTuner(2, window=4, hold=3, hold_at_one=2)
     now = 0.0
 
     def complete(count, seconds_each):
@@ -272,11 +272,15 @@ def test_chain_tuner_keeps_the_faster_limit_and_tries_again():
     tuner.restart(now)
     complete(4, 0.008)                  # 125 req/s with one: one is kept
     assert tuner.limit == 1 and tuner.rates[1] == pytest.approx(125)
-    complete(2 * 4, 0.008)              # held for 2 windows, then two are tried again
+    complete(2 * 4, 0.008)              # one is held for 2 windows, then two are tried again
     assert tuner.limit == 2
     complete(4, 0.005)                  # two: 200 req/s
     complete(4, 0.008)                  # one: 125 req/s
     assert tuner.limit == 2 and tuner.rates == {2: pytest.approx(200), 1: pytest.approx(125)}
+    complete(3 * 4, 0.005)              # two is held for 3 windows
+    assert tuner.limit == 2
+    complete(4, 0.005)                  # then measured again (two first), and one is tried
+    assert tuner.limit == 1
 
 
 def test_at_a_limit_of_one_whole_chains_never_overlap():

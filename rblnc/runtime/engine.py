@@ -39,6 +39,7 @@ STEP_COST_WEIGHT = 0.2  # each new measurement's weight in a step's running cost
 # are tried again.
 TUNE_WINDOW = 8
 TUNE_HOLD = 16
+TUNE_HOLD_AT_ONE = 4  # shorter: one chain where two would have paid costs up to half the throughput
 
 
 class Resource(enum.Enum):
@@ -209,15 +210,18 @@ class ChainTuner:
     at each of a request's many small ops and sharing one core's caches made each request cost
     more CPU than one thread alone (BERT encoder: 3.3 against 3.1 ms). So both are measured:
     TUNE_WINDOW requests at `most`, as many at one, then the one that completed more requests per
-    second (a tie goes to one: fewer threads, same work) is kept for TUNE_HOLD windows, and both
-    are tried again. A window counts only time with requests in flight: `restart` when a request
-    arrives at an idle engine, so gaps between bursts are not measured."""
+    second (a tie goes to one: fewer threads, same work) is kept for TUNE_HOLD windows
+    (TUNE_HOLD_AT_ONE if one: a wrong choice of one, made by a burst of other work, costs more
+    than a wrong choice of two), and both are tried again. A window counts only time with
+    requests in flight: `restart` when a request arrives at an idle engine, so gaps between
+    bursts are not measured."""
 
-    def __init__(self, most: int, window: int = TUNE_WINDOW, hold: int = TUNE_HOLD):
+    def __init__(self, most: int, window: int = TUNE_WINDOW, hold: int = TUNE_HOLD,
+                 hold_at_one: int = TUNE_HOLD_AT_ONE):
         self.most = most
         self.limit = most
         self.rates: dict[int, float] = {}  # requests per second measured at each limit, latest
-        self._window, self._hold = window, hold
+        self._window, self._holds = window, {most: hold, 1: hold_at_one}
         self._trying = most   # the limit being measured; None while holding the choice
         self._held = 0
         self._started: float | None = None
@@ -237,7 +241,7 @@ class ChainTuner:
         self.restart(now)
         if self._trying is None:  # holding
             self._held += 1
-            if self._held >= self._hold:
+            if self._held >= self._holds[self.limit]:
                 self._held, self._trying = 0, self.most
                 self.limit = self.most
             return
