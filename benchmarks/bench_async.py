@@ -217,7 +217,6 @@ def functional_rates(compiled, samples, requests: int, **options) -> dict:
     with rblnc.AsyncRuntime(compiled, host_workers=HOST_LANES, **options) as runtime, \
             rblnc.AsyncRuntime(compiled, host_workers=HOST_LANES, **options) as pipelined:
         pipelined._engine.whole_chain = pipelined._engine._adaptive = False  # the schedule before
-        pipelined._engine.tuner = None
         runtime.run(samples[0]).wait()
         pipelined.run(samples[0]).wait()
         for index in range(FUNCTIONAL_ROUNDS):

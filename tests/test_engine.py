@@ -10,7 +10,7 @@ from conftest import conv_relu_model, mixed_model
 
 import rblnc
 from rblnc.runtime.engine import (
-    ChainTuner, Engine, Request, RequestState, Resource, Step, active_steps, modelled_ns_per_request, next_request_id,
+    Engine, Request, RequestState, Resource, Step, active_steps, modelled_ns_per_request, next_request_id,
     pace_scale_of, plan_steps, throughput_bounds,
 )
 from rblnc.runtime.executor import ModelExecutor
@@ -253,51 +253,3 @@ def test_two_starting_threads_each_run_whole_requests_on_two_lanes():
         assert all(b.start >= a.end for a, b in zip(on_lane, on_lane[1:])), f"steps overlap on {lane}"
     assert {r.lane for r in records if r.resource is Resource.NPU} <= {"NPU 0", "NPU 1"}
 
-
-def test_chain_tuner_keeps_the_faster_limit_and_tries_again():
-    tuner = ChainTuner(2, window=4, hold=3, hold_at_one=2)
-    now = 0.0
-
-    def complete(count, seconds_each):
-        nonlocal now
-        for _ in range(count):
-            now += seconds_each
-            tuner.completed(now)
-
-    tuner.restart(now)
-    assert tuner.limit == 2
-    complete(4, 0.010)                  # 100 req/s with two chains at once
-    assert tuner.limit == 1 and tuner.rates == {2: pytest.approx(100)}
-    now += 5.0                          # idle: the next request restarts the window, the gap is not measured
-    tuner.restart(now)
-    complete(4, 0.008)                  # 125 req/s with one: one is kept
-    assert tuner.limit == 1 and tuner.rates[1] == pytest.approx(125)
-    complete(2 * 4, 0.008)              # one is held for 2 windows, then two are tried again
-    assert tuner.limit == 2
-    complete(4, 0.005)                  # two: 200 req/s
-    complete(4, 0.008)                  # one: 125 req/s
-    assert tuner.limit == 2 and tuner.rates == {2: pytest.approx(200), 1: pytest.approx(125)}
-    complete(3 * 4, 0.005)              # two is held for 3 windows
-    assert tuner.limit == 2
-    complete(4, 0.005)                  # then measured again (two first), and one is tried
-    assert tuner.limit == 1
-
-
-def test_at_a_limit_of_one_whole_chains_never_overlap():
-    engine = Engine(sleeping_steps(0.002, 0.001), parallel=4, host_lanes=2, npu_lanes=2, trace_capacity=1000,
-                    name="one")
-    try:
-        engine.tuner = ChainTuner(2, window=10**6)  # never re-measured: the limit set here holds
-        engine.tuner.limit = 1
-        # Both NPU lanes took their turn under the first limit and wait for a request: a lower
-        # limit holds from the first request each finishes (two requests here).
-        run_requests(engine, 2)
-        requests = run_requests(engine, 8)
-        threads = threads_per_request(engine, requests)
-        records = list(engine.timeline)
-    finally:
-        engine.shutdown()
-    assert all(len(set(chain)) == 1 for chain in threads.values())
-    spans = sorted((min(r.start for r in records if r.request == q.id), max(r.end for r in records if r.request == q.id))
-                   for q in requests)
-    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), "two requests ran at once"

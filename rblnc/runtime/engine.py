@@ -34,12 +34,6 @@ NOT_INLINE = object()  # Engine.run_inline's answer when the request should go t
 # chain on the thread that took it (Engine._run_through).
 PIPELINE_MIN_GAIN = 1.1
 STEP_COST_WEIGHT = 0.2  # each new measurement's weight in a step's running cost
-# Whole chains with several starting threads: how many run at once is tried, not assumed
-# (ChainTuner). Requests per measured window, and windows the better limit is kept before both
-# are tried again.
-TUNE_WINDOW = 8
-TUNE_HOLD = 16
-TUNE_HOLD_AT_ONE = 4  # shorter: one chain where two would have paid costs up to half the throughput
 
 
 class Resource(enum.Enum):
@@ -201,56 +195,6 @@ def run_step(step: Step, values: dict, ready_at: float, lane: Lane,
     end = max(deadline, computed)
     lane.free_at = end
     return start, end, computed - started
-
-
-class ChainTuner:
-    """How many requests may run their whole chains at once: every starting thread (`most`) or
-    one. Two threads overlap two requests where a core is free (ResNet-50 at 64x64: ~1.8x one);
-    where other processes hold the cores they only take turns on one, and then trading the GIL
-    at each of a request's many small ops and sharing one core's caches made each request cost
-    more CPU than one thread alone (BERT encoder: 3.3 against 3.1 ms). So both are measured:
-    TUNE_WINDOW requests at `most`, as many at one, then the one that completed more requests per
-    second (a tie goes to one: fewer threads, same work) is kept for TUNE_HOLD windows
-    (TUNE_HOLD_AT_ONE if one: a wrong choice of one, made by a burst of other work, costs more
-    than a wrong choice of two), and both are tried again. A window counts only time with
-    requests in flight: `restart` when a request arrives at an idle engine, so gaps between
-    bursts are not measured."""
-
-    def __init__(self, most: int, window: int = TUNE_WINDOW, hold: int = TUNE_HOLD,
-                 hold_at_one: int = TUNE_HOLD_AT_ONE):
-        self.most = most
-        self.limit = most
-        self.rates: dict[int, float] = {}  # requests per second measured at each limit, latest
-        self._window, self._holds = window, {most: hold, 1: hold_at_one}
-        self._trying = most   # the limit being measured; None while holding the choice
-        self._held = 0
-        self._started: float | None = None
-        self._done = 0
-
-    def restart(self, now: float) -> None:
-        self._started, self._done = now, 0
-
-    def completed(self, now: float) -> None:
-        if self._started is None:
-            self.restart(now)
-            return
-        self._done += 1
-        if self._done < self._window:
-            return
-        rate = self._done / max(now - self._started, 1e-9)
-        self.restart(now)
-        if self._trying is None:  # holding
-            self._held += 1
-            if self._held >= self._holds[self.limit]:
-                self._held, self._trying = 0, self.most
-                self.limit = self.most
-            return
-        self.rates[self._trying] = rate
-        if self._trying == self.most:
-            self._trying = self.limit = 1
-        else:
-            self._trying = None
-            self.limit = 1 if self.rates[1] >= self.rates[self.most] else self.most
 
 
 class RequestState(enum.Enum):
@@ -420,9 +364,6 @@ class Engine:
         self._step_lanes = {Resource.HOST: host_lanes, Resource.NPU: npu_lanes}
         self.whole_chain = False
         self._adaptive = False
-        self.tuner: ChainTuner | None = None  # whole chains with several starting threads: how many at once
-        self._chains = 0  # whole chains running (with a tuner)
-        self._chain_gate = threading.Condition(threading.Lock())
         self._inline_completed = 0
         self._thread_setup = thread_setup  # run first on each lane's thread (the creator's torch threads)
         used = {s.resource for s in self.steps}
@@ -445,7 +386,6 @@ class Engine:
             starters = len(self._lanes[self.steps[0].resource])
             self.whole_chain = starters >= 2
             self._adaptive = starters == 1  # one starter: whole chains unless pipelining pays
-            self.tuner = ChainTuner(starters) if starters >= 2 else None
         # What run_inline reads per step, looked up once.
         self._inline_plan = [(s, s.run, s.release, self._lanes[s.resource]) for s in self.steps]
         self._step_stats = [(_RESOURCE_KEYS[s.resource], s.est_ns) for s in self.steps]
@@ -455,11 +395,8 @@ class Engine:
         with self._lock:
             if not self._accepting:
                 raise RuntimeError("engine is shut down")
-            idle = not self._inflight
             self._inflight[request.id] = request
         request.submitted_at = request.ready_at = clock()
-        if idle and self.tuner is not None:
-            self.tuner.restart(request.submitted_at)
         self._advance(request)
 
     def run_inline(self, values: dict, finish: Callable[[dict], Any]) -> Any:
@@ -550,41 +487,18 @@ class Engine:
     def _serve(self, queue: SimpleQueue, lane: Lane) -> None:
         if self._thread_setup is not None:
             self._thread_setup()
-        starter = self.steps[0].resource is lane.resource
         while True:
             # An idle lane holds no request: a failed one's error carries a traceback through the
             # frame of whoever waited for it, and would keep that frame's objects alive meanwhile.
             request = None
-            # Whole chains, tuned: a starting thread takes its turn before it takes a request, so
-            # at a limit of one the thread that just finished goes on with the next request (a
-            # waiting one would have to be woken, and the requests would alternate between threads).
-            gated = starter and self.whole_chain and self.tuner is not None
-            if gated:
-                self._enter_chain()
-            try:
-                request = queue.get()
-                if request is None:
-                    return
-                with lane.lock:
-                    going = self._step(request, lane)
-                if going:
-                    request.position += 1
-                    self._continue(request, queue)
-            finally:
-                if gated:
-                    self._leave_chain()
-
-    def _enter_chain(self) -> None:
-        """Waits until fewer whole chains run than the tuner allows."""
-        with self._chain_gate:
-            while self._chains >= self.tuner.limit:
-                self._chain_gate.wait()
-            self._chains += 1
-
-    def _leave_chain(self) -> None:
-        with self._chain_gate:
-            self._chains -= 1
-            self._chain_gate.notify()
+            request = queue.get()
+            if request is None:
+                return
+            with lane.lock:
+                going = self._step(request, lane)
+            if going:
+                request.position += 1
+                self._continue(request, queue)
 
     def _continue(self, request: Request, own_queue: SimpleQueue) -> None:
         """After a step: runs the request's next steps on this thread while nothing is gained by
@@ -717,12 +631,6 @@ class Engine:
             self._measure(request.compute_s)
         if self._adaptive:
             self._choose_schedule()
-        elif self.tuner is not None:
-            with self._chain_gate:
-                limit = self.tuner.limit
-                self.tuner.completed(clock())
-                if self.tuner.limit > limit:
-                    self._chain_gate.notify_all()
         try:
             result = request.finish(request.values)
         except BaseException as exc:
