@@ -25,7 +25,8 @@ scheduler slices whenever the other core is taken, which made the emulator 5-30x
 step times vary 50x between runs; that noise belongs to the emulator, not to the modelled chip.
 
     python benchmarks/bench_async.py [--requests 100] [--functional-requests 100] [--models resnet50,conv_gelu]
-        [--overhead-requests 2000] [--zoo all|none|NAME,...] [--zoo-requests 20] [--sections overhead,functional,paced]
+        [--overhead-requests 2000] [--zoo all|none|NAME,...] [--zoo-requests 40] [--conv-requests 200] [--rounds 5] [--busy 0]
+        [--sections overhead,functional,paced]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -147,10 +149,14 @@ def calibrate(compiled, samples) -> float:
 
 
 def throughput_sync(runtime, samples, n: int) -> float:
+    """One request after another, every output kept, as asyncio.gather keeps them (a loop that
+    dropped each output would let the allocator give the next request the same pages, where
+    gather's requests fault fresh ones in: ~130 faults per request for a 512 KB output)."""
     start = time.perf_counter()
-    for i in range(n):
-        runtime.run(samples[i % len(samples)])
-    return n / (time.perf_counter() - start)
+    outputs = [runtime.run(samples[i % len(samples)]) for i in range(n)]
+    seconds = time.perf_counter() - start
+    assert len(outputs) == n
+    return n / seconds
 
 
 def throughput_async(runtime, samples, n: int) -> float:
@@ -197,27 +203,38 @@ def bench_model(name: str, folder: Path, requests: int, functional_requests: int
 
 
 def functional_rates(compiled, samples, requests: int, **options) -> dict:
-    """Functional async and sync throughput. The machine is shared, so sync and async alternate in
-    rounds (order swapped each round) and each mode's throughput is its total requests over its
-    total time."""
+    """Functional async and sync throughput, and async with every request's steps handed lane to
+    lane (`pipelined`: the engine's schedule before whole chains, issue 16), in the same rounds.
+    The machine is shared, so the modes alternate in rounds (their order rotated each round) and
+    each mode's throughput is its total requests over its total time."""
     options = {**ONE_THREAD, **options}
     functional_sync = rblnc.Runtime(compiled, **options)
     functional_sync.run(samples[0])
-    seconds = {"sync": 0.0, "async": 0.0}
-    round_ratios = []
+    modes = ("sync", "async", "pipelined")
+    seconds = dict.fromkeys(modes, 0.0)
+    round_ratios: dict[str, list[float]] = {"async": [], "pipelined": []}
     per_round = max(1, requests // FUNCTIONAL_ROUNDS)
-    with rblnc.AsyncRuntime(compiled, host_workers=HOST_LANES, **options) as runtime:
+    with rblnc.AsyncRuntime(compiled, host_workers=HOST_LANES, **options) as runtime, \
+            rblnc.AsyncRuntime(compiled, host_workers=HOST_LANES, **options) as pipelined:
+        pipelined._engine.whole_chain = pipelined._engine._adaptive = False  # the schedule before
         runtime.run(samples[0]).wait()
+        pipelined.run(samples[0]).wait()
         for index in range(FUNCTIONAL_ROUNDS):
             rates = {}
-            for mode in (("sync", "async") if index % 2 == 0 else ("async", "sync")):
-                measure = throughput_sync if mode == "sync" else throughput_async
-                rates[mode] = measure(functional_sync if mode == "sync" else runtime, samples, per_round)
+            for mode in modes[index % 3:] + modes[:index % 3]:
+                if mode == "sync":
+                    rates[mode] = throughput_sync(functional_sync, samples, per_round)
+                else:
+                    rates[mode] = throughput_async(runtime if mode == "async" else pipelined, samples, per_round)
                 seconds[mode] += per_round / rates[mode]
-            round_ratios.append(rates["async"] / rates["sync"])
-    return {"f_sync": per_round * FUNCTIONAL_ROUNDS / seconds["sync"],
-            "f_async": per_round * FUNCTIONAL_ROUNDS / seconds["async"],
-            "f_round_ratios": (min(round_ratios), max(round_ratios))}
+            for mode in round_ratios:
+                round_ratios[mode].append(rates[mode] / rates["sync"])
+        whole_chain = runtime._engine.whole_chain
+    total = per_round * FUNCTIONAL_ROUNDS
+    return {"f_sync": total / seconds["sync"], "f_async": total / seconds["async"],
+            "f_pipelined": total / seconds["pipelined"], "whole_chain": whole_chain,
+            "f_round_ratios": (min(round_ratios["async"]), max(round_ratios["async"])),
+            "f_pipelined_round_ratios": (min(round_ratios["pipelined"]), max(round_ratios["pipelined"]))}
 
 
 # -- the runtime's own cost per request ----------------------------------------------------------
@@ -349,15 +366,21 @@ def functional_rows(zoo: list[str], zoo_requests: int, conv_requests: int, folde
 
 def print_functional(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    print(f"{'model':<46} {'parts':>5} {'requests':>8} {'async req/s':>12} {'sync req/s':>12} {'async/sync':>11}"
-          f" {'per round':>14}")
+    print("async: the runtime as it is (schedule: whole chains or pipelined, as it chose); pipelined: async with"
+          " every step handed lane to lane, the schedule before")
+    print(f"{'model':<46} {'parts':>5} {'requests':>8} {'sync req/s':>11} {'async req/s':>12} {'async/sync':>11}"
+          f" {'per round':>12} {'schedule':>9} {'pipelined/sync':>15} {'per round':>12}")
     for r in rows:
         low, high = r["f_round_ratios"]
-        print(f"{r['model']:<46} {r.get('partitions', ''):>5} {r.get('requests', ''):>8} {r['f_async']:>12.2f}"
-              f" {r['f_sync']:>12.2f} {r['f_async'] / r['f_sync']:>10.2f}x {low:>6.2f}-{high:.2f}x")
+        plow, phigh = r["f_pipelined_round_ratios"]
+        print(f"{r['model']:<46} {r.get('partitions', ''):>5} {r.get('requests', ''):>8} {r['f_sync']:>11.2f}"
+              f" {r['f_async']:>12.2f} {r['f_async'] / r['f_sync']:>10.2f}x {low:>5.2f}-{high:.2f}x"
+              f" {'whole' if r['whole_chain'] else 'pipeline':>9} {r['f_pipelined'] / r['f_sync']:>14.2f}x"
+              f" {plow:>5.2f}-{phigh:.2f}x")
 
 
 def main() -> None:
+    global FUNCTIONAL_ROUNDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--functional-requests", type=int, default=100)
@@ -367,7 +390,12 @@ def main() -> None:
     parser.add_argument("--zoo-requests", type=int, default=40)
     parser.add_argument("--conv-requests", type=int, default=200)
     parser.add_argument("--sections", default="overhead,functional,paced")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating rounds of the functional measurements (requests are split among them)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="functional section: this many busy-looping processes (own sessions) compete for the cores")
     args = parser.parse_args()
+    FUNCTIONAL_ROUNDS = args.rounds
     sections = set(args.sections.split(","))
     torch.set_num_threads(1)  # see the module docstring
     if "overhead" in sections:
@@ -378,10 +406,20 @@ def main() -> None:
         print_overhead(overhead, args.overhead_requests)
     if "functional" in sections:
         zoo = [] if args.zoo == "none" else sorted(rblnc.zoo.TORCH_ZOO) if args.zoo == "all" else args.zoo.split(",")
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = functional_rows(zoo, args.zoo_requests, args.conv_requests, Path(tmp))
+        # Competitors as another user's work would be: their own sessions (the kernel's autogroup
+        # shares CPU between sessions, not threads).
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+                for _ in range(args.busy)]
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = functional_rows(zoo, args.zoo_requests, args.conv_requests, Path(tmp))
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
         print_functional(rows, f"Functional throughput (unpaced, {FUNCTIONAL_ROUNDS} alternating rounds; one thread each"
-                               " for the emulator and each host lane; zoo models at their small input size)")
+                               " for the emulator and each host lane; zoo models at their small input size"
+                               f"{f'; {args.busy} busy-looping process(es) beside' if args.busy else ''})")
     if "paced" not in sections:
         return
     rows = []

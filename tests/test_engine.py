@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from conftest import conv_relu_model, mixed_model
 
 import rblnc
 from rblnc.runtime.engine import (
-    Resource, active_steps, modelled_ns_per_request, pace_scale_of, plan_steps, throughput_bounds,
+    Engine, Request, RequestState, Resource, Step, active_steps, modelled_ns_per_request, next_request_id,
+    pace_scale_of, plan_steps, throughput_bounds,
 )
 from rblnc.runtime.executor import ModelExecutor
 
@@ -163,3 +166,90 @@ def test_steps_slower_than_the_model_are_counted_as_overruns(mixed):
     with rblnc.AsyncRuntime(artifact, pace=True) as runtime:
         runtime.run(x).wait()
         assert runtime.overruns == 2 and runtime.stats()["overruns"] == 2
+
+
+def test_paced_steps_each_run_on_their_own_lanes_thread(mixed):
+    """Pacing keeps every step on its lane's timeline: no request is run through by one thread."""
+    artifact = set_estimates(mixed.artifact, npu_ms=2, dma_ms=1, host_ms=1)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    with rblnc.AsyncRuntime(artifact, pace=True, trace=True) as runtime:
+        for task in [runtime.run(x) for _ in range(6)]:
+            task.wait(timeout=30)
+        records = runtime.timeline()
+    assert len(records) == 6 * 7
+    assert all(r.thread == "rblnc-" + r.lane.replace(" ", "-").lower() for r in records)
+
+
+# -- functional schedules: whole chains or the pipeline (Engine._run_through, _choose_schedule) ----
+
+def sleeping_steps(npu_s: float, host_s: float) -> list[Step]:
+    """NPU -> host -> NPU steps that last about the given times (sleeping frees the GIL, so the
+    measured costs are the times asked for, whatever else this machine runs)."""
+
+    def sleep_for(seconds):
+        return lambda values: time.sleep(seconds) if seconds else None
+
+    return [Step(Resource.NPU, "a", "a", 0.0, sleep_for(npu_s)), Step(Resource.HOST, "h", "h", 0.0, sleep_for(host_s)),
+            Step(Resource.NPU, "b", "b", 0.0, sleep_for(npu_s))]
+
+
+def run_requests(engine: Engine, count: int) -> list[Request]:
+    requests = [Request(next_request_id(), {}, lambda values: None) for _ in range(count)]
+    for request in requests:
+        engine.submit(request)
+    for request in requests:
+        assert request.wait(timeout=30) and request.state is RequestState.DONE
+    return requests
+
+
+def threads_per_request(engine: Engine, requests: list[Request]) -> dict[int, list[str]]:
+    ids = {r.id for r in requests}
+    threads: dict[int, list[str]] = {}
+    for record in engine.timeline:
+        if record.request in ids:
+            threads.setdefault(record.request, []).append(record.thread)
+    assert all(len(chain) == 3 for chain in threads.values()) and len(threads) == len(ids)
+    return threads
+
+
+@pytest.mark.parametrize("npu_s, host_s, whole", [
+    (0.005, 0.0, True),    # the NPU's steps are all there is: handing the host step on gains nothing
+    (0.0, 0.02, False),    # the host step dominates and has 2 lanes: pipelining halves a request's share
+])
+def test_one_starting_thread_runs_whole_chains_unless_pipelining_pays(npu_s, host_s, whole):
+    engine = Engine(sleeping_steps(npu_s, host_s), parallel=4, host_lanes=2, npu_lanes=1, trace_capacity=1000,
+                    name="sched")
+    try:
+        assert not engine.whole_chain  # nothing measured yet: the pipeline
+        run_requests(engine, 4)
+        assert engine.whole_chain is whole
+        threads = threads_per_request(engine, run_requests(engine, 8))
+    finally:
+        engine.shutdown()
+    if whole:
+        # Each request's three steps all ran on the NPU lane's thread, which took it.
+        assert all(chain == ["sched-npu"] * 3 for chain in threads.values())
+    else:
+        # The host steps went to the host lanes' threads while the NPU lane took the next requests
+        # (the last ones may finish on the thread they are on, once nothing else is in flight).
+        handed_on = [chain for chain in threads.values() if chain[0] == "sched-npu" and chain[1].startswith("sched-host-")]
+        assert len(handed_on) >= len(threads) // 2
+
+
+def test_two_starting_threads_each_run_whole_requests_on_two_lanes():
+    engine = Engine(sleeping_steps(0.002, 0.002), parallel=4, host_lanes=2, npu_lanes=2, trace_capacity=1000,
+                    name="two")
+    try:
+        assert engine.whole_chain  # two NPU lanes take requests: they overlap whole ones
+        requests = run_requests(engine, 12)
+        threads = threads_per_request(engine, requests)
+        records = list(engine.timeline)
+    finally:
+        engine.shutdown()
+    assert all(len(set(chain)) == 1 and chain[0] in {"two-npu-0", "two-npu-1"} for chain in threads.values())
+    # A step of each resource holds one of its lanes: at most 2 NPU steps at once, never one lane twice.
+    for lane in {r.lane for r in records}:
+        on_lane = sorted((r for r in records if r.lane == lane), key=lambda r: r.start)
+        assert all(b.start >= a.end for a, b in zip(on_lane, on_lane[1:])), f"steps overlap on {lane}"
+    assert {r.lane for r in records if r.resource is Resource.NPU} <= {"NPU 0", "NPU 1"}
+

@@ -28,6 +28,12 @@ HOP_COST_S = 50e-6
 INLINE_WARMUP = 3  # requests measured on the lanes before a chain may run inline
 INLINE_WINDOW = 16  # the chain's compute is the least of this many recent requests'
 NOT_INLINE = object()  # Engine.run_inline's answer when the request should go to the lanes
+# Functional, one thread starting requests: their steps are handed lane to lane only while the
+# measured step times say overlapping them can make requests this much faster (the pipeline's
+# bound, the chain's time over its busiest resource's); below it each request runs its whole
+# chain on the thread that took it (Engine._run_through).
+PIPELINE_MIN_GAIN = 1.1
+STEP_COST_WEIGHT = 0.2  # each new measurement's weight in a step's running cost
 
 
 class Resource(enum.Enum):
@@ -131,6 +137,7 @@ class StepRecord(NamedTuple):
     modelled_ns: float       # the step's modelled time x the pace scale (0: not paced or not modelled)
     compute_s: float = 0.0   # of which the emulator spent computing (paced: overran if > modelled)
     failed: bool = False
+    thread: str = ""         # the thread that ran the step (a lane's own, or one running the chain through)
 
     @property
     def overran(self) -> bool:
@@ -300,11 +307,18 @@ class Engine:
     `host_lanes` for the host. At most `parallel` requests are on the device side (from their
     first device step to their last) at once. Thread count is fixed, whatever the requests.
 
-    Functional (unpaced), two shortcuts save thread hand-offs where they would gain nothing: a
-    lane that finishes a step runs the request's next step itself when no request waits for
-    this lane and the next step's resource is idle; and a request submitted while nothing is in
-    flight, whose chain computes in less time than its hand-offs would take, runs whole on the
-    submitting thread (on the same lanes, so each lane still runs one step at a time)."""
+    Functional (unpaced), shortcuts save thread hand-offs where they would gain nothing:
+    - whole chains (`whole_chain`): the thread that takes a request from its first step's queue
+      runs all its steps, each on a lane of its resource taken for that step (so no resource runs
+      more steps at once than it has lanes). Chosen when several threads start requests (the
+      first step's resource has 2+ lanes: they overlap whole requests, as the pipeline would,
+      without its hand-offs), else while the measured step times give pipelining less than
+      PIPELINE_MIN_GAIN;
+    - otherwise a lane that finishes a step runs the request's next step itself when no request
+      waits for this lane and the next step's resource is idle;
+    - a request submitted while nothing is in flight, whose chain computes in less time than its
+      hand-offs would take, runs whole on the submitting thread (on the same lanes, so each lane
+      still runs one step at a time)."""
 
     def __init__(self, steps: list[Step], *, pace_scale: float = 0.0, parallel: int = 2, host_lanes: int = 2,
                  npu_lanes: int = 1, trace_capacity: int = 0, name: str = "rblnc", thread_setup: Callable[[], None] | None = None):
@@ -344,6 +358,12 @@ class Engine:
         self._inline_active = False
         self._inline_thread: int | None = None  # the thread running a request inline (one at a time)
         self._inline_busy = [0.0] * len(self.steps)  # seconds per step of the requests run inline
+        # Whole chains or the pipeline (class docstring). Step costs: running averages of each
+        # step's compute, measured on the lanes (unlocked: a lost update changes nothing).
+        self._step_cost = [0.0] * len(self.steps)
+        self._step_lanes = {Resource.HOST: host_lanes, Resource.NPU: npu_lanes}
+        self.whole_chain = False
+        self._adaptive = False
         self._inline_completed = 0
         self._thread_setup = thread_setup  # run first on each lane's thread (the creator's torch threads)
         used = {s.resource for s in self.steps}
@@ -362,6 +382,10 @@ class Engine:
                                           name=f"{name}-{label.replace(' ', '-').lower()}", daemon=True)
                 self._threads.append((thread, queue))
                 thread.start()
+        if self._shortcuts and self.steps:
+            starters = len(self._lanes[self.steps[0].resource])
+            self.whole_chain = starters >= 2
+            self._adaptive = starters == 1  # one starter: whole chains unless pipelining pays
         # What run_inline reads per step, looked up once.
         self._inline_plan = [(s, s.run, s.release, self._lanes[s.resource]) for s in self.steps]
         self._step_stats = [(_RESOURCE_KEYS[s.resource], s.est_ns) for s in self.steps]
@@ -443,16 +467,22 @@ class Engine:
         if request.position >= len(self.steps):
             self._complete(request)
             return
-        if request.position == self._first_device and not request.holds_device:
-            with self._lock:
-                if request.state is not RequestState.PENDING:
-                    return
-                if self._device_free == 0:
-                    self._device_waiters.append(request)
-                    return
-                self._device_free -= 1
-                request.holds_device = True
+        if request.position == self._first_device and not request.holds_device and not self._claim_device(request):
+            return
         self._queues[self.steps[request.position].resource].put(request)
+
+    def _claim_device(self, request: Request) -> bool:
+        """Gives the request a device slot; False if it has none to go on with: it waits for one
+        (whoever returns a slot queues it) or it has ended."""
+        with self._lock:
+            if request.state is not RequestState.PENDING:
+                return False
+            if self._device_free == 0:
+                self._device_waiters.append(request)
+                return False
+            self._device_free -= 1
+            request.holds_device = True
+        return True
 
     def _serve(self, queue: SimpleQueue, lane: Lane) -> None:
         if self._thread_setup is not None:
@@ -477,6 +507,9 @@ class Engine:
         hop is kept: this lane may be needed by one of them before the borrowed step is done
         (conv -> host Softmax -> conv, 40 requests gathered: the NPU lane idled 28 % of the run
         while its thread ran host steps)."""
+        if self.whole_chain:
+            self._run_through(request)
+            return
         while (self._shortcuts and request.position < len(self.steps) and len(self._inflight) == 1
                and own_queue.empty() and (request.holds_device or request.position != self._first_device)):
             resource = self.steps[request.position].resource
@@ -493,6 +526,39 @@ class Engine:
                 return
             request.position += 1
         self._advance(request)
+
+    def _run_through(self, request: Request) -> None:
+        """Runs the rest of the request's chain on this thread, each step on a lane of its resource
+        (the first free one, else waiting for one), then finishes it. No hand-off: its activations
+        are allocated and freed on one thread (handed between threads, torch's and onnxruntime's
+        frees on other threads than the allocating ones cost 100-170 page faults per request on
+        conv -> host Softmax -> conv), and no thread waits for another to wake."""
+        steps = self.steps
+        while request.position < len(steps):
+            if request.position == self._first_device and not request.holds_device \
+                    and not self._claim_device(request):
+                return
+            lanes = self._lanes[steps[request.position].resource]
+            lane = _take_free(lanes) or _wait_for(lanes[0])
+            try:
+                going = self._step(request, lane)
+            finally:
+                lane.lock.release()
+            if not going:
+                return
+            request.position += 1
+        self._complete(request)
+
+    def _choose_schedule(self) -> None:
+        """One thread starting requests: whole chains unless the steps' measured costs say that
+        handing them lane to lane can make requests PIPELINE_MIN_GAIN times faster (the chain's
+        time over its busiest resource's time per lane)."""
+        costs = self._step_cost
+        per_resource: dict[Resource, float] = {}
+        for step, cost in zip(self.steps, costs):
+            per_resource[step.resource] = per_resource.get(step.resource, 0.0) + cost
+        busiest = max(cost / self._step_lanes.get(resource, 1) for resource, cost in per_resource.items())
+        self.whole_chain = busiest <= 0 or sum(costs) < PIPELINE_MIN_GAIN * busiest
 
     def _step(self, request: Request, lane: Lane) -> bool:
         """Runs the request's current step on `lane` (held by the caller); True if its chain goes on."""
@@ -518,6 +584,9 @@ class Engine:
             return False
         request.ready_at = end
         request.compute_s += compute
+        if self._adaptive:
+            old = self._step_cost[request.position]
+            self._step_cost[request.position] = compute if not old else old + STEP_COST_WEIGHT * (compute - old)
         granted = None
         with self._lock:
             self._record(request, step, lane, start, end, compute)
@@ -538,7 +607,7 @@ class Engine:
         stats.modelled_ns[key] = stats.modelled_ns.get(key, 0.0) + step.est_ns
         if self.pace_scale or self.timeline is not None:
             record = StepRecord(request.id, step.name, step.partition, step.resource, lane.label, start, end,
-                                step.est_ns * self.pace_scale, compute, failed)
+                                step.est_ns * self.pace_scale, compute, failed, threading.current_thread().name)
             stats.overruns += record.overran
             if self.timeline is not None:
                 self.timeline.append(record)
@@ -560,6 +629,8 @@ class Engine:
     def _complete(self, request: Request) -> None:
         if self._inlinable:
             self._measure(request.compute_s)
+        if self._adaptive:
+            self._choose_schedule()
         try:
             result = request.finish(request.values)
         except BaseException as exc:
