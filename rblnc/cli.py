@@ -95,7 +95,7 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
               default=None, metavar="DATA.npz",
               help="--dtype int8: calibration samples, an .npz of stacked inputs (one array per input name, "
                    "first axis = samples).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "percentile"]), default="minmax",
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True, help="How --calibrate chooses each activation's range.")
 @click.option("--int8-ops", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
               help="--calibrate: auto keeps in bf16 the ops whose modelled int8 saving does not pay for "

@@ -44,7 +44,7 @@ class CompileOptionsIn:
     host_fallback: bool = True
     refine_partitions: bool = True
     # dtype="int8" (docs/precision.md): samples to calibrate activation ranges on (an iterable of
-    # input dicts or arrays), and how a range is chosen from them ("minmax" or "percentile").
+    # input dicts or arrays), and how a range is chosen from them ("minmax", "percentile", "entropy").
     calibration: Any = None
     calibration_method: str = "minmax"
     # "auto": ops whose modelled int8 saving does not pay for their conversions stay bf16; "all".
