@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,14 +26,21 @@ def has_qdq(graph: Graph) -> bool:
 
 def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: str = "minmax", *,
                    progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
-                   target: TargetSpec | None = None, ops: str = "auto") -> QuantizeReport:
+                   target: TargetSpec | None = None, ops: str = "auto", preprocess: str | None = None
+                   ) -> QuantizeReport:
     """QDQ patterns the model already has become int8 ops with their scales as given; with
-    dtype="int8" and `calibration`, rblnc first quantises the float model itself."""
+    dtype="int8" and `calibration` (samples, or the path of an .npz or a folder of shards or of
+    images made into inputs by `preprocess`), rblnc first quantises the float model itself."""
     report = QuantizeReport()
     if calibration is not None:
         if dtype != "int8":
             raise CompileError(f"calibration data is only used with dtype='int8' (got dtype={dtype!r})")
         from .insert import quantize_float_graph  # numpy + onnxruntime work only int8 compiles need
+
+        if isinstance(calibration, (str, os.PathLike)):
+            from .calibration_data import open_calibration
+
+            calibration = open_calibration(calibration, graph, preprocess)
 
         report.calibrated_samples, report.ranges = quantize_float_graph(
             graph, calibration, method, progress=progress, show_progress=show_progress, target=target, ops=ops)
