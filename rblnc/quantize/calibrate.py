@@ -25,6 +25,11 @@ _MAX_KEPT = 1 << 20
 # past its range, adjacent bins merge in pairs (exact) until it fits, so it keeps 1024-2048 bins
 # over the range seen.
 ENTROPY_BINS = 2048
+# entropy: a tensor seen fewer times than this keeps the range seen (minmax). The KL search reads
+# the histogram's shape; on a sparse one (a squeeze-excitation vector of a few hundred values per
+# sample) it takes the large values that carry the signal for a tail and clips them: on PaddleOCR's
+# recogniser that alone turned 80 % identical texts into none (benchmarks/bench_int8_accuracy.py).
+ENTROPY_MIN_VALUES = 16 * ENTROPY_BINS
 
 
 class CalibrationError(CompileError):
@@ -99,13 +104,19 @@ class _Range:
             if values.size > _MAX_KEPT:
                 values = self._rng.choice(values, _MAX_KEPT, replace=False)
             return (float(np.percentile(values, 100 - PERCENTILE)), float(np.percentile(values, PERCENTILE)))
-        if self.histogram is not None and self.histogram.width > 0 and np.isfinite(self.low + self.high):
-            one_sided = self.low >= 0 or self.high <= 0
-            # Asymmetric int8 spends all 255 steps on a one-signed tensor (the range is widened to
-            # hold 0), about 128 per side on a two-signed one: the KL search quantises to as many.
-            threshold = entropy_threshold(self.histogram.counts, self.histogram.width, 255 if one_sided else 128)
+        if self.histogram is not None and self.histogram.width > 0 and np.isfinite(self.low + self.high) \
+                and self.histogram.counts.sum() >= ENTROPY_MIN_VALUES:
+            threshold = entropy_threshold(self.histogram.counts, self.histogram.width, self._levels())
             return max(self.low, -threshold), min(self.high, threshold)
         return self.low, self.high
+
+    def _levels(self) -> int:
+        """The int8 steps the larger side of the tensor gets. Asymmetric int8 spends all 255 on a
+        one-signed tensor (its range widened to hold 0); on a two-signed one, the share of the
+        range seen that the larger side takes (ReLU-like tensors with a small negative dip keep
+        most steps; a symmetric one gets 128 per side, TensorRT's number)."""
+        small, large = sorted((abs(self.low), abs(self.high)))
+        return max(128, min(255, round(255 * large / (large + small))))
 
 
 class _MagnitudeHistogram:
