@@ -144,8 +144,10 @@ class ImageFolder:
 
     def load(self, path: Path) -> np.ndarray:
         """One image as the input wants it: (C, H, W) or (H, W, C) float32 (or 0..255 with "none")."""
-        from PIL import Image, UnidentifiedImageError
-
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError:
+            raise CalibrationError("calibrating from images needs Pillow: pip install pillow") from None
         try:
             with Image.open(path) as image:
                 image = image.convert("L" if self.channels == 1 else "RGB")
