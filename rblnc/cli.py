@@ -92,11 +92,15 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--dtype", default="bf16", show_default=True,
               help="Precision of NPU compute: bf16, fp16, fp32, or int8 (quantised ops in int8, the rest "
                    "in bf16; needs --calibrate unless the model is QDQ) (docs/precision.md).")
-@click.option("--calibrate", "calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, metavar="DATA.npz",
+@click.option("--calibrate", "calibration", type=click.Path(exists=True, path_type=Path),
+              default=None, metavar="DATA",
               help="--dtype int8: calibration samples, an .npz of stacked inputs (one array per input name, "
-                   "first axis = samples).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "percentile"]), default="minmax",
+                   "first axis = samples), a folder of .npy/.npz shards, or a folder of images "
+                   "(with --calibration-preprocess).")
+@click.option("--calibration-preprocess", type=click.Choice(["imagenet", "unit", "none"]), default=None,
+              help="--calibrate FOLDER of images: resize to the input's H x W, then imagenet (scale to "
+                   "[0, 1], ImageNet mean/std), unit (scale to [0, 1]) or none (0..255).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True, help="How --calibrate chooses each activation's range.")
 @click.option("--int8-ops", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
               help="--calibrate: auto keeps in bf16 the ops int8 would break (SQNR below --min-sqnr-db) and "
@@ -122,8 +126,8 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
               help="Fail, listing every op the NPU cannot run, instead of running ops on the host.")
 @click.option("--no-refine", is_flag=True,
               help="Keep every supported op on the NPU (no cost-driven moves to the host).")
-def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_method, int8_ops,
-            keep_float, min_sqnr_db, opt_level, target,
+def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_preprocess,
+            calibration_method, int8_ops, keep_float, min_sqnr_db, opt_level, target,
             verify_each, dump_ir_after, disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback,
             no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
@@ -143,13 +147,11 @@ def compile(model: Path, output: Path, inputs, constants, dtype, calibration, ca
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
     if calibration is not None:
-        from .quantize.calibrate import NpzSamples
-
-        options.update(calibration=NpzSamples(calibration), calibration_method=calibration_method,
-                       int8_ops=int8_ops, show_progress=True, keep_float=list(keep_float),
-                       min_sqnr_db=min_sqnr_db)
+        options.update(calibration=calibration, calibration_method=calibration_method,
+                       calibration_preprocess=calibration_preprocess, int8_ops=int8_ops, show_progress=True,
+                       keep_float=list(keep_float), min_sqnr_db=min_sqnr_db)
     elif keep_float:
-        raise click.UsageError("--keep-float needs --dtype int8 --calibrate DATA.npz")
+        raise click.UsageError("--keep-float needs --dtype int8 --calibrate DATA")
     click.echo(f"compiling {model} ({framework})", err=True)
     compiled = _compile_model(framework, model, input_info, options, constant_args)
     compiled.save(output)

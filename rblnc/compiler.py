@@ -47,9 +47,12 @@ class CompileOptionsIn:
     host_fallback: bool = True
     refine_partitions: bool = True
     # dtype="int8" (docs/precision.md): samples to calibrate activation ranges on (an iterable of
-    # input dicts or arrays), and how a range is chosen from them ("minmax" or "percentile").
+    # input dicts or arrays, or the path of an .npz or of a folder of shards or images), and how a
+    # range is chosen from them ("minmax", "percentile", "entropy").
     calibration: Any = None
     calibration_method: str = "minmax"
+    # calibration= a folder of images: how an image becomes an input ("imagenet", "unit", "none").
+    calibration_preprocess: str | None = None
     # "auto": ops whose modelled int8 saving does not pay for their conversions stay bf16; "all".
     int8_ops: str = "auto"
     # Ops kept in float whatever int8_ops says: node names (rblnc's or the source model's) or
@@ -115,7 +118,8 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
     report.quantized = quantize_graph(graph, options.dtype, options.calibration, options.calibration_method,
                                       progress=options.progress, show_progress=options.show_progress,
                                       target=target, ops=options.int8_ops, keep_float=options.keep_float,
-                                      min_sqnr_db=options.min_sqnr_db)
+                                      min_sqnr_db=options.min_sqnr_db,
+                                      preprocess=options.calibration_preprocess)
     if report.quantized.rewritten:
         say(f"quantised {report.quantized.rewritten} op(s) to int8")
     if report.quantized.layers:

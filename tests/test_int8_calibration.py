@@ -103,8 +103,9 @@ def test_bad_calibration_data_is_a_clear_error(cnn, calibration, message):
 
 
 def test_unknown_method_and_misplaced_calibration_are_errors(cnn):
-    with pytest.raises(CalibrationError, match="calibration method 'entropy' is unknown"):
-        _compile(cnn, _samples(CNN_SHAPE, 2), calibration_method="entropy")
+    with pytest.raises(CalibrationError, match="calibration method 'mse' is unknown; choose one of "
+                                               "minmax, percentile, entropy"):
+        _compile(cnn, _samples(CNN_SHAPE, 2), calibration_method="mse")
     with pytest.raises(CompileError, match="only used with dtype='int8'"):
         rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], calibration=_samples(CNN_SHAPE, 2))
     with pytest.raises(CompileError, match="dtype='int8' needs calibration data"):

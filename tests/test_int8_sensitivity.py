@@ -205,7 +205,7 @@ def test_compile_log_and_inspect_show_each_layers_sqnr(onnx_paths, tmp_path):
         float(np.float32(low.sqnr_db)), float(np.float32(high.sqnr_db))]
     uncalibrated = _cli("compile", onnx_paths[True], "-o", tmp_path / "float.rbln", "--keep-float", "Conv")
     assert uncalibrated.returncode == 2 and not (tmp_path / "float.rbln").exists()
-    assert uncalibrated.stderr.strip().splitlines()[-1] == "Error: --keep-float needs --dtype int8 --calibrate DATA.npz"
+    assert uncalibrated.stderr.strip().splitlines()[-1] == "Error: --keep-float needs --dtype int8 --calibrate DATA"
     failed = _cli("compile", onnx_paths[True], "-o", tmp_path / "bad.rbln", "--dtype", "int8", "--calibrate",
                   tmp_path / "calibration.npz", "--keep-float", "/0/Cnv")
     assert failed.returncode == 1

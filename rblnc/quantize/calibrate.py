@@ -1,5 +1,6 @@
 """Calibration: run the float graph on the user's samples (onnxruntime) and record each wanted
-tensor's range, by `minmax` or `percentile`; checks the samples first, naming what is wrong."""
+tensor's range, by `minmax`, `percentile` or `entropy`; checks the samples first, naming what is
+wrong."""
 
 from __future__ import annotations
 
@@ -14,12 +15,21 @@ from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.onnx_bridge import make_model
 
-METHODS = ("minmax", "percentile")
+METHODS = ("minmax", "percentile", "entropy")
 # percentile: the range covers this share of each tensor's values (both tails cut), as
 # onnxruntime's Percentile calibrator's default.
 PERCENTILE = 99.999
 # percentile keeps at most this many values per tensor (a uniform sample), to bound memory.
 _MAX_KEPT = 1 << 20
+# entropy: the histogram of |value| has this many bins (TensorRT's); when a later sample reaches
+# past its range, adjacent bins merge in pairs (exact) until it fits, so it keeps 1024-2048 bins
+# over the range seen.
+ENTROPY_BINS = 2048
+# entropy: a tensor seen fewer times than this keeps the range seen (minmax). The KL search reads
+# the histogram's shape; on a sparse one (a squeeze-excitation vector of a few hundred values per
+# sample) it takes the large values that carry the signal for a tail and clips them: on PaddleOCR's
+# recogniser that alone turned 80 % identical texts into none (benchmarks/bench_int8_accuracy.py).
+ENTROPY_MIN_VALUES = 16 * ENTROPY_BINS
 
 
 class CalibrationError(CompileError):
@@ -74,6 +84,7 @@ class _Range:
     def __init__(self, method: str):
         self.method, self.low, self.high, self.kept = method, np.inf, -np.inf, []
         self._rng = np.random.default_rng(0)
+        self.histogram = _MagnitudeHistogram() if method == "entropy" else None
 
     def add(self, values: np.ndarray) -> None:
         values = values.reshape(-1).astype(np.float32, copy=False)
@@ -84,6 +95,8 @@ class _Range:
             if values.size > _MAX_KEPT // 4:
                 values = self._rng.choice(values, _MAX_KEPT // 4, replace=False)
             self.kept.append(values)
+        elif self.histogram is not None:
+            self.histogram.add(values)
 
     def result(self) -> tuple[float, float]:
         if self.method == "percentile" and self.kept:
@@ -91,7 +104,88 @@ class _Range:
             if values.size > _MAX_KEPT:
                 values = self._rng.choice(values, _MAX_KEPT, replace=False)
             return (float(np.percentile(values, 100 - PERCENTILE)), float(np.percentile(values, PERCENTILE)))
+        if self.histogram is not None and self.histogram.width > 0 and np.isfinite(self.low + self.high) \
+                and self.histogram.counts.sum() >= ENTROPY_MIN_VALUES:
+            threshold = entropy_threshold(self.histogram.counts, self.histogram.width, self._levels())
+            return max(self.low, -threshold), min(self.high, threshold)
         return self.low, self.high
+
+    def _levels(self) -> int:
+        """The int8 steps the larger side of the tensor gets. Asymmetric int8 spends all 255 on a
+        one-signed tensor (its range widened to hold 0); on a two-signed one, the share of the
+        range seen that the larger side takes (ReLU-like tensors with a small negative dip keep
+        most steps; a symmetric one gets 128 per side, TensorRT's number)."""
+        small, large = sorted((abs(self.low), abs(self.high)))
+        return max(128, min(255, round(255 * large / (large + small))))
+
+
+class _MagnitudeHistogram:
+    """Counts of |value| in ENTROPY_BINS bins of equal width from 0, merged in pairs as the range grows."""
+
+    def __init__(self):
+        self.counts = np.zeros(ENTROPY_BINS, np.int64)
+        self.width = 0.0  # 0 until a sample holds a value other than 0
+
+    def add(self, values: np.ndarray) -> None:
+        magnitudes = np.abs(values.astype(np.float64))
+        largest = float(magnitudes.max())
+        if self.width == 0.0:
+            if largest == 0.0:
+                self.counts[0] += magnitudes.size
+                return
+            self.width = largest / ENTROPY_BINS
+        while largest > self.width * ENTROPY_BINS:
+            self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(axis=1),
+                                          np.zeros(ENTROPY_BINS // 2, np.int64)])
+            self.width *= 2
+        index = np.minimum((magnitudes / self.width).astype(np.int64), ENTROPY_BINS - 1)
+        self.counts += np.bincount(index, minlength=ENTROPY_BINS)
+
+
+def entropy_threshold(counts: np.ndarray, width: float, levels: int) -> float:
+    """TensorRT's entropy calibration: the clipping threshold (a bin edge) whose `levels`-step
+    quantisation of the histogram loses the least information, by KL divergence. For each
+    candidate i (levels..last used bin), P is the histogram's first i bins with everything beyond
+    added to the last, Q the first i bins merged into `levels` groups of i // levels bins (the last
+    group takes the remainder, as onnxruntime's entropy calibrator) and spread back evenly over
+    each group's non-empty bins; both are smoothed (`_smooth`) and compared."""
+    used = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
+    if used <= levels:
+        return used * width  # fewer bins than steps: nothing to clip
+    counts = counts[:used].astype(np.float64)
+    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tail[i] = sum(counts[i:])
+    best, best_divergence = used, np.inf
+    for i in range(levels, used + 1):
+        reference = counts[:i].copy()
+        reference[-1] += tail[i]
+        merged_bins = i // levels  # bins per step; the last step also takes the remainder
+        starts = np.arange(levels) * merged_bins
+        sizes = np.diff(np.append(starts, i))
+        nonzero = reference != 0
+        merged = np.add.reduceat(counts[:i], starts)
+        filled = np.add.reduceat(nonzero.astype(np.float64), starts)
+        spread = np.repeat(np.divide(merged, filled, out=np.zeros(levels), where=filled > 0), sizes) * nonzero
+        divergence = _kl_divergence(_smooth(reference), _smooth(spread))
+        if divergence < best_divergence:
+            best, best_divergence = i, divergence
+    return best * width
+
+
+def _smooth(distribution: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """Normalised, each empty bin given `eps` of the mass, taken from the others in proportion
+    (TensorRT and onnxruntime take an equal amount from each bin, which can turn a sparse bin
+    negative; in proportion keeps every bin positive and the KL finite)."""
+    distribution = distribution / distribution.sum()
+    empty = distribution == 0
+    if empty.all() or not empty.any():
+        return distribution
+    return np.where(empty, eps, distribution * (1 - eps * empty.sum()))
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    inside = p > 0
+    q = np.maximum(q, 1e-300)
+    return float(np.sum(p[inside] * np.log(p[inside] / q[inside])))
 
 
 def calibrate(graph: Graph, samples: Iterable[Any], tensors: list[str], method: str = "minmax", *,

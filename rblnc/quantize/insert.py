@@ -30,6 +30,13 @@ INT8_OP_CHOICES = ("auto", "all")
 # Ops int8 pays for (matrix engines) and those that follow them cheaply on the integers.
 _MATRIX = ("Conv", "Gemm", "MatMul")
 _FOLLOWERS = ("Add", "MaxPool", "GlobalAveragePool")
+# Activations a fused op may carry that int8 cannot keep exact: with int8_ops="all" they are split
+# off and run in float as this node: {activation: (op type, domain, attribute names of its params)}.
+_FLOAT_ACTIVATIONS = {
+    "HardSwish": ("HardSwish", "", ()), "Sigmoid": ("Sigmoid", "", ()), "Tanh": ("Tanh", "", ()),
+    "LeakyRelu": ("LeakyRelu", "", ("alpha",)), "HardSigmoid": ("HardSigmoid", "", ("alpha", "beta")),
+    "SiLU": ("SiLU", RBLNC_DOMAIN, ()), "Gelu": ("Gelu", RBLNC_DOMAIN, ()), "GeluTanh": ("Gelu", RBLNC_DOMAIN, ()),
+}
 # Ops whose result has the range of their input (a max selects an input value; views move them).
 _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
 
@@ -51,7 +58,7 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     if not isinstance(min_sqnr_db, (int, float)) or isinstance(min_sqnr_db, bool) or math.isnan(min_sqnr_db):
         raise CompileError(f"min_sqnr_db must be a number of dB, got {min_sqnr_db!r}")
     node_names = {n.name for n in graph.nodes}
-    unfused = _unfuse(graph)
+    unfused = _unfuse(graph, split_float_activations=ops == "all")
     # The Adds _unfuse splits out of a fused conv or matmul ("<name>_addend") are listed on their
     # own in the report and `rblnc inspect`, so keep_float may name them too.
     split_adds = {name for _, made, _ in unfused.values() for name in made if name.endswith("_addend")}
@@ -222,17 +229,21 @@ def _refuse(graph: Graph, unfused: dict[str, tuple[Node, list[str], list[str]]],
         graph.add_node(original, [info])
 
 
-def _unfuse(graph: Graph) -> dict[str, tuple[Node, list[str], list[str]]]:
+def _unfuse(graph: Graph, split_float_activations: bool = False) -> dict[str, tuple[Node, list[str], list[str]]]:
     """FusedConv / FusedGemm / FusedMatMul with an activation int8 keeps exact (none, Relu, Clip)
     become the standard op, the Add of the addend or bias, and the activation: the form the QDQ
-    rewrite reads (QConv / QGemm with the activation, a QAdd). Returns {core node name: (the fused
-    node, the nodes and the constants made in its place)}, so `_refuse` can undo what stays float."""
+    rewrite reads (QConv / QGemm with the activation, a QAdd). With `split_float_activations`
+    (int8_ops="all"), one with another activation (HardSwish, SiLU, ...) is split too: the op runs
+    in int8 and the activation in float between a Dequantize and a Quantize, as onnxruntime's QDQ
+    files have it. Returns {core node name: (the fused node, the nodes and the constants made in its
+    place)}, so `_refuse` can undo what stays float."""
     unfused: dict[str, tuple[Node, list[str], list[str]]] = {}
     for node in list(graph.topological_order()):
         if node.domain != RBLNC_DOMAIN or node.op_type not in ("FusedConv", "FusedGemm", "FusedMatMul"):
             continue
         activation = node.attrs.get("activation", "")
-        if activation not in ("", "Relu", "Clip"):
+        if activation not in ("", "Relu", "Clip") and not (split_float_activations
+                                                           and activation in _FLOAT_ACTIVATIONS):
             continue
         addend_position = {"FusedConv": 3, "FusedMatMul": 2}.get(node.op_type, len(node.inputs))
         addend = node.inputs[addend_position] if len(node.inputs) > addend_position else ""
@@ -246,9 +257,10 @@ def _unfuse(graph: Graph) -> dict[str, tuple[Node, list[str], list[str]]]:
         made: list[str] = []
         constants: list[str] = []
 
-        def add(name: str, op_type: str, node_inputs: list[str], output: str, node_attrs: dict | None = None) -> None:
-            graph.add_node(Node(name, op_type, node_inputs, [output], node_attrs or {}, source_ops=node.source_ops,
-                                source_location=node.source_location), [info])
+        def add(name: str, op_type: str, node_inputs: list[str], output: str, node_attrs: dict | None = None,
+                domain: str = "") -> None:
+            graph.add_node(Node(name, op_type, node_inputs, [output], node_attrs or {}, domain=domain,
+                                source_ops=node.source_ops, source_location=node.source_location), [info])
             made.append(name)
 
         steps = [step for step in ("addend" if addend else "", activation) if step]
@@ -266,6 +278,13 @@ def _unfuse(graph: Graph) -> dict[str, tuple[Node, list[str], list[str]]]:
                 extra = [graph.add_constant(graph.unique_name(f"{node.name}_min"), np.float32(low)),
                          graph.add_constant(graph.unique_name(f"{node.name}_max"), np.float32(high))]
                 constants += extra
+            if activation in _FLOAT_ACTIVATIONS:
+                op_type, domain, names = _FLOAT_ACTIVATIONS[activation]
+                params = dict(zip(names, map(float, node.attrs.get("activation_params", []))))
+                if activation.startswith("Gelu"):
+                    params = {"approximate": "tanh" if activation == "GeluTanh" else "none"}
+                add(graph.unique_name(f"{node.name}_activation"), op_type, [source], result, params, domain)
+                continue
             add(graph.unique_name(f"{node.name}_activation"), activation, [source] + extra, result)
         unfused[node.name] = (node, made, constants)
     return unfused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -36,10 +37,11 @@ def has_qdq(graph: Graph) -> bool:
 def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: str = "minmax", *,
                    progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
                    target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
-                   min_sqnr_db: float = DEFAULT_MIN_SQNR_DB) -> QuantizeReport:
+                   min_sqnr_db: float = DEFAULT_MIN_SQNR_DB, preprocess: str | None = None) -> QuantizeReport:
     """QDQ patterns the model already has become int8 ops with their scales as given; with
-    dtype="int8" and `calibration`, rblnc first quantises the float model itself, keeping in
-    float the ops named by `keep_float` and (ops="auto") those below `min_sqnr_db`."""
+    dtype="int8" and `calibration` (samples, or the path of an .npz or a folder of shards or of
+    images made into inputs by `preprocess`), rblnc first quantises the float model itself, keeping
+    in float the ops named by `keep_float` and (ops="auto") those below `min_sqnr_db`."""
     report = QuantizeReport()
     keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float or ())
     if keep_float and calibration is None:
@@ -49,6 +51,11 @@ def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: st
         if dtype != "int8":
             raise CompileError(f"calibration data is only used with dtype='int8' (got dtype={dtype!r})")
         from .insert import quantize_float_graph  # numpy + onnxruntime work only int8 compiles need
+
+        if isinstance(calibration, (str, os.PathLike)):
+            from .calibration_data import open_calibration
+
+            calibration = open_calibration(calibration, graph, preprocess)
 
         report.calibrated_samples, report.ranges, report.layers, report.output_sqnr_db = quantize_float_graph(
             graph, calibration, method, progress=progress, show_progress=show_progress, target=target, ops=ops,
