@@ -518,13 +518,8 @@ class Engine:
             lane = _take_free(self._lanes[resource])
             if lane is None:
                 break
-            try:
-                going = self._step(request, lane)
-            finally:
-                lane.lock.release()
-            if not going:
+            if not self._step_and_release(request, lane):
                 return
-            request.position += 1
         self._advance(request)
 
     def _run_through(self, request: Request) -> None:
@@ -539,15 +534,20 @@ class Engine:
                     and not self._claim_device(request):
                 return
             lanes = self._lanes[steps[request.position].resource]
-            lane = _take_free(lanes) or _wait_for(lanes[0])
-            try:
-                going = self._step(request, lane)
-            finally:
-                lane.lock.release()
-            if not going:
+            if not self._step_and_release(request, _take_free(lanes) or _wait_for(lanes[0])):
                 return
-            request.position += 1
         self._complete(request)
+
+    def _step_and_release(self, request: Request, lane: Lane) -> bool:
+        """Runs the request's current step on `lane` (held by the caller), gives the lane back and
+        moves the request to its next step; False if its chain has ended (failed or cancelled)."""
+        try:
+            going = self._step(request, lane)
+        finally:
+            lane.lock.release()
+        if going:
+            request.position += 1
+        return going
 
     def _choose_schedule(self) -> None:
         """One thread starting requests: whole chains unless the steps' measured costs say that
