@@ -397,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--methods", default="minmax,percentile,entropy")
     parser.add_argument("--ops", default="auto,all")
+    parser.add_argument("--budgets", default="none",
+                        help="comma-separated min_sqnr_db values for the int8 runs (none: the default, 20 dB "
+                             "with auto and no budget with all), e.g. none,20,30")
     parser.add_argument("--calibration", type=int, default=32, help="calibration inputs per model")
     parser.add_argument("--evaluation", type=int, default=48, help="evaluation inputs per model")
     args = parser.parse_args(argv)
@@ -413,12 +416,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((task, "rblnc bf16", task.score(reference, outputs), "-"))
             for ops in args.ops.split(","):
                 for method in args.methods.split(","):
-                    try:
-                        outputs, commands = rblnc_outputs(path, task, dtype="int8", calibration=task.calibration,
-                                                          calibration_method=method, int8_ops=ops)
-                        rows.append((task, f"rblnc int8 {ops} {method}", task.score(reference, outputs), commands))
-                    except Exception as exc:  # a row that failed says so; the others still count
-                        rows.append((task, f"rblnc int8 {ops} {method}", _error(exc), ""))
+                    for budget in args.budgets.split(","):
+                        min_sqnr_db = None if budget == "none" else float(budget)
+                        run = f"rblnc int8 {ops} {method}" + ("" if min_sqnr_db is None else f" min_sqnr_db={budget}")
+                        try:
+                            outputs, commands = rblnc_outputs(path, task, dtype="int8", calibration=task.calibration,
+                                                              calibration_method=method, int8_ops=ops,
+                                                              min_sqnr_db=min_sqnr_db)
+                            rows.append((task, run, task.score(reference, outputs), commands))
+                        except Exception as exc:  # a row that failed says so; the others still count
+                            rows.append((task, run, _error(exc), ""))
             try:
                 quantised = onnxruntime_int8(path, task, Path(tmp))
                 scores = task.score(reference, onnxruntime_outputs(quantised, task.evaluation))

@@ -109,9 +109,10 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--keep-float", "keep_float", multiple=True, metavar="NAME_OR_OPTYPE",
               help="--calibrate: keep this op (its name in the model or in `rblnc inspect`) or every op of "
                    "this type (e.g. Gemm) in bf16 whatever --int8-ops says (repeat for several).")
-@click.option("--min-sqnr-db", type=float, default=DEFAULT_MIN_SQNR_DB, show_default=True,
-              help="--calibrate with --int8-ops auto: an op whose output's SQNR in int8 against the float "
-                   "model (on the calibration data) is below this stays in bf16; --int8-ops all ignores it.")
+@click.option("--min-sqnr-db", type=float, default=None,
+              help="--calibrate: an op whose output's SQNR in int8 against the float model (on the calibration "
+                   f"data) is below this stays in bf16 [default: {DEFAULT_MIN_SQNR_DB:g} with --int8-ops auto, "
+                   "none with --int8-ops all; given, it applies to both].")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--target", default=None, help="Target preset name or a .toml/.json spec file.")
 @click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")

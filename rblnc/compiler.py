@@ -17,7 +17,6 @@ from .lower import lower_graph
 from .partition import Legalisation, PartitionOptions, legalize_graph, partition_graph
 from .passes import PassContext, PassManager, PassReport, pipeline
 from .quantize import QuantizeReport, quantize_graph
-from .quantize.sensitivity import DEFAULT_MIN_SQNR_DB
 from .target import TargetSpec, load_target
 
 # Precisions the emulator reproduces (docs/precision.md).
@@ -56,10 +55,11 @@ class CompileOptionsIn:
     # "auto": ops whose modelled int8 saving does not pay for their conversions stay bf16; "all".
     int8_ops: str = "auto"
     # Ops kept in float whatever int8_ops says: node names (rblnc's or the source model's) or
-    # op types. And the accuracy budget: with int8_ops="auto" an op whose output's SQNR against
-    # the float model (calibration data) is below it stays in float (rblnc/quantize/sensitivity.py).
+    # op types. And the accuracy budget: an op whose output's SQNR against the float model
+    # (calibration data) is below it stays in float (rblnc/quantize/sensitivity.py); None:
+    # DEFAULT_MIN_SQNR_DB with int8_ops="auto", no budget with "all".
     keep_float: Iterable[str] | str = ()
-    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
+    min_sqnr_db: float | None = None
     # A progress bar on stderr while calibrating; None: when stderr is a terminal.
     show_progress: bool | None = None
 

@@ -134,6 +134,17 @@ def test_auto_keeps_the_hostile_layer_in_bf16_and_all_quantises_it(onnx_paths):
     assert all_output["y"] == pytest.approx(float(np.mean(emulated)), abs=0.5)
 
 
+def test_all_with_a_budget_keeps_only_what_int8_would_break(onnx_paths):
+    """int8_ops="all" has no budget by default; given one, it quantises every op that meets it,
+    also those the cost model would keep in bf16 (here: none), and keeps the hostile conv float."""
+    unbudgeted = _layers(_compile(onnx_paths[True], True, int8_ops="all"))
+    budgeted = _compile(onnx_paths[True], True, int8_ops="all", min_sqnr_db=DEFAULT_MIN_SQNR_DB)
+    layers = _layers(budgeted)
+    assert unbudgeted["/0/Conv"].int8 and not layers["/0/Conv"].int8
+    assert layers["/0/Conv"].reason == f"SQNR {layers['/0/Conv'].sqnr_db:.1f} dB < min_sqnr_db 20 dB"
+    assert layers["/2/Conv"].int8 and _ops(budgeted).count("QConv") == 1
+
+
 def test_min_sqnr_db_moves_the_budget(onnx_paths):
     lenient = _compile(onnx_paths[True], True, min_sqnr_db=-50)
     assert _ops(lenient).count("QConv") == 2

@@ -44,19 +44,24 @@ _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpo
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                          progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
                          target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
-                         min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
+                         min_sqnr_db: float | None = None,
                          ) -> tuple[int, dict[str, tuple[float, float]], list[LayerSensitivity], dict[str, float]]:
     """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges, each
     candidate op's measured SQNR and final precision, each model output's SQNR once quantised
     against the float model: sensitivity.output_sqnr; empty when no op is int8). `keep_float`
-    (node names, source-op names or op types) stay in float whatever `ops` says. With ops="auto", an op whose SQNR
-    (sensitivity.py) is below `min_sqnr_db` stays in float, and with a target so does one whose
-    modelled int8 saving does not pay for the conversions it needs at float neighbours;
-    ops="all" takes every op int8 can run (still measuring each one's SQNR)."""
+    (node names, source-op names or op types) stay in float whatever `ops` says. An op whose SQNR
+    (sensitivity.py) is below the accuracy budget stays in float: `min_sqnr_db`, by default
+    DEFAULT_MIN_SQNR_DB with ops="auto" and none with ops="all" (which then takes every op int8
+    can run, still measuring each one's SQNR; given a budget, every op that meets it). With
+    ops="auto" and a target, an op whose modelled int8 saving does not pay for the conversions
+    it needs at float neighbours stays in float too."""
     if ops not in INT8_OP_CHOICES:
         raise CompileError(f"int8_ops must be one of {', '.join(INT8_OP_CHOICES)}, got {ops!r}")
-    if not isinstance(min_sqnr_db, (int, float)) or isinstance(min_sqnr_db, bool) or math.isnan(min_sqnr_db):
+    if min_sqnr_db is not None and (not isinstance(min_sqnr_db, (int, float)) or isinstance(min_sqnr_db, bool)
+                                    or math.isnan(min_sqnr_db)):
         raise CompileError(f"min_sqnr_db must be a number of dB, got {min_sqnr_db!r}")
+    if min_sqnr_db is None and ops == "auto":
+        min_sqnr_db = DEFAULT_MIN_SQNR_DB
     node_names = {n.name for n in graph.nodes}
     unfused = _unfuse(graph, split_float_activations=ops == "all")
     # The Adds _unfuse splits out of a fused conv or matmul ("<name>_addend") are listed on their
@@ -84,7 +89,7 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
         entry = next((e for e in user_kept if e in (node.name, node.op_type) or e in node.source_ops), None)
         if entry is not None:
             stay_float(node, f"keep_float {entry!r}")
-        elif ops == "auto" and sqnr[node.name] < min_sqnr_db:
+        elif min_sqnr_db is not None and sqnr[node.name] < min_sqnr_db:
             stay_float(node, f"SQNR {sqnr[node.name]:.1f} dB < min_sqnr_db {min_sqnr_db:g} dB")
             below_budget.append(node)
         else:

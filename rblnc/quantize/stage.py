@@ -10,7 +10,7 @@ from ..errors import CompileError
 from ..ir.graph import Graph
 from ..target import TargetSpec
 from .qdq import rewrite_qdq
-from .sensitivity import DEFAULT_MIN_SQNR_DB, LayerSensitivity
+from .sensitivity import LayerSensitivity
 
 
 @dataclass
@@ -37,11 +37,12 @@ def has_qdq(graph: Graph) -> bool:
 def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: str = "minmax", *,
                    progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
                    target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
-                   min_sqnr_db: float = DEFAULT_MIN_SQNR_DB, preprocess: str | None = None) -> QuantizeReport:
+                   min_sqnr_db: float | None = None, preprocess: str | None = None) -> QuantizeReport:
     """QDQ patterns the model already has become int8 ops with their scales as given; with
     dtype="int8" and `calibration` (samples, or the path of an .npz or a folder of shards or of
     images made into inputs by `preprocess`), rblnc first quantises the float model itself, keeping
-    in float the ops named by `keep_float` and (ops="auto") those below `min_sqnr_db`."""
+    in float the ops named by `keep_float` and those below the accuracy budget `min_sqnr_db`
+    (None: sensitivity.DEFAULT_MIN_SQNR_DB with ops="auto", no budget with ops="all")."""
     report = QuantizeReport()
     keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float or ())
     if keep_float and calibration is None:
