@@ -151,8 +151,9 @@ def compile(model: Path, output: Path, inputs, constants, dtype, calibration, ca
         options.update(calibration=calibration, calibration_method=calibration_method,
                        calibration_preprocess=calibration_preprocess, int8_ops=int8_ops, show_progress=True,
                        keep_float=list(keep_float), min_sqnr_db=min_sqnr_db)
-    elif keep_float:
-        raise click.UsageError("--keep-float needs --dtype int8 --calibrate DATA")
+    elif keep_float or min_sqnr_db is not None:
+        given = "--keep-float" if keep_float else "--min-sqnr-db"
+        raise click.UsageError(f"{given} needs --dtype int8 --calibrate DATA")
     click.echo(f"compiling {model} ({framework})", err=True)
     compiled = _compile_model(framework, model, input_info, options, constant_args)
     compiled.save(output)

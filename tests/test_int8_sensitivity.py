@@ -217,6 +217,9 @@ def test_compile_log_and_inspect_show_each_layers_sqnr(onnx_paths, tmp_path):
     uncalibrated = _cli("compile", onnx_paths[True], "-o", tmp_path / "float.rbln", "--keep-float", "Conv")
     assert uncalibrated.returncode == 2 and not (tmp_path / "float.rbln").exists()
     assert uncalibrated.stderr.strip().splitlines()[-1] == "Error: --keep-float needs --dtype int8 --calibrate DATA"
+    budget_alone = _cli("compile", onnx_paths[True], "-o", tmp_path / "float.rbln", "--min-sqnr-db", "30")
+    assert budget_alone.returncode == 2 and not (tmp_path / "float.rbln").exists()
+    assert budget_alone.stderr.strip().splitlines()[-1] == "Error: --min-sqnr-db needs --dtype int8 --calibrate DATA"
     failed = _cli("compile", onnx_paths[True], "-o", tmp_path / "bad.rbln", "--dtype", "int8", "--calibrate",
                   tmp_path / "calibration.npz", "--keep-float", "/0/Cnv")
     assert failed.returncode == 1
