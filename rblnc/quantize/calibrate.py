@@ -197,14 +197,8 @@ def calibrate(graph: Graph, samples: Iterable[Any], tensors: list[str], method: 
     if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
         raise CalibrationError(f"calibration must be an iterable of samples (input dicts or arrays), "
                                f"got {type(samples).__name__}")
-    nodes = graph.topological_order()
-    constants = sorted({i for n in nodes for i in n.inputs + n.implicit_inputs if i and graph.is_constant(i)})
     wanted = [t for t in dict.fromkeys(tensors) if t not in graph.constants]
-    outputs = list(dict.fromkeys(list(graph.outputs) + [t for t in wanted if t not in graph.inputs]))
-    model = make_model(graph, nodes, graph.inputs, outputs, name="calibration", initializers=constants)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session, outputs = float_session(graph, [t for t in wanted if t not in graph.inputs], "calibration")
     ranges = {t: _Range(method) for t in wanted}
     total = len(samples) if hasattr(samples, "__len__") else None
     bar = _progress_bar(total, show_progress)
@@ -236,6 +230,23 @@ def calibrate(graph: Graph, samples: Iterable[Any], tensors: list[str], method: 
                           "scale cannot be measured; give samples that vary", CalibrationWarning, stacklevel=2)
         result[name] = (low, high)
     return result, count
+
+
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
+def float_session(graph: Graph, extra_outputs: Iterable[str], name: str) -> tuple[ort.InferenceSession, list[str]]:
+    """The float graph in onnxruntime returning its outputs and then `extra_outputs` (each once),
+    and the names of what it returns, in that order."""
+    nodes = graph.topological_order()
+    constants = sorted({i for n in nodes for i in n.inputs + n.implicit_inputs if i and graph.is_constant(i)})
+    outputs = list(dict.fromkeys(list(graph.outputs) + list(extra_outputs)))
+    model = make_model(graph, nodes, graph.inputs, outputs, name=name, initializers=constants)
+    return ort.InferenceSession(model.SerializeToString(), session_options(),
+                                providers=["CPUExecutionProvider"]), outputs
 
 
 def _progress_bar(total: int | None, show: bool | None):

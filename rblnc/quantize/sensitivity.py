@@ -102,9 +102,10 @@ def measure_sqnr(graph: Graph, nodes: list[Node], activation_inputs: dict[str, l
     quantised)."""
     if not nodes:
         return {}
-    import onnxruntime as ort  # only int8 compiles need it (stage.py imports this module for its names)
+    # onnxruntime only when measuring: cli.py and stage.py import this module for its names.
+    import onnxruntime as ort
 
-    from .calibrate import check_sample
+    from .calibrate import check_sample, float_session, session_options
 
     twins = Graph("int8_twins", graph.opset)
     float_outputs: list[str] = []
@@ -137,17 +138,17 @@ def measure_sqnr(graph: Graph, nodes: list[Node], activation_inputs: dict[str, l
         float_outputs.append(node.outputs[0])
         twins.outputs.append(output)
     float_outputs = list(dict.fromkeys(float_outputs))
-    float_session = _session(graph, [o for o in float_outputs if o not in graph.inputs])
+    model_session, _ = float_session(graph, [o for o in float_outputs if o not in graph.inputs], "sensitivity")
     twin_session = ort.InferenceSession(
         make_model(twins, twins.topological_order(), twins.inputs, twins.outputs, name="int8_twins",
                    initializers=list(twins.constants)).SerializeToString(),
-        _options(), providers=["CPUExecutionProvider"])
+        session_options(), providers=["CPUExecutionProvider"])
     totals = {node.name: [] for node in nodes}
     kept_bytes = 0
     for index, sample in enumerate(_first(samples, SAMPLES)):
         feeds = check_sample(graph, sample, index)
         wanted = [o for o in dict.fromkeys(float_outputs + list(graph.outputs)) if o not in feeds]
-        values = dict(zip(wanted, float_session.run(wanted, feeds)))
+        values = dict(zip(wanted, model_session.run(wanted, feeds)))
         values.update(feeds)
         if model_outputs is not None and len(model_outputs) == index:
             outputs = {name: np.asarray(values[name]) for name in graph.outputs}
@@ -169,10 +170,12 @@ def output_sqnr(graph: Graph, samples: list[Any], references: list[dict[str, np.
     onnxruntime: int8 where rblnc computes int8, fp32 elsewhere) against the float model's outputs
     `references` on the first samples, one per reference: the whole model's int8 error, which
     the per-layer figures do not add up to (it compounds over depth)."""
-    session = _session(graph, [])
+    from .calibrate import check_sample, float_session
+
+    session, _ = float_session(graph, [], "output_sqnr")
     totals: dict[str, list[float]] = {name: [] for name in graph.outputs}
     for index, (sample, reference) in enumerate(zip(samples, references)):
-        feeds = {name: np.asarray(value) for name, value in _check(graph, sample, index).items()}
+        feeds = {name: np.asarray(value) for name, value in check_sample(graph, sample, index).items()}
         for name, value in zip(graph.outputs, session.run(list(graph.outputs), feeds)):
             measured = sqnr_db(reference[name], np.asarray(value))
             if measured is not None:
@@ -180,36 +183,11 @@ def output_sqnr(graph: Graph, samples: list[Any], references: list[dict[str, np.
     return {name: float(np.mean(values)) if values else EXACT_DB for name, values in totals.items()}
 
 
-def _check(graph: Graph, sample: Any, index: int) -> dict[str, np.ndarray]:
-    from .calibrate import check_sample
-
-    return check_sample(graph, sample, index)
-
-
 def _first(samples: Iterable[Any], count: int) -> Iterator[Any]:
     for index, sample in enumerate(samples):
         if index >= count:
             return
         yield sample
-
-
-def _options():
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return options
-
-
-def _session(graph: Graph, outputs: list[str]):
-    """The float graph, returning `outputs` (as calibrate.py builds it)."""
-    import onnxruntime as ort
-
-    nodes = graph.topological_order()
-    constants = sorted({i for n in nodes for i in n.inputs + n.implicit_inputs if i and graph.is_constant(i)})
-    outputs = list(dict.fromkeys(list(graph.outputs) + outputs))
-    model = make_model(graph, nodes, graph.inputs, outputs, name="sensitivity", initializers=constants)
-    return ort.InferenceSession(model.SerializeToString(), _options(), providers=["CPUExecutionProvider"])
 
 
 class RetainedSamples:
