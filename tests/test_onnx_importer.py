@@ -183,6 +183,35 @@ def test_if_whose_branches_read_outer_values_matches_onnxruntime(condition):
         np.testing.assert_allclose(runtime.run(x), ref, rtol=1e-6)
 
 
+def test_an_opset15_model_whose_branches_read_outer_values_reaches_the_canonical_opset():
+    """silero-vad's opset-15 file stayed at 15 (out of every pass, its Identities sent to the host)
+    because checking an If alone puts its branches in a scope without the outer values. Here the
+    branches read `b`, an Identity of `a`: remove_identities bypasses it, so the branches must be
+    renamed to read `a`, and the If, whose condition is known only at run time, keeps working."""
+    import onnxruntime as ort
+
+    import rblnc
+
+    then_g = helper.make_graph([helper.make_node("Neg", ["b"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Sigmoid", ["b"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    model = make_onnx([helper.make_node("Mul", ["x", "x"], ["a"]),
+                       helper.make_node("Identity", ["a"], ["b"]),
+                       helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+                       helper.make_node("Greater", ["sum", "zero"], ["cond"]),
+                       helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+                      [("x", [1, 4])], [("y", [1, 4])], [("zero", np.float32(0))], opset=15)
+    assert import_onnx(model).opset == CANONICAL_OPSET
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    fallbacks = {r.op_type for p in compiled.artifact.partitions for r in p.fallback_reasons}
+    assert "Identity" not in fallbacks and "If" in fallbacks, fallbacks
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runtime = compiled.create_runtime()
+    for x in (np.array([[1, -2, 3, -4]], np.float32), np.array([[1, 2, 3, -1]], np.float32)):
+        np.testing.assert_allclose(runtime.run(x), session.run(None, {"x": x})[0], rtol=1e-6)
+
+
 def _mode_switch_model() -> "onnx.ModelProto":
     """y = If(mode == 1, then: Relu(x), else: Neg(x)) with `mode` an int64 input."""
     then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],

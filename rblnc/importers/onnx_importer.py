@@ -130,17 +130,32 @@ def _same_shapes(original: onnx.ModelProto, converted: onnx.ModelProto) -> bool:
 
 
 def _nodes_valid(proto: onnx.ModelProto, opset: int) -> bool:
+    """Whether every default-domain node, those inside If/Loop/Scan bodies included, is valid at
+    the converted opset. Nodes holding a body are not checked themselves: onnx's checker would
+    check the body in an empty scope, where every value it reads from the outer graph is unknown
+    (silero-vad's Ifs failed that way and kept the whole model at opset 15, out of every pass)."""
     context = onnx.checker.C.CheckerContext()
     context.ir_version = proto.ir_version
     context.opset_imports = {e.domain: e.version for e in proto.opset_import}
     lexical = onnx.checker.C.LexicalScopeContext()
     try:
-        for node in proto.graph.node:
+        for node in _nodes_within(proto.graph):
             if node.domain in _DEFAULT_DOMAINS:
                 onnx.checker.check_node(node, context, lexical)
     except onnx.checker.ValidationError:
         return False
     return True
+
+
+def _nodes_within(graph: onnx.GraphProto):
+    """The graph's nodes without a body, and those of every body, however deeply nested."""
+    for node in graph.node:
+        bodies = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+        bodies += [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+        if not bodies:
+            yield node
+        for body in bodies:
+            yield from _nodes_within(body)
 
 
 def _bind_constants(proto: onnx.ModelProto, constant_args: dict[str, Any], origin: str) -> onnx.ModelProto:

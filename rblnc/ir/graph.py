@@ -167,12 +167,29 @@ class Graph:
         self._link_input(node.name, tensor)
 
     def replace_all_uses(self, old: str, new: str) -> None:
-        """Every consumer of `old`, and the graph outputs, now read `new`."""
+        """Every consumer of `old`, and the graph outputs, now read `new`; an If/Loop/Scan body
+        that reads `old` from this graph reads `new`."""
         for consumer in list(self.consumers(old)):
             for i, name in enumerate(consumer.inputs):
                 if name == old:
                     self.set_input(consumer, i, new)
+            if old in consumer.implicit_inputs:
+                self._rename_implicit_input(consumer, old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
+
+    def _rename_implicit_input(self, node: Node, old: str, new: str) -> None:
+        for value in node.attrs.values():
+            for body in value if isinstance(value, list) else [value]:
+                if hasattr(body, "node") and hasattr(body, "output"):  # an onnx GraphProto
+                    _rename_outer_read(body, old, new)
+        node.implicit_inputs = list(dict.fromkeys(new if i == old else i for i in node.implicit_inputs))
+        if old not in node.inputs:
+            self._consumers[old].pop(node.name, None)
+            producer = self._producer.get(old)
+            if producer is not None:
+                while self.nx.has_edge(producer, node.name, key=old):
+                    self.nx.remove_edge(producer, node.name, key=old)
+        self._link_input(node.name, new)
 
     def remove_constant(self, name: str) -> None:
         del self.constants[name]
@@ -274,3 +291,22 @@ class Graph:
         producer = self._producer.get(tensor)
         if producer is not None and not self.nx.has_edge(producer, node_name, key=tensor):
             self.nx.add_edge(producer, node_name, key=tensor)
+
+
+def _rename_outer_read(body, old: str, new: str) -> None:
+    """In an ONNX GraphProto (a subgraph attribute) and the bodies nested in it, reads of the
+    enclosing scope's `old` become reads of `new`. A name the body defines itself is its own."""
+    defined = {i.name for i in body.input} | {t.name for t in body.initializer}
+    defined.update(o for n in body.node for o in n.output)
+    if old in defined:
+        return
+    for node in body.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for attr in node.attribute:
+            for nested in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_outer_read(nested, old, new)
+    for output in body.output:
+        if output.name == old:
+            output.name = new
