@@ -230,6 +230,90 @@ def test_host_ops_keep_a_pool_as_it_is():
     assert [p.device for p in compiled.artifact.partitions] == [Device.HOST]
 
 
+def _lstm_model(direction: str, steps: int, initial_states: bool, peepholes: bool = False) -> onnx.ModelProto:
+    """LSTM (batch 2, input 5, hidden 4) with random weights and biases; Y, Y_h, Y_c all read."""
+    rng = np.random.default_rng(1)
+    dirs, hidden, inputs = (2 if direction == "bidirectional" else 1), 4, 5
+    initializers = [("W", rng.standard_normal((dirs, 4 * hidden, inputs)).astype(np.float32) * 0.5),
+                    ("R", rng.standard_normal((dirs, 4 * hidden, hidden)).astype(np.float32) * 0.5),
+                    ("B", rng.standard_normal((dirs, 8 * hidden)).astype(np.float32) * 0.5)]
+    lstm_inputs, model_inputs = ["x", "W", "R", "B"], [("x", [steps, 2, inputs])]
+    if initial_states or peepholes:
+        lstm_inputs += ["", "h0", "c0"]
+        model_inputs += [("h0", [dirs, 2, hidden]), ("c0", [dirs, 2, hidden])]
+    if peepholes:
+        lstm_inputs.append("P")
+        initializers.append(("P", rng.standard_normal((dirs, 3 * hidden)).astype(np.float32)))
+    return make_onnx([N("LSTM", lstm_inputs, ["y", "y_h", "y_c"], hidden_size=hidden, direction=direction)],
+                     model_inputs, [("y", [steps, dirs, 2, hidden]), ("y_h", [dirs, 2, hidden]), ("y_c", [dirs, 2, hidden])],
+                     initializers)
+
+
+def _feeds(model: onnx.ModelProto) -> dict:
+    rng = np.random.default_rng(2)
+    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("initial_states", [False, True])
+def test_a_short_lstm_is_legalised_into_cell_ops_on_the_npu(direction, initial_states):
+    """silero-vad's one-step LSTM left a host partition between two NPU ones; unrolled, it computes
+    onnxruntime's Y, Y_h and Y_c (fp32: rtol 1e-5, atol 1e-5)."""
+    model = _lstm_model(direction, 3, initial_states)
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    (entry,) = compiled.report.legalised
+    assert entry.op_type == "LSTM" and {"MatMul", "Sigmoid", "Tanh", "Split"} <= set(entry.became)
+    assert [p.device for p in compiled.artifact.partitions] == [Device.NPU]
+    feeds = _feeds(model)
+    for got, want in zip(run_compiled(compiled, feeds), reference(model, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["long", "peepholes"])
+def test_an_lstm_the_rewrite_does_not_cover_stays_on_the_host(form):
+    """17 steps unroll into more commands than one host op costs; peepholes are not reproduced."""
+    model = _lstm_model("forward", 17, False) if form == "long" else _lstm_model("forward", 3, True, peepholes=True)
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    assert not compiled.report.legalised
+    assert [p.device for p in compiled.artifact.partitions] == [Device.HOST]
+    feeds = _feeds(model)
+    for got, want in zip(run_compiled(compiled, feeds), reference(model, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels, length, kernel, stride, pads, bias", [
+    (1, 576, 256, 128, [0, 0], False),   # silero-vad's STFT
+    (2, 100, 32, 16, [8, 8], True),      # padded, two channels, a tail the windows do not reach
+    (3, 60, 10, 10, [0, 0], True),       # kernel within the limit, stride 10 beyond it
+])
+def test_a_1d_conv_whose_stride_divides_its_kernel_becomes_frames_times_weights(channels, length, kernel, stride,
+                                                                                pads, bias):
+    rng = np.random.default_rng(3)
+    initializers = [("w", rng.standard_normal((6, channels, kernel)).astype(np.float32) * 0.1)]
+    if bias:
+        initializers.append(("b", rng.standard_normal(6).astype(np.float32)))
+    model = make_onnx([N("Conv", ["x", "w"] + (["b"] if bias else []), ["y"], strides=[stride], pads=pads)],
+                      [("x", [1, channels, length])], [("y", ["n", "c", "l"])], initializers)
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    (entry,) = compiled.report.legalised
+    assert entry.op_type == "Conv" and "MatMul" in entry.became
+    assert [p.device for p in compiled.artifact.partitions] == [Device.NPU]
+    feeds = _feeds(model)
+    (got,), (want,) = run_compiled(compiled, feeds), reference(model, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_big_conv_kernel_the_framing_does_not_cover_falls_back_with_the_reason():
+    model = make_onnx([N("Conv", ["x", "w"], ["y"], strides=[3])], [("x", [1, 1, 64])], [("y", ["n", "c", "l"])],
+                      [("w", np.ones((2, 1, 20), np.float32))])
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    assert not compiled.report.legalised
+    (reason,) = [r.reason for p in compiled.artifact.partitions for r in p.fallback_reasons]
+    assert reason == ("kernel [20] exceeds rbln-ca12's max_kernel_size 16; rblnc does not split Conv kernels (it "
+                      "rewrites a 1-D Conv whose stride divides its kernel as frames x weights), so it runs on the host")
+
+
 # -- shape folding --------------------------------------------------------------------------
 
 def shape_chain_model() -> onnx.ModelProto:

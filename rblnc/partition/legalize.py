@@ -7,6 +7,10 @@ supported-operator check). Each rewrite is exact; an op no rewrite keeps is left
     AveragePool/MaxPool with stride == kernel, no padding, a kernel side above the limit
         -> a chain of pools whose kernels multiply to it (32 = 8 x 4), each within the limits:
            the mean of block means over equal blocks is the block mean, and max of maxes the max
+    LSTM over a few fixed steps (no recurrent kernel on the NPU)
+        -> each step's cell arithmetic: MatMul, Add, Split, Sigmoid, Tanh, Mul (legalize_lstm.py)
+    1-D Conv beyond the kernel or stride limit whose stride divides its kernel (an STFT)
+        -> framing (Reshape, Slice, Concat) and one MatMul (legalize_framed_conv.py)
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 from ..ir.graph import Graph, Node
 from ..ir.shape_inference import ShapeInferenceError, infer_node
 from ..target import TargetSpec
+from .legalize_framed_conv import framed_conv
+from .legalize_lstm import lstm_as_cells
 from .support import check_npu_support
 
 _POOLS = {"AveragePool": ("GlobalAveragePool", "ReduceMean"), "MaxPool": ("GlobalMaxPool", "ReduceMax")}
@@ -38,16 +44,16 @@ def legalize_graph(graph: Graph, target: TargetSpec, keep: frozenset[str] = froz
     the user's host_ops, stay as they are); returns what changed."""
     done: list[Legalisation] = []
     for node in graph.topological_order():
-        if node.domain or node.op_type not in _POOLS or node.op_type in keep:
+        if node.domain or node.op_type not in _REWRITES or node.op_type in keep:
             continue
         verdict = check_npu_support(node, graph, target)
         if verdict.supported:
             continue
-        rewrite = _global_pool(node, graph, target) or _split_pool(node, graph, target)
+        rewrite = next((r for r in (rewrite(node, graph, target) for rewrite in _REWRITES[node.op_type]) if r), None)
         if rewrite is None:
             continue
-        new_nodes, final_output_info = rewrite
-        if not _all_supported(new_nodes, node, graph, target, final_output_info):
+        new_nodes, added_constants = rewrite
+        if not _all_supported(new_nodes, added_constants, node, graph, target):
             continue
         done.append(Legalisation(node.name, node.op_type, tuple(n.op_type for n in new_nodes), verdict.reason))
     return done
@@ -88,7 +94,7 @@ def _global_pool(node: Node, graph: Graph, target: TargetSpec):
         replacement = [Node(node.name, reduce_op, [node.inputs[0]], [node.outputs[0]], {"axes": axes, "keepdims": 1},
                             source_ops=list(node.source_ops), source_location=node.source_location)]
         replacement = _axes_as_input(replacement[0], graph, axes)
-    return replacement, graph.tensors[node.outputs[0]]
+    return replacement, [n for n in replacement[0].inputs[1:] if graph.is_constant(n)]
 
 
 def _axes_as_input(node: Node, graph: Graph, axes: list[int]) -> list[Node]:
@@ -128,7 +134,7 @@ def _split_pool(node: Node, graph: Graph, target: TargetSpec):
         nodes.append(Node(node.name if last else out, node.op_type, [current], [out], attrs,
                           source_ops=list(node.source_ops), source_location=node.source_location))
         current = out
-    return nodes, graph.tensors[node.outputs[0]]
+    return nodes, []
 
 
 def _factor(k: int, limit: int) -> list[int] | None:
@@ -143,8 +149,11 @@ def _factor(k: int, limit: int) -> list[int] | None:
     return factors + ([k] if k > 1 else [])
 
 
-def _all_supported(new_nodes: list[Node], old: Node, graph: Graph, target: TargetSpec, output_info) -> bool:
-    """Put the rewrite in place if the NPU runs every new op; else leave the graph unchanged."""
+def _all_supported(new_nodes: list[Node], added_constants: list[str], old: Node, graph: Graph,
+                   target: TargetSpec) -> bool:
+    """Put the rewrite in place if the NPU runs every new op and every output keeps its shape;
+    else leave the graph as it was (the rewrite's constants removed too)."""
+    output_infos = {o: graph.tensors[o] for o in old.outputs if o and o in graph.tensors}
     graph.remove_node(old.name)
     added: list[Node] = []
     try:
@@ -154,7 +163,8 @@ def _all_supported(new_nodes: list[Node], old: Node, graph: Graph, target: Targe
             infos = infer_node(graph, new)
             for out, info in zip(new.outputs, infos):
                 graph.tensors[out] = info
-        ok = graph.tensors[old.outputs[0]].shape == output_info.shape and all(
+        ok = all(graph.producer(o) is not None and graph.tensors[o].shape == info.shape
+                 for o, info in output_infos.items() if graph.consumers(o) or o in graph.outputs) and all(
             check_npu_support(n, graph, target).supported for n in new_nodes)
     except ShapeInferenceError:
         ok = False
@@ -163,8 +173,19 @@ def _all_supported(new_nodes: list[Node], old: Node, graph: Graph, target: Targe
     for new in reversed(added):
         graph.remove_node(new.name)
         for out in new.outputs:
-            if out != old.outputs[0]:
+            if out not in output_infos:
                 graph.tensors.pop(out, None)
+    for name in added_constants:
+        if not graph.consumers(name):
+            graph.remove_constant(name)
     graph.add_node(old)
-    graph.tensors[old.outputs[0]] = output_info
+    graph.tensors.update(output_infos)
     return False
+
+
+_REWRITES = {
+    "AveragePool": [_global_pool, _split_pool],
+    "MaxPool": [_global_pool, _split_pool],
+    "LSTM": [lambda node, graph, target: lstm_as_cells(node, graph)],
+    "Conv": [framed_conv],
+}

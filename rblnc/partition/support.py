@@ -145,6 +145,9 @@ def constraint_window(node: Node, graph: Graph, target: TargetSpec) -> str | Non
             return (f"{exceeds} and no exact rewrite fits (rblnc rewrites a global pool, and a pool whose stride "
                     f"equals a kernel side that factors into parts <= {min(target.max_kernel_size, target.max_stride)}); "
                     "it runs on the host")
+        if node.op_type == "Conv":  # what legalize_framed_conv.py could not rewrite
+            return (f"{exceeds}; rblnc does not split Conv kernels (it rewrites a 1-D Conv whose stride divides "
+                    "its kernel as frames x weights), so it runs on the host")
         return f"{exceeds}; rblnc does not split {node.op_type} kernels, so it runs on the host"
     strides = node.attrs.get("strides")
     if strides and max(strides) > target.max_stride:
