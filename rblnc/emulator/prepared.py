@@ -25,6 +25,10 @@ from .kernels import (
 
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 _CHANNELS_LAST = torch.channels_last
+# Whether torch's bf16 transposed convolution accumulates in fp32 and rounds once, as the device
+# does: with AVX-512 oneDNN's kernels do; on an AVX2-only CPU (AMD EPYC here) its deconvolution
+# gave 6.0625 for a sum of 6.0845 (one rounding gives 6.09375), so there it runs in fp32.
+_BF16_DECONVOLUTION_ROUNDS_ONCE = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _native(op_type: str):
@@ -549,6 +553,8 @@ def prepare_conv_transpose(ctx: CommandContext):
               and attrs.get("auto_pad", "NOTSET") == "NOTSET"
               and all(op < max(s, d) for op, s, d in zip(output_padding, strides, dilations)))
     compute = _compute_type(ctx) if simple else torch.float32
+    if compute == torch.bfloat16 and not _BF16_DECONVOLUTION_ROUNDS_ONCE:
+        compute = torch.float32
     fn = KERNELS["ConvTranspose"]
     constants = [None if c is None else c.to(compute) for c in ctx.constants]
     round_out = _rounder(ctx, compute)
