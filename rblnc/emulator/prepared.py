@@ -25,10 +25,13 @@ from .kernels import (
 
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 _CHANNELS_LAST = torch.channels_last
-# Whether torch's bf16 transposed convolution accumulates in fp32 and rounds once, as the device
-# does: with AVX-512 oneDNN's kernels do; on an AVX2-only CPU (AMD EPYC here) its deconvolution
-# gave 6.0625 for a sum of 6.0845 (one rounding gives 6.09375), so there it runs in fp32.
-_BF16_DECONVOLUTION_ROUNDS_ONCE = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+# Whether bf16 commands compute in bf16 (oneDNN's AVX-512 kernels: fp32 accumulation, one
+# rounding, and faster than fp32) or in fp32 on the bf16 operands with the result rounded once,
+# which is the same rule. On an AVX2-only CPU (this project's AMD EPYC machines) torch's bf16
+# convolutions and matrix products ran 9x to 50x slower than fp32 (a 3x3 convolution, 64
+# channels at 56x56: 253 ms against 28 ms), and its bf16 transposed convolution rounded partial
+# sums (6.0625 for a sum of 6.0845, where one rounding gives 6.09375).
+BF16_COMPUTE = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _native(op_type: str):
@@ -241,7 +244,8 @@ def prepare_layer_normalization(ctx: CommandContext):
             or any(s != () for s in ctx.output_shapes[1:])):
         return None
     eps = ctx.attrs.get("epsilon", 1e-5)
-    widen = ctx.float_type == torch.float16  # no fp32 statistics inside torch's fp16 kernel
+    # fp16: no fp32 statistics inside torch's fp16 kernel; bf16: as _compute_type says
+    widen = _compute_type(ctx) != ctx.float_type
     compute = torch.float32 if widen else ctx.float_type
     weight = scale.reshape(normalized).to(compute)
     shift = None if bias is None else bias.reshape(normalized).to(compute)
@@ -283,7 +287,9 @@ def prepare_global_average_pool(ctx: CommandContext):
 
 
 def _compute_type(ctx: CommandContext) -> torch.dtype:
-    return ctx.float_type if ctx.float_type in (torch.float32, torch.bfloat16) else torch.float32
+    if ctx.float_type == torch.bfloat16 and BF16_COMPUTE:
+        return torch.bfloat16
+    return torch.float32
 
 
 def _rounder(ctx: CommandContext, compute: torch.dtype):
@@ -553,8 +559,6 @@ def prepare_conv_transpose(ctx: CommandContext):
               and attrs.get("auto_pad", "NOTSET") == "NOTSET"
               and all(op < max(s, d) for op, s, d in zip(output_padding, strides, dilations)))
     compute = _compute_type(ctx) if simple else torch.float32
-    if compute == torch.bfloat16 and not _BF16_DECONVOLUTION_ROUNDS_ONCE:
-        compute = torch.float32
     fn = KERNELS["ConvTranspose"]
     constants = [None if c is None else c.to(compute) for c in ctx.constants]
     round_out = _rounder(ctx, compute)
