@@ -212,6 +212,64 @@ def test_an_opset15_model_whose_branches_read_outer_values_reaches_the_canonical
         np.testing.assert_allclose(runtime.run(x), session.run(None, {"x": x})[0], rtol=1e-6)
 
 
+def _opset19_model(pad_mode: str = "constant", extra: list | None = None) -> "onnx.ModelProto":
+    """Ops whose opset-17 form differs, in forms opset 17 has: Pad over listed axes (19), Split into
+    num_outputs (18), ReduceMean with axes as an input (18), Resize's new attributes at their
+    defaults (19), Cast with saturate (19), AveragePool with unit dilations (19)."""
+    nodes = [
+        helper.make_node("Pad", ["x", "pads", "", "pad_axes"], ["p"], mode=pad_mode),
+        helper.make_node("Split", ["p"], ["s0", "s1"], axis=1, num_outputs=2),
+        helper.make_node("AveragePool", ["s0"], ["a"], kernel_shape=[3, 3], dilations=[1, 1]),
+        helper.make_node("ReduceMean", ["s1", "mean_axes"], ["m"], keepdims=1),
+        helper.make_node("Add", ["a", "m"], ["sum"]),
+        helper.make_node("Resize", ["sum", "", "scales"], ["r"], mode="linear", antialias=0,
+                         keep_aspect_ratio_policy="stretch"),
+        helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT, saturate=1),
+    ] + (extra or [])
+    return make_onnx(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 2, 12, 12])],
+                     [("pads", np.array([1, 1, 1, 1], np.int64)), ("pad_axes", np.array([2, 3], np.int64)),
+                      ("mean_axes", np.array([2, 3], np.int64)), ("scales", np.array([1, 1, 2, 2], np.float32))],
+                     opset=19)
+
+
+def test_an_opset19_model_comes_down_to_opset17_and_runs_on_the_npu():
+    """onnx's version converter has no adapters downwards for these ops: an opset-18/19 model
+    (torch's dynamo exporter writes 18) kept its opset, ran no pass and sent each op to the host."""
+    import onnxruntime as ort
+
+    import rblnc
+
+    model = _opset19_model()
+    assert import_onnx(model).opset == CANONICAL_OPSET
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    assert not [r.reason for p in compiled.artifact.partitions for r in p.fallback_reasons]
+    x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(compiled.create_runtime().run(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("novelty", ["wrap", "Mish"])
+def test_an_opset19_model_using_what_opset17_lacks_keeps_its_opset(novelty):
+    """Pad's wrap mode (19) and Mish (18) have no opset-17 form: the model keeps opset 19, and
+    those ops run on the host with the reason naming the opset."""
+    import onnxruntime as ort
+
+    import rblnc
+
+    if novelty == "wrap":
+        model = _opset19_model(pad_mode="wrap")
+    else:
+        model = _opset19_model(extra=[helper.make_node("Mish", ["y"], ["z"])])
+        model.graph.output[0].name = "z"
+    assert import_onnx(model).opset == 19
+    compiled = rblnc.compile_from_onnx(model, dtype="fp32")
+    reasons = {r.op_type: r.reason for p in compiled.artifact.partitions for r in p.fallback_reasons}
+    assert reasons["Pad"] == "Pad at opset 19 differs from opset 17, which the NPU kernels implement"
+    x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(compiled.create_runtime().run(x), want, rtol=1e-5, atol=1e-6)
+
+
 def _mode_switch_model() -> "onnx.ModelProto":
     """y = If(mode == 1, then: Relu(x), else: Neg(x)) with `mode` an int64 input."""
     then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],

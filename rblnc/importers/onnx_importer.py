@@ -17,6 +17,7 @@ from ..ir.graph import CANONICAL_OPSET, Graph, Node, TensorInfo
 from ..ir.onnx_bridge import constant_node_value, node_from_onnx, outer_scope_reads
 from ..ir.shape_inference import ShapeInferenceError, infer_shapes, info_from_onnx_type
 from .input_info import InputSpec, parse_input_info
+from .opset_downgrade import downgrade_to_opset17
 
 MIN_OPSET = 7
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -84,10 +85,15 @@ def _default_opset(proto: onnx.ModelProto, origin: str) -> int:
 def _convert_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, int]:
     if opset == CANONICAL_OPSET:
         return proto, opset
-    try:
-        converted = version_converter.convert_version(proto, CANONICAL_OPSET)
-    except Exception:  # the converter raises bare RuntimeErrors/C++ errors for missing adapters
-        return proto, opset
+    if opset > CANONICAL_OPSET:  # onnx's converter has no adapters downwards for most changed ops
+        converted = downgrade_to_opset17(proto)
+        if converted is None:
+            return proto, opset
+    else:
+        try:
+            converted = version_converter.convert_version(proto, CANONICAL_OPSET)
+        except Exception:  # the converter raises bare RuntimeErrors/C++ errors for missing adapters
+            return proto, opset
     if not _nodes_valid(converted, CANONICAL_OPSET):  # e.g. a newer attribute it failed to drop
         return proto, opset
     if not _same_shapes(proto, converted):  # an op whose meaning changed (MaxPool's ceil_mode at 19)
