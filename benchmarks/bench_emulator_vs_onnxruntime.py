@@ -71,6 +71,10 @@ class Case:
     path: Path
     feeds: dict            # input name -> array
     keras: str = ""        # a Keras zoo model whose TensorFlow time is shown too
+    # Inputs that must hold one value (silero's sample rate): onnxruntime is fed them, rblnc binds
+    # them when compiling (`constant_args`, `rblnc compile --const sr=16000`), as a deployment
+    # would, so control flow on them folds instead of running on the host.
+    constants: tuple = ()
 
 
 def export(name: str, fold_batchnorm: bool = False) -> Path:
@@ -166,13 +170,13 @@ def registry_case(name: str) -> Case:
         shape, dtype = REGISTRY_FEEDS.get(name, {}).get(value.name, (given.get(value.name), "float32"))
         if shape is None:
             shape = tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
-        if value.name == "sr":  # silero's sample rate
-            feeds[value.name] = np.array(16000, np.int64)
+        if value.name in dict(model.values):  # silero's sample rate
+            feeds[value.name] = np.array(dict(model.values)[value.name], np.int64)
         elif value.name == "state":
             feeds[value.name] = np.zeros(shape, dtype)
         else:
             feeds[value.name] = rng.random(shape).astype(dtype)
-    return Case(name, path, feeds)
+    return Case(name, path, feeds, constants=model.values)
 
 
 def _worker(connection, kind: str, case: Case, precision: str | None, threads: int | None) -> None:
@@ -207,8 +211,11 @@ def _worker(connection, kind: str, case: Case, precision: str | None, threads: i
             (x,) = feeds.values()
             run = lambda: function(x).numpy()  # noqa: E731
         else:
+            constants = dict(case.constants)
+            feeds = {name: value for name, value in feeds.items() if name not in constants}
             input_info = [(name, list(value.shape), value.dtype) for name, value in feeds.items()]
-            compiled = rblnc.compile_from_onnx(str(case.path), input_info=input_info, dtype=precision)
+            compiled = rblnc.compile_from_onnx(str(case.path), input_info=input_info, dtype=precision,
+                                               constant_args=constants or None)
             runtime = compiled.create_runtime(host_threads=threads)
             profiled = compiled.create_runtime(host_threads=threads, profile=True)
             run = lambda: _first(runtime.run(**feeds))  # noqa: E731
