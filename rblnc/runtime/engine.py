@@ -353,7 +353,10 @@ class Engine:
         self._inlinable = self._shortcuts and self.timeline is None
         self._inline_budget = HOP_COST_S * (len(self.steps) + 1)  # a hop per step, one to hand back the result
         self._measured = 0  # requests whose chain's compute was measured (up to INLINE_WARMUP)
-        self._slow_streak = 0  # of them, the latest in a row that computed longer than the budget
+        # Of them, the latest in a row that computed longer than the budget; none has yet computed
+        # within it, so a chain is never inline before one has (it was: MobileNetV3-small, ~10 ms,
+        # ran inline on the event loop for the first requests of each gather until 16 slow ones).
+        self._slow_streak = INLINE_WINDOW
         self._inline_ok = False
         self._inline_active = False
         self._inline_thread: int | None = None  # the thread running a request inline (one at a time)
