@@ -7,7 +7,9 @@ request of onnxruntime's own `run`, `Runtime.run`, AsyncRuntime with 2,000 `asyn
 to gather 2,000 coroutines that await an already-completed future.
 
 Functional throughput (as fast as the emulator computes): async against sync on a conv net with
-a Softmax forced to the host in the middle, and on every zoo model at its small input size.
+a Softmax forced to the host in the middle, and on every zoo model at its small input size, in
+alternating rounds: each mode's total requests over its total time, the spread of the rounds'
+async/sync and their median.
 
 Paced: for each model 100 requests paced — the AsyncRuntime's throughput against the analytic bound
 (1 / the busiest resource's time per request) and the sync Runtime's against 1 / the sum of the
@@ -234,6 +236,7 @@ def functional_rates(compiled, samples, requests: int, **options) -> dict:
     return {"f_sync": total / seconds["sync"], "f_async": total / seconds["async"],
             "f_pipelined": total / seconds["pipelined"], "whole_chain": whole_chain,
             "f_round_ratios": (min(round_ratios["async"]), max(round_ratios["async"])),
+            "f_round_median": float(np.median(round_ratios["async"])),
             "f_pipelined_round_ratios": (min(round_ratios["pipelined"]), max(round_ratios["pipelined"]))}
 
 
@@ -368,13 +371,15 @@ def print_functional(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
     print("async: the runtime as it is (schedule: whole chains or pipelined, as it chose); pipelined: async with"
           " every step handed lane to lane, the schedule before")
+    print("median: of the rounds' async/sync (a burst of other work on the machine during one round moves it less)")
     print(f"{'model':<46} {'parts':>5} {'requests':>8} {'sync req/s':>11} {'async req/s':>12} {'async/sync':>11}"
-          f" {'per round':>12} {'schedule':>9} {'pipelined/sync':>15} {'per round':>12}")
+          f" {'per round':>12} {'median':>7} {'schedule':>9} {'pipelined/sync':>15} {'per round':>12}")
     for r in rows:
         low, high = r["f_round_ratios"]
         plow, phigh = r["f_pipelined_round_ratios"]
         print(f"{r['model']:<46} {r.get('partitions', ''):>5} {r.get('requests', ''):>8} {r['f_sync']:>11.2f}"
               f" {r['f_async']:>12.2f} {r['f_async'] / r['f_sync']:>10.2f}x {low:>5.2f}-{high:.2f}x"
+              f" {r['f_round_median']:>6.2f}x"
               f" {'whole' if r['whole_chain'] else 'pipeline':>9} {r['f_pipelined'] / r['f_sync']:>14.2f}x"
               f" {plow:>5.2f}-{phigh:.2f}x")
 

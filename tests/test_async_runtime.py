@@ -463,6 +463,25 @@ def test_a_request_run_inline_delivers_its_result_error_and_statistics(always_in
     assert set(stats["busy_s"]) == {"host", "NPU"} and all(s > 0 for s in stats["busy_s"].values())
 
 
+def test_a_chain_never_measured_within_the_budget_never_runs_inline(monkeypatch):
+    """Every chain is slower than hand-offs priced at a nanosecond: however many requests were
+    measured, none runs on the caller's thread (it did, once INLINE_WARMUP were measured, until
+    INLINE_WINDOW slow ones in a row had been counted: whole ~10 ms inferences on the event loop)."""
+    monkeypatch.setattr(engine, "HOP_COST_S", 1e-9)
+    compiled = rblnc.compile_from_onnx(gather_model(), dtype="fp32")
+    x = np.array([[1, 2, 3, 4]], np.float32)
+    threads = []
+
+    def preprocess(x):
+        threads.append(threading.get_ident())
+        return x
+
+    with rblnc.AsyncRuntime(compiled, preprocess=preprocess) as runtime:
+        for _ in range(engine.INLINE_WARMUP + 2):
+            np.testing.assert_array_equal(runtime.run(x).wait(timeout=30), x * 20)
+    assert len(threads) == engine.INLINE_WARMUP + 2 and threading.get_ident() not in threads
+
+
 def test_close_from_a_step_running_inline_is_refused(always_inline):
     compiled = rblnc.compile_from_onnx(gather_model(), dtype="fp32")
     x = np.array([[1, 2, 3, 4]], np.float32)

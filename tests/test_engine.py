@@ -237,11 +237,13 @@ def test_one_starting_thread_runs_whole_chains_unless_pipelining_pays(npu_s, hos
 
 
 def test_two_starting_threads_each_run_whole_requests_on_two_lanes():
-    engine = Engine(sleeping_steps(0.002, 0.002), parallel=4, host_lanes=2, npu_lanes=2, trace_capacity=1000,
+    # The host step is no part of the chain's time: handing it on would gain nothing.
+    engine = Engine(sleeping_steps(0.002, 0.0), parallel=4, host_lanes=2, npu_lanes=2, trace_capacity=1000,
                     name="two")
     try:
         assert engine.whole_chain  # two NPU lanes take requests: they overlap whole ones
         requests = run_requests(engine, 12)
+        assert engine.whole_chain
         threads = threads_per_request(engine, requests)
         records = list(engine.timeline)
     finally:
@@ -253,3 +255,19 @@ def test_two_starting_threads_each_run_whole_requests_on_two_lanes():
         assert all(b.start >= a.end for a, b in zip(on_lane, on_lane[1:])), f"steps overlap on {lane}"
     assert {r.lane for r in records if r.resource is Resource.NPU} <= {"NPU 0", "NPU 1"}
 
+
+
+def test_two_starting_threads_pipeline_a_chain_whose_host_step_would_leave_the_npu_lanes_idle():
+    # NPU 2 + 2 ms on 2 lanes, host 2 ms on 2 lanes: whole chains make a request per 3 ms (each of
+    # the 2 NPU lanes' threads runs 6 ms chains), the pipeline one per 2 ms (the NPU's 4 ms per lane).
+    engine = Engine(sleeping_steps(0.002, 0.002), parallel=4, host_lanes=2, npu_lanes=2, trace_capacity=1000,
+                    name="mix")
+    try:
+        assert engine.whole_chain  # nothing measured yet
+        run_requests(engine, 4)
+        assert not engine.whole_chain
+        threads = threads_per_request(engine, run_requests(engine, 12))
+    finally:
+        engine.shutdown()
+    handed_on = [chain for chain in threads.values() if chain[0].startswith("mix-npu") and chain[1].startswith("mix-host-")]
+    assert len(handed_on) >= len(threads) // 2

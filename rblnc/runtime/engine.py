@@ -28,10 +28,10 @@ HOP_COST_S = 50e-6
 INLINE_WARMUP = 3  # requests measured on the lanes before a chain may run inline
 INLINE_WINDOW = 16  # the chain's compute is the least of this many recent requests'
 NOT_INLINE = object()  # Engine.run_inline's answer when the request should go to the lanes
-# Functional, one thread starting requests: their steps are handed lane to lane only while the
-# measured step times say overlapping them can make requests this much faster (the pipeline's
-# bound, the chain's time over its busiest resource's); below it each request runs its whole
-# chain on the thread that took it (Engine._run_through).
+# Functional: a request's steps are handed lane to lane only while the measured step times say
+# overlapping them can make requests this much faster than whole chains (each of the threads
+# that start requests running its requests' every step, Engine._run_through); see
+# Engine._choose_schedule.
 PIPELINE_MIN_GAIN = 1.1
 STEP_COST_WEIGHT = 0.2  # each new measurement's weight in a step's running cost
 
@@ -310,10 +310,9 @@ class Engine:
     Functional (unpaced), shortcuts save thread hand-offs where they would gain nothing:
     - whole chains (`whole_chain`): the thread that takes a request from its first step's queue
       runs all its steps, each on a lane of its resource taken for that step (so no resource runs
-      more steps at once than it has lanes). Chosen when several threads start requests (the
-      first step's resource has 2+ lanes: they overlap whole requests, as the pipeline would,
-      without its hand-offs), else while the measured step times give pipelining less than
-      PIPELINE_MIN_GAIN;
+      more steps at once than it has lanes). Chosen while the measured step times give the
+      pipeline less than PIPELINE_MIN_GAIN over them (_choose_schedule); at the start when
+      several threads start requests (the first step's resource has 2+ lanes), else the pipeline;
     - otherwise a lane that finishes a step runs the request's next step itself when no request
       waits for this lane and the next step's resource is idle;
     - a request submitted while nothing is in flight, whose chain computes in less time than its
@@ -353,7 +352,10 @@ class Engine:
         self._inlinable = self._shortcuts and self.timeline is None
         self._inline_budget = HOP_COST_S * (len(self.steps) + 1)  # a hop per step, one to hand back the result
         self._measured = 0  # requests whose chain's compute was measured (up to INLINE_WARMUP)
-        self._slow_streak = 0  # of them, the latest in a row that computed longer than the budget
+        # Of them, the latest in a row that computed longer than the budget; none has yet computed
+        # within it, so a chain is never inline before one has (it was: MobileNetV3-small, ~10 ms,
+        # ran inline on the event loop for the first requests of each gather until 16 slow ones).
+        self._slow_streak = INLINE_WINDOW
         self._inline_ok = False
         self._inline_active = False
         self._inline_thread: int | None = None  # the thread running a request inline (one at a time)
@@ -364,6 +366,7 @@ class Engine:
         self._step_lanes = {Resource.HOST: host_lanes, Resource.NPU: npu_lanes}
         self.whole_chain = False
         self._adaptive = False
+        self._starters = 1  # lanes of the first step's resource: the threads that start requests
         self._inline_completed = 0
         self._thread_setup = thread_setup  # run first on each lane's thread (the creator's torch threads)
         used = {s.resource for s in self.steps}
@@ -384,8 +387,9 @@ class Engine:
                 thread.start()
         if self._shortcuts and self.steps:
             starters = len(self._lanes[self.steps[0].resource])
-            self.whole_chain = starters >= 2
-            self._adaptive = starters == 1  # one starter: whole chains unless pipelining pays
+            self._starters = starters
+            self.whole_chain = starters >= 2  # until measured: several starters overlap whole requests
+            self._adaptive = True
         # What run_inline reads per step, looked up once.
         self._inline_plan = [(s, s.run, s.release, self._lanes[s.resource]) for s in self.steps]
         self._step_stats = [(_RESOURCE_KEYS[s.resource], s.est_ns) for s in self.steps]
@@ -550,15 +554,22 @@ class Engine:
         return going
 
     def _choose_schedule(self) -> None:
-        """One thread starting requests: whole chains unless the steps' measured costs say that
-        handing them lane to lane can make requests PIPELINE_MIN_GAIN times faster (the chain's
-        time over its busiest resource's time per lane)."""
+        """Whole chains unless the steps' measured costs say that handing them lane to lane can
+        make requests PIPELINE_MIN_GAIN times faster. Time per request: pipelined, the busiest
+        resource's time per lane; whole chains, the chain's time over the threads that start
+        requests (each runs its requests' every step), and no less than the pipeline's. With 2 NPU
+        lanes starting conv 3x3 -> host Softmax -> conv 3x3, whole chains left both NPU lanes idle
+        while their threads ran the host step (~1/3 of the chain), where the host lanes were free:
+        over 8 runs of bench_async on the loaded machine, 1.07x sync on average against 1.22x
+        pipelined. A host step that is a small part of the chain (BERT's embedding, 1 %) keeps
+        whole chains; so does a one-step chain (the two schedules are the same)."""
         costs = self._step_cost
         per_resource: dict[Resource, float] = {}
         for step, cost in zip(self.steps, costs):
             per_resource[step.resource] = per_resource.get(step.resource, 0.0) + cost
         busiest = max(cost / self._step_lanes.get(resource, 1) for resource, cost in per_resource.items())
-        self.whole_chain = busiest <= 0 or sum(costs) < PIPELINE_MIN_GAIN * busiest
+        whole = max(sum(costs) / self._starters, busiest)
+        self.whole_chain = busiest <= 0 or whole < PIPELINE_MIN_GAIN * busiest
 
     def _step(self, request: Request, lane: Lane) -> bool:
         """Runs the request's current step on `lane` (held by the caller); True if its chain goes on."""
