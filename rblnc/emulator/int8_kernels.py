@@ -1,5 +1,6 @@
 """Integer kernels of the emulator: int8 x int8 -> int32 accumulation and requantisation, on
-torch's quantized CPU ops (oneDNN int8, weights prepacked once per command).
+torch's quantized CPU ops (oneDNN int8 where the CPU has VNNI, else QNNPACK: whichever accumulates
+exactly; weights prepacked once per command).
 
 Numerics (docs/precision.md): an int8 command computes acc = sum (x - x_zp) * w + bias (int32),
 then y = saturate(round_half_even(acc * x_scale * w_scale / y_scale) + y_zp), the requantisation
@@ -12,6 +13,7 @@ QuantizeLinear and DequantizeLinear run at the int8/float boundaries with ONNX s
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 
@@ -27,19 +29,46 @@ _SIGNED = torch.int8
 # filter, set once: catch_warnings per request swaps the process-wide filter list (not thread-safe).
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
                         category=UserWarning)
-# Weights are prepacked for oneDNN: fbgemm's depthwise convolution sums uint8 x int8 pairs in int16
-# and saturates on full-range activations (tens of LSB off on MobileNet's depthwise layers), where
-# oneDNN accumulates in int32. The packed weights carry their engine, whatever the global one is.
-_PACKING_ENGINE = "onednn" if "onednn" in torch.backends.quantized.supported_engines else None
+# The engine weights are prepacked for: the first of these whose uint8 x int8 products accumulate
+# exactly in int32 on this CPU (`_exact_engine` measures it once). oneDNN does on CPUs with VNNI
+# (AVX512-VNNI, AVX-VNNI); without VNNI, oneDNN, fbgemm and x86 sum pairs of products in int16
+# (vpmaddubsw) and saturate on full-range activations: on an AVX2-only EPYC, rblnc's own int8 MLP
+# was 17 LSB off onnxruntime's QDQ reference with oneDNN, fbgemm's depthwise convolution tens of
+# LSB on MobileNet. QNNPACK widens to int16 before multiplying (exact on every CPU). The packed
+# weights carry their engine, whatever the global one is.
+_ENGINE_PREFERENCE = ("onednn", "qnnpack")
+
+
+@functools.lru_cache(maxsize=1)
+def _exact_engine() -> str | None:
+    """The first engine of _ENGINE_PREFERENCE whose quantized::linear gives the exact int32 sum
+    on a product pair that overflows int16 (255 x 127 twice), or None (torch's default)."""
+    activations = torch._make_per_tensor_quantized_tensor(torch.full((1, 2), 255, dtype=torch.uint8), 1.0, 0)
+    weights = torch._make_per_tensor_quantized_tensor(torch.full((1, 2), 127, dtype=torch.int8), 1.0, 0)
+    previous = torch.backends.quantized.engine
+    try:
+        for engine in _ENGINE_PREFERENCE:
+            if engine not in torch.backends.quantized.supported_engines:
+                continue
+            torch.backends.quantized.engine = engine
+            packed = torch.ops.quantized.linear_prepack(weights, None)
+            # Output scale 256: 2 x 255 x 127 = 64770 -> 253; int16 saturation gives 32767 -> 128.
+            result = torch.ops.quantized.linear(activations, packed, 256.0, 0).int_repr()
+            if int(result[0, 0]) == round(2 * 255 * 127 / 256):
+                return engine
+    finally:
+        torch.backends.quantized.engine = previous
+    return None
 
 
 @contextlib.contextmanager
 def _packing_engine():
-    if _PACKING_ENGINE is None:
+    engine = _exact_engine()
+    if engine is None:
         yield
         return
     previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = _PACKING_ENGINE
+    torch.backends.quantized.engine = engine
     try:
         yield
     finally:
