@@ -100,7 +100,7 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--calibration-preprocess", type=click.Choice(["imagenet", "unit", "none"]), default=None,
               help="--calibrate FOLDER of images: resize to the input's H x W, then imagenet (scale to "
                    "[0, 1], ImageNet mean/std), unit (scale to [0, 1]) or none (0..255).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How --calibrate chooses each activation's range.")
 @click.option("--int8-ops", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
               help="--calibrate: auto keeps in bf16 the ops int8 would break (SQNR below --min-sqnr-db) and "
