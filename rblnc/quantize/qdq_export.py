@@ -58,19 +58,26 @@ def qdq_model(graph: Graph) -> onnx.ModelProto:
     model = make_model(graph, nodes, graph.inputs, graph.outputs, name=graph.name or "rblnc_qdq",
                        initializers=constants)
     model.doc_string = "rblnc's int8 quantisation in QDQ form (docs/precision.md)"
-    onnx.checker.check_model(model if model.ByteSize() < _EXTERNAL_DATA_BYTES else model.graph)
+    if not _large(model):  # a larger one is checked once written (the checker reads its side file)
+        onnx.checker.check_model(model)
     return model
+
+
+def _large(model: onnx.ModelProto) -> bool:
+    return sum(len(t.raw_data) for t in model.graph.initializer) >= _EXTERNAL_DATA_BYTES
 
 
 def export_qdq(graph: Graph, path: str | os.PathLike) -> Path:
     """Writes the QDQ graph to `path` (.onnx); returns the path."""
     model = qdq_model(graph)
     path = Path(path)
-    if path.parent and not path.parent.is_dir():
+    if not path.parent.is_dir():
         raise CompileError(f"export_qdq: the folder of {str(path)!r} does not exist")
-    large = sum(t.raw_data.__len__() for t in model.graph.initializer) >= _EXTERNAL_DATA_BYTES
+    large = _large(model)
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=f"{path.name}.data" if large else None)
+    if large:
+        onnx.checker.check_model(str(path))
     return path
 
 
