@@ -3,6 +3,9 @@ integer kernels, against onnxruntime on the same QDQ file (docs/precision.md).""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -220,3 +223,49 @@ def test_depthwise_conv_with_full_range_integers_matches_onnxruntime():
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     difference = np.abs(compiled.create_runtime().run(x) - expected)
     assert np.mean(difference <= y_scale * 1.001) >= 0.999 and difference.max() <= y_scale * 1.001
+
+
+def test_a_channel_with_a_denormal_scale_gives_its_zero_point():
+    """A trained model's dead channel (weights around 1e-40) gets a weight scale near 1e-42, so its
+    requantisation multiplier is a denormal float, which QNNPACK refuses ("requantization scale must
+    be finite and positive", on PaddleOCR's recogniser): the emulator makes that channel zero, whose
+    result is the zero point, as onnxruntime's QDQ reference computes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels, rng = 8, np.random.default_rng(0)
+    weights = rng.integers(-127, 128, size=(channels, 16, 1, 1)).astype(np.int8)
+    w_scale = (rng.random(channels) * 0.01 + 0.001).astype(np.float32)
+    w_scale[3] = 1e-42  # denormal in float32
+    bias = rng.integers(-500, 500, channels).astype(np.int32)
+
+    def tensor(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    initializers = [tensor("xs", np.float32(0.02)), tensor("xz", np.int8(3)), tensor("w", weights),
+                    tensor("ws", w_scale), tensor("wz", np.zeros(channels, np.int8)), tensor("b", bias),
+                    tensor("bs", (np.float32(0.02) * w_scale).astype(np.float32)),
+                    tensor("bz", np.zeros(channels, np.int32)), tensor("ys", np.float32(0.05)),
+                    tensor("yz", np.int8(-7))]
+    graph = helper.make_graph(nodes, "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = Path(tempfile.mkdtemp()) / "dead.onnx"
+    onnx.save(model, str(path))
+    compiled = rblnc.compile_from_onnx(path)
+    assert [c.op_type for c in _commands(compiled)] == ["QuantizeLinear", "QConv", "DequantizeLinear"]
+    x = rng.standard_normal((1, 16, 4, 4)).astype(np.float32)
+    ours = compiled.create_runtime().run(x)
+    expected = reference_session(path).run(None, {"x": x})[0]
+    assert np.all(ours[:, 3] == (-7 - -7) * 0.05) and np.all(expected[:, 3] == 0)
+    assert np.abs(ours - expected).max() <= 0.05 * 1.001

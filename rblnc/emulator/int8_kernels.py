@@ -17,6 +17,7 @@ import functools
 import math
 import warnings
 
+import numpy as np
 import torch
 
 from ..quant_params import QuantParams
@@ -61,9 +62,47 @@ def _exact_engine() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _packing_engine():
+# QNNPACK takes requantisation multipliers (x scale x weight scale / y scale) that are normal
+# floats below 256 only.
+_QNNPACK_MULTIPLIERS = (float(np.finfo(np.float32).tiny), 256.0)
+
+
+def _vanishing_channels(weight: torch.Tensor, bias: torch.Tensor | None, x_params: QuantParams,
+                        w_params: QuantParams, y_params: QuantParams
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, QuantParams, np.ndarray]:
+    """(weight, bias, weight params, multipliers) with every output channel whose requantisation
+    multiplier is below the smallest normal float (a trained model's dead channel: weights around
+    1e-40, so a scale of 1e-42) made all zero at scale 1: |acc| < 2^33 times such a multiplier
+    rounds to 0 whatever the integers, so the channel's result is the zero point either way, and
+    no engine has to take a denormal multiplier (QNNPACK refuses one)."""
+    multipliers = (np.float32(x_params.scale[0]) * w_params.scale.astype(np.float32)
+                   / np.float32(y_params.scale[0])).astype(np.float32)
+    vanishing = multipliers < _QNNPACK_MULTIPLIERS[0]
+    if w_params.per_tensor or not vanishing.any():
+        return weight, bias, w_params, multipliers
+    rows = torch.from_numpy(vanishing)
+    weight = weight.clone()
+    weight[rows] = 0
+    if bias is not None:
+        bias = bias.clone()
+        bias[rows] = 0
+    scale = np.where(vanishing, np.float32(1.0), w_params.scale).astype(np.float32)
+    params = QuantParams(scale, w_params.zero_point, w_params.axis)
+    multipliers = (np.float32(x_params.scale[0]) * scale / np.float32(y_params.scale[0])).astype(np.float32)
+    return weight, bias, params, multipliers
+
+
+def _engine_for(multipliers: np.ndarray) -> str | None:
+    """The exact engine, unless it is QNNPACK and a multiplier is out of its range: then oneDNN
+    (which may saturate on a CPU without VNNI, as _exact_engine says)."""
     engine = _exact_engine()
+    if engine == "qnnpack" and np.any(multipliers >= _QNNPACK_MULTIPLIERS[1]):
+        return "onednn" if "onednn" in torch.backends.quantized.supported_engines else None
+    return engine
+
+
+@contextlib.contextmanager
+def _packing_engine(engine: str | None = None):
     if engine is None:
         yield
         return
@@ -163,7 +202,8 @@ def prepare_qconv(ctx: CommandContext):
     if padding is None:  # torch pads symmetrically: pad the integers with the zero point (real 0) first
         pre_pad, padding = _torch_pad_order(pads), [0, 0]
     x_zero = int(x_params.zero_point[0])
-    with _packing_engine():
+    weight, bias, w_params, multipliers = _vanishing_channels(weight, bias, x_params, w_params, y_params)
+    with _packing_engine(_engine_for(multipliers)):
         packed = torch.ops.quantized.conv2d_prepack(
             _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None),
             strides, padding, dilations, int(ctx.attrs.get("group", 1)))
@@ -186,7 +226,8 @@ def prepare_qgemm(ctx: CommandContext):
     weight, bias = ctx.constants[1], ctx.constants[2] if len(ctx.constants) > 2 else None
     if weight is None:
         raise ValueError("QGemm needs a constant weight")
-    with _packing_engine():
+    weight, bias, w_params, multipliers = _vanishing_channels(weight, bias, x_params, w_params, y_params)
+    with _packing_engine(_engine_for(multipliers)):
         packed = torch.ops.quantized.linear_prepack(
             _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None))
     y_scale, y_zero = float(y_params.scale[0]), _torch_zero_point(y_params, y_dtype)
