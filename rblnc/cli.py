@@ -100,7 +100,7 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--calibration-preprocess", type=click.Choice(["imagenet", "unit", "none"]), default=None,
               help="--calibrate FOLDER of images: resize to the input's H x W, then imagenet (scale to "
                    "[0, 1], ImageNet mean/std), unit (scale to [0, 1]) or none (0..255).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How --calibrate chooses each activation's range.")
 @click.option("--int8-ops", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
               help="--calibrate: auto keeps in bf16 the ops int8 would break (SQNR below --min-sqnr-db) and "
@@ -113,6 +113,10 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
               help="--calibrate: an op whose output's SQNR in int8 against the float model (on the calibration "
                    f"data) is below this stays in bf16 [default: {DEFAULT_MIN_SQNR_DB:g} with --int8-ops auto, "
                    "none with --int8-ops all; given, it applies to both].")
+@click.option("--export-qdq", "export_qdq", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="OUT.onnx",
+              help="--calibrate: also write rblnc's int8 quantisation as a QDQ ONNX file (onnxruntime's QDQ "
+                   "format: its scales and zero points, the ops kept in float left float).")
 @click.option("-O", "--opt-level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--target", default=None, help="Target preset name or a .toml/.json spec file.")
 @click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")
@@ -128,7 +132,7 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--no-refine", is_flag=True,
               help="Keep every supported op on the NPU (no cost-driven moves to the host).")
 def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_preprocess,
-            calibration_method, int8_ops, keep_float, min_sqnr_db, opt_level, target,
+            calibration_method, int8_ops, keep_float, min_sqnr_db, export_qdq, opt_level, target,
             verify_each, dump_ir_after, disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback,
             no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
@@ -151,12 +155,14 @@ def compile(model: Path, output: Path, inputs, constants, dtype, calibration, ca
         options.update(calibration=calibration, calibration_method=calibration_method,
                        calibration_preprocess=calibration_preprocess, int8_ops=int8_ops, show_progress=True,
                        keep_float=list(keep_float), min_sqnr_db=min_sqnr_db)
-    elif keep_float or min_sqnr_db is not None:
-        given = "--keep-float" if keep_float else "--min-sqnr-db"
+    elif keep_float or min_sqnr_db is not None or export_qdq is not None:
+        given = "--keep-float" if keep_float else "--min-sqnr-db" if min_sqnr_db is not None else "--export-qdq"
         raise click.UsageError(f"{given} needs --dtype int8 --calibrate DATA")
     click.echo(f"compiling {model} ({framework})", err=True)
     compiled = _compile_model(framework, model, input_info, options, constant_args)
     compiled.save(output)
+    if export_qdq is not None:
+        click.echo(f"  wrote QDQ ONNX {compiled.export_qdq(export_qdq)}", err=True)
     seconds = time.perf_counter() - start
     if pass_stats and compiled.report and compiled.report.passes:
         click.echo(compiled.report.passes.table())

@@ -47,7 +47,7 @@ class CompileOptionsIn:
     refine_partitions: bool = True
     # dtype="int8" (docs/precision.md): samples to calibrate activation ranges on (an iterable of
     # input dicts or arrays, or the path of an .npz or of a folder of shards or images), and how a
-    # range is chosen from them ("minmax", "percentile", "entropy").
+    # range is chosen from them ("minmax", "percentile", "entropy", "mse").
     calibration: Any = None
     calibration_method: str = "minmax"
     # calibration= a folder of images: how an image becomes an input ("imagenet", "unit", "none").

@@ -39,7 +39,7 @@ def _relative_l2(ours, reference):
     return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
 
 
-@pytest.mark.parametrize("method", ["minmax", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
 def test_int8_cnn_stays_close_to_the_float_model(cnn, method):
     compiled = rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], dtype="int8", int8_ops="all",
                                         calibration=_samples(CNN_SHAPE, 32), calibration_method=method)
@@ -103,9 +103,9 @@ def test_bad_calibration_data_is_a_clear_error(cnn, calibration, message):
 
 
 def test_unknown_method_and_misplaced_calibration_are_errors(cnn):
-    with pytest.raises(CalibrationError, match="calibration method 'mse' is unknown; choose one of "
-                                               "minmax, percentile, entropy"):
-        _compile(cnn, _samples(CNN_SHAPE, 2), calibration_method="mse")
+    with pytest.raises(CalibrationError, match="calibration method 'kl' is unknown; choose one of "
+                                               "minmax, percentile, entropy, mse"):
+        _compile(cnn, _samples(CNN_SHAPE, 2), calibration_method="kl")
     with pytest.raises(CompileError, match="only used with dtype='int8'"):
         rblnc.compile_from_torch(cnn, [("x", list(CNN_SHAPE), "float32")], calibration=_samples(CNN_SHAPE, 2))
     with pytest.raises(CompileError, match="dtype='int8' needs calibration data"):

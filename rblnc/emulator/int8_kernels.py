@@ -1,5 +1,6 @@
 """Integer kernels of the emulator: int8 x int8 -> int32 accumulation and requantisation, on
-torch's quantized CPU ops (oneDNN int8, weights prepacked once per command).
+torch's quantized CPU ops (oneDNN int8 where the CPU has VNNI, else QNNPACK: whichever accumulates
+exactly; weights prepacked once per command).
 
 Numerics (docs/precision.md): an int8 command computes acc = sum (x - x_zp) * w + bias (int32),
 then y = saturate(round_half_even(acc * x_scale * w_scale / y_scale) + y_zp), the requantisation
@@ -12,9 +13,11 @@ QuantizeLinear and DequantizeLinear run at the int8/float boundaries with ONNX s
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 
+import numpy as np
 import torch
 
 from ..quant_params import QuantParams
@@ -27,19 +30,84 @@ _SIGNED = torch.int8
 # filter, set once: catch_warnings per request swaps the process-wide filter list (not thread-safe).
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
                         category=UserWarning)
-# Weights are prepacked for oneDNN: fbgemm's depthwise convolution sums uint8 x int8 pairs in int16
-# and saturates on full-range activations (tens of LSB off on MobileNet's depthwise layers), where
-# oneDNN accumulates in int32. The packed weights carry their engine, whatever the global one is.
-_PACKING_ENGINE = "onednn" if "onednn" in torch.backends.quantized.supported_engines else None
+# The engine weights are prepacked for: the first of these whose uint8 x int8 products accumulate
+# exactly in int32 on this CPU (`_exact_engine` measures it once). oneDNN does on CPUs with VNNI
+# (AVX512-VNNI, AVX-VNNI); without VNNI, oneDNN, fbgemm and x86 sum pairs of products in int16
+# (vpmaddubsw) and saturate on full-range activations: on an AVX2-only EPYC, rblnc's own int8 MLP
+# was 17 LSB off onnxruntime's QDQ reference with oneDNN, fbgemm's depthwise convolution tens of
+# LSB on MobileNet. QNNPACK widens to int16 before multiplying (exact on every CPU). The packed
+# weights carry their engine, whatever the global one is.
+_ENGINE_PREFERENCE = ("onednn", "qnnpack")
+
+
+@functools.lru_cache(maxsize=1)
+def _exact_engine() -> str | None:
+    """The first engine of _ENGINE_PREFERENCE whose quantized::linear gives the exact int32 sum
+    on a product pair that overflows int16 (255 x 127 twice), or None (torch's default)."""
+    activations = torch._make_per_tensor_quantized_tensor(torch.full((1, 2), 255, dtype=torch.uint8), 1.0, 0)
+    weights = torch._make_per_tensor_quantized_tensor(torch.full((1, 2), 127, dtype=torch.int8), 1.0, 0)
+    previous = torch.backends.quantized.engine
+    try:
+        for engine in _ENGINE_PREFERENCE:
+            if engine not in torch.backends.quantized.supported_engines:
+                continue
+            torch.backends.quantized.engine = engine
+            packed = torch.ops.quantized.linear_prepack(weights, None)
+            # Output scale 256: 2 x 255 x 127 = 64770 -> 253; int16 saturation gives 32767 -> 128.
+            result = torch.ops.quantized.linear(activations, packed, 256.0, 0).int_repr()
+            if int(result[0, 0]) == round(2 * 255 * 127 / 256):
+                return engine
+    finally:
+        torch.backends.quantized.engine = previous
+    return None
+
+
+# QNNPACK takes requantisation multipliers (x scale x weight scale / y scale) that are normal
+# floats below 256 only.
+_QNNPACK_MULTIPLIERS = (float(np.finfo(np.float32).tiny), 256.0)
+
+
+def _vanishing_channels(weight: torch.Tensor, bias: torch.Tensor | None, x_params: QuantParams,
+                        w_params: QuantParams, y_params: QuantParams
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, QuantParams, np.ndarray]:
+    """(weight, bias, weight params, multipliers) with every output channel whose requantisation
+    multiplier is below the smallest normal float (a trained model's dead channel: weights around
+    1e-40, so a scale of 1e-42) made all zero at scale 1: |acc| < 2^33 times such a multiplier
+    rounds to 0 whatever the integers, so the channel's result is the zero point either way, and
+    no engine has to take a denormal multiplier (QNNPACK refuses one)."""
+    multipliers = (np.float32(x_params.scale[0]) * w_params.scale.astype(np.float32)
+                   / np.float32(y_params.scale[0])).astype(np.float32)
+    vanishing = multipliers < _QNNPACK_MULTIPLIERS[0]
+    if w_params.per_tensor or not vanishing.any():
+        return weight, bias, w_params, multipliers
+    rows = torch.from_numpy(vanishing)
+    weight = weight.clone()
+    weight[rows] = 0
+    if bias is not None:
+        bias = bias.clone()
+        bias[rows] = 0
+    scale = np.where(vanishing, np.float32(1.0), w_params.scale).astype(np.float32)
+    params = QuantParams(scale, w_params.zero_point, w_params.axis)
+    multipliers = (np.float32(x_params.scale[0]) * scale / np.float32(y_params.scale[0])).astype(np.float32)
+    return weight, bias, params, multipliers
+
+
+def _engine_for(multipliers: np.ndarray) -> str | None:
+    """The exact engine, unless it is QNNPACK and a multiplier is out of its range: then oneDNN
+    (which may saturate on a CPU without VNNI, as _exact_engine says)."""
+    engine = _exact_engine()
+    if engine == "qnnpack" and np.any(multipliers >= _QNNPACK_MULTIPLIERS[1]):
+        return "onednn" if "onednn" in torch.backends.quantized.supported_engines else None
+    return engine
 
 
 @contextlib.contextmanager
-def _packing_engine():
-    if _PACKING_ENGINE is None:
+def _packing_engine(engine: str | None = None):
+    if engine is None:
         yield
         return
     previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = _PACKING_ENGINE
+    torch.backends.quantized.engine = engine
     try:
         yield
     finally:
@@ -134,7 +202,8 @@ def prepare_qconv(ctx: CommandContext):
     if padding is None:  # torch pads symmetrically: pad the integers with the zero point (real 0) first
         pre_pad, padding = _torch_pad_order(pads), [0, 0]
     x_zero = int(x_params.zero_point[0])
-    with _packing_engine():
+    weight, bias, w_params, multipliers = _vanishing_channels(weight, bias, x_params, w_params, y_params)
+    with _packing_engine(_engine_for(multipliers)):
         packed = torch.ops.quantized.conv2d_prepack(
             _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None),
             strides, padding, dilations, int(ctx.attrs.get("group", 1)))
@@ -157,7 +226,8 @@ def prepare_qgemm(ctx: CommandContext):
     weight, bias = ctx.constants[1], ctx.constants[2] if len(ctx.constants) > 2 else None
     if weight is None:
         raise ValueError("QGemm needs a constant weight")
-    with _packing_engine():
+    weight, bias, w_params, multipliers = _vanishing_channels(weight, bias, x_params, w_params, y_params)
+    with _packing_engine(_engine_for(multipliers)):
         packed = torch.ops.quantized.linear_prepack(
             _weight(weight, w_params), _float_bias(bias, ctx.input_quantization[2] if bias is not None else None))
     y_scale, y_zero = float(y_params.scale[0]), _torch_zero_point(y_params, y_dtype)

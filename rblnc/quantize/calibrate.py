@@ -1,6 +1,6 @@
 """Calibration: run the float graph on the user's samples (onnxruntime) and record each wanted
-tensor's range, by `minmax`, `percentile` or `entropy`; checks the samples first, naming what is
-wrong."""
+tensor's range, by `minmax`, `percentile`, `entropy` or `mse`; checks the samples first, naming
+what is wrong."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.onnx_bridge import make_model
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
+# Methods that choose a clipping threshold on a histogram of |value| (_MagnitudeHistogram).
+_HISTOGRAM_METHODS = ("entropy", "mse")
 # percentile: the range covers this share of each tensor's values (both tails cut), as
 # onnxruntime's Percentile calibrator's default.
 PERCENTILE = 99.999
@@ -25,7 +27,7 @@ _MAX_KEPT = 1 << 20
 # past its range, adjacent bins merge in pairs (exact) until it fits, so it keeps 1024-2048 bins
 # over the range seen.
 ENTROPY_BINS = 2048
-# entropy: a tensor seen fewer times than this keeps the range seen (minmax). The KL search reads
+# entropy and mse: a tensor seen fewer times than this keeps the range seen (minmax). The KL search reads
 # the histogram's shape; on a sparse one (a squeeze-excitation vector of a few hundred values per
 # sample) it takes the large values that carry the signal for a tail and clips them: on PaddleOCR's
 # recogniser that alone turned 80 % identical texts into none (benchmarks/bench_int8_accuracy.py).
@@ -84,7 +86,7 @@ class _Range:
     def __init__(self, method: str):
         self.method, self.low, self.high, self.kept = method, np.inf, -np.inf, []
         self._rng = np.random.default_rng(0)
-        self.histogram = _MagnitudeHistogram() if method == "entropy" else None
+        self.histogram = _MagnitudeHistogram() if method in _HISTOGRAM_METHODS else None
 
     def add(self, values: np.ndarray) -> None:
         values = values.reshape(-1).astype(np.float32, copy=False)
@@ -106,7 +108,8 @@ class _Range:
             return (float(np.percentile(values, 100 - PERCENTILE)), float(np.percentile(values, PERCENTILE)))
         if self.histogram is not None and self.histogram.width > 0 and np.isfinite(self.low + self.high) \
                 and self.histogram.counts.sum() >= ENTROPY_MIN_VALUES:
-            threshold = entropy_threshold(self.histogram.counts, self.histogram.width, self._levels())
+            search = entropy_threshold if self.method == "entropy" else mse_threshold
+            threshold = search(self.histogram.counts, self.histogram.width, self._levels())
             return max(self.low, -threshold), min(self.high, threshold)
         return self.low, self.high
 
@@ -169,6 +172,35 @@ def entropy_threshold(counts: np.ndarray, width: float, levels: int) -> float:
         if divergence < best_divergence:
             best, best_divergence = i, divergence
     return best * width
+
+
+def mse_threshold(counts: np.ndarray, width: float, levels: int) -> float:
+    """The clipping threshold (a bin edge) with the least expected squared quantisation error over
+    the histogram, as NNCF's and TensorRT's MSE calibration choose one: for each candidate t (every
+    edge up to the last used bin), the values inside [0, t] get the rounding noise of the step the
+    tensor's larger side gets, `(t / levels)^2 / 12` each (as `entropy_threshold`, `levels` steps),
+    and the values beyond are clipped to t, `(v - t)^2` each, with each bin's values spread evenly
+    over the bin (its mean is (centre - t)^2 + width^2 / 12). Evaluating the fake-quantised bin
+    centres instead (pytorch-quantization's way) puts every value of a bin at one point, about 8
+    bins per step here: on uniform values that chose a range with 3 % more error than the range
+    seen. With no tail the range seen wins, less a fraction of a step."""
+    used = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
+    if used == 0:
+        return 0.0
+    weights = counts[:used].astype(np.float64)
+    centres = (np.arange(used) + 0.5) * width
+
+    def beyond(values: np.ndarray) -> np.ndarray:  # [k] = sum over bins k.. of values (0 past the end)
+        return np.concatenate([np.cumsum(values[::-1])[::-1], [0.0]])
+
+    count_beyond, first_beyond, second_beyond = beyond(weights), beyond(weights * centres), beyond(weights * centres ** 2)
+    edges = np.arange(1, used + 1)
+    thresholds = edges * width
+    inside = count_beyond[0] - count_beyond[edges]
+    clipped = (second_beyond[edges] - 2 * thresholds * first_beyond[edges] + thresholds ** 2 * count_beyond[edges]
+               + count_beyond[edges] * width ** 2 / 12)
+    errors = inside * (thresholds / levels) ** 2 / 12 + clipped
+    return float(edges[int(np.argmin(errors))] * width)
 
 
 def _smooth(distribution: np.ndarray, eps: float = 1e-4) -> np.ndarray:

@@ -10,6 +10,7 @@ from ..errors import CompileError
 from ..ir.graph import Graph
 from ..target import TargetSpec
 from .qdq import rewrite_qdq
+from .qdq_export import snapshot
 from .sensitivity import LayerSensitivity
 
 
@@ -25,6 +26,9 @@ class QuantizeReport:
     # Each model output's SQNR (dB) against the float model once quantised (int8 where rblnc
     # computes int8, fp32 elsewhere) on the first calibration samples; empty when no op is int8.
     output_sqnr_db: dict[str, float] = field(default_factory=dict)
+    # rblnc's own quantisation in its QDQ form, before the rewrite into int8 ops (qdq_export.py
+    # writes it as a QDQ ONNX file); None when the model was not quantised by rblnc.
+    qdq_graph: Graph | None = field(default=None, repr=False)
 
     def lowest_sqnr(self, count: int = 5) -> list[LayerSensitivity]:
         return sorted(self.layers, key=lambda layer: layer.sqnr_db)[:count]
@@ -61,6 +65,7 @@ def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: st
         report.calibrated_samples, report.ranges, report.layers, report.output_sqnr_db = quantize_float_graph(
             graph, calibration, method, progress=progress, show_progress=show_progress, target=target, ops=ops,
             keep_float=keep_float, min_sqnr_db=min_sqnr_db)
+        report.qdq_graph = snapshot(graph)
     elif dtype == "int8" and not has_qdq(graph):
         raise CompileError("dtype='int8' needs calibration data (calibration=..., or --calibrate DATA.npz) "
                            "unless the model is already quantised (QDQ)")
