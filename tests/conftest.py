@@ -33,6 +33,15 @@ def make_onnx(nodes, inputs, outputs, initializers=(), opset=17, name="tiny") ->
     return model
 
 
+def export_onnx(module, examples, path, input_names=("x",), output_names=("y",)) -> Path:
+    """A torch module exported as the int8 tests read it: TorchScript exporter, opset 17."""
+    import torch
+
+    torch.onnx.export(module, examples, str(path), input_names=list(input_names), output_names=list(output_names),
+                      opset_version=17, dynamo=False)
+    return Path(path)
+
+
 def conv_relu_model(channels: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
     """x -> Conv -> Relu -> y, with random weights: the smallest NPU-only model."""
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import export_onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import rblnc
@@ -69,8 +70,7 @@ def quantize_with_onnxruntime(module, shape, directory, activation_type=QuantTyp
     torch.manual_seed(0)
     module = module.eval()
     float_path, qdq_path = directory / "float.onnx", directory / "qdq.onnx"
-    torch.onnx.export(module, torch.randn(*shape), str(float_path), input_names=["x"], output_names=["y"],
-                      opset_version=17, dynamo=False)
+    export_onnx(module, torch.randn(*shape), float_path)
     quantize_static(str(float_path), str(qdq_path), _Samples("x", _samples(shape, 16)),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activation_type)
     return qdq_path

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import export_onnx
 from test_int8 import SmallCnn, SmallMlp
 
 import rblnc
@@ -122,8 +123,7 @@ def test_a_constant_sample_warns_naming_the_tensor(cnn):
 
 
 def test_command_line_int8_with_npz_calibration(cnn, tmp_path):
-    torch.onnx.export(cnn, torch.randn(*CNN_SHAPE), str(tmp_path / "cnn.onnx"), input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False)
+    export_onnx(cnn, torch.randn(*CNN_SHAPE), tmp_path / "cnn.onnx")
     np.savez(tmp_path / "calibration.npz", x=np.stack(_samples(CNN_SHAPE, 8)))
 
     def cli(*args):

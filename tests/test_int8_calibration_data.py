@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import export_onnx
 from test_int8 import SmallCnn
 
 import rblnc
@@ -21,8 +22,7 @@ CNN_SHAPE = (1, 3, 16, 16)
 def cnn_onnx(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("cnn") / "cnn.onnx"
-    torch.onnx.export(SmallCnn().eval(), torch.randn(*CNN_SHAPE), str(path), input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False)
+    export_onnx(SmallCnn().eval(), torch.randn(*CNN_SHAPE), path)
     return path
 
 
@@ -235,8 +235,7 @@ def test_shards_of_a_two_input_model(tmp_path):
     torch.manual_seed(0)
     model, shape = _TwoInputs().eval(), (2, 8)
     path = tmp_path / "two.onnx"
-    torch.onnx.export(model, (torch.randn(*shape), torch.randn(*shape)), str(path), input_names=["a", "b"],
-                      output_names=["y"], opset_version=17, dynamo=False)
+    export_onnx(model, (torch.randn(*shape), torch.randn(*shape)), path, input_names=["a", "b"])
     a, b = _normal(shape, 3, seed=1), _normal(shape, 3, seed=2)
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -332,8 +331,7 @@ def test_a_folder_of_images_with_imagenet_preprocessing(cnn_onnx, tmp_path, layo
     else:
         torch.manual_seed(0)
         model = tmp_path / "nhwc.onnx"
-        torch.onnx.export(_NhwcCnn().eval(), torch.randn(1, 16, 16, 3), str(model), input_names=["x"],
-                          output_names=["y"], opset_version=17, dynamo=False)
+        export_onnx(_NhwcCnn().eval(), torch.randn(1, 16, 16, 3), model)
         samples = [e[None] for e in expected]
     ranges = _ranges(model, folder, calibration_preprocess="imagenet")
     assert ranges == _ranges(model, samples)

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import export_onnx
 
 import rblnc
 
@@ -37,8 +38,7 @@ class MobileBlock(torch.nn.Module):
 def block_onnx(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("block") / "block.onnx"
-    torch.onnx.export(MobileBlock().eval(), torch.randn(*SHAPE), str(path), input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False)
+    export_onnx(MobileBlock().eval(), torch.randn(*SHAPE), path)
     return path
 
 

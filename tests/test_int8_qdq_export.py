@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import export_onnx
 from onnx import numpy_helper
 from test_int8 import SmallCnn, SmallMlp, assert_within_one_lsb
 
@@ -126,8 +127,7 @@ def test_export_needs_rblncs_own_quantisation(tmp_path):
 def test_command_line_export_qdq(tmp_path):
     torch.manual_seed(0)
     float_path = tmp_path / "mlp.onnx"
-    torch.onnx.export(SmallMlp().eval(), torch.randn(*MLP_SHAPE), str(float_path), input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False)
+    export_onnx(SmallMlp().eval(), torch.randn(*MLP_SHAPE), float_path)
     np.savez(tmp_path / "data.npz", x=np.stack(_samples(MLP_SHAPE, 8)))
     command = [sys.executable, "-m", "rblnc.cli", "compile", str(float_path), "-o", str(tmp_path / "m.rbln"),
                "--dtype", "int8", "--calibrate", str(tmp_path / "data.npz"), "--int8-ops", "all"]

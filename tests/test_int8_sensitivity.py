@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import export_onnx
 
 import rblnc
 from rblnc.errors import CompileError
@@ -54,8 +55,7 @@ def onnx_paths(tmp_path_factory):
     paths = {}
     for hostile in (False, True):
         path = directory / f"{'hostile' if hostile else 'benign'}.onnx"
-        torch.onnx.export(_model(hostile), torch.randn(*SHAPE), str(path), input_names=["x"], output_names=["y"],
-                          opset_version=17, dynamo=False)
+        export_onnx(_model(hostile), torch.randn(*SHAPE), path)
         paths[hostile] = path
     return paths
 
@@ -272,8 +272,7 @@ def test_a_float_op_reads_the_float_value_of_an_input_it_shares_with_int8(tmp_pa
     with torch.no_grad():
         module.b.weight[:, 0] *= 1e-3
     path = tmp_path / "branches.onnx"
-    torch.onnx.export(module, torch.randn(*SHAPE), str(path), input_names=["x"], output_names=["y"],
-                      opset_version=17, dynamo=False)
+    export_onnx(module, torch.randn(*SHAPE), path)
     auto = _compile(path, True)
     layers = _layers(auto)
     assert not layers["/b/Conv"].int8 and layers["/a/Conv"].int8 and layers["/c/Conv"].int8
@@ -325,8 +324,7 @@ def test_an_op_broken_by_its_inputs_int8_range_keeps_the_op_writing_it_float(tmp
     samples = _samples(8, False)
     for massive_output in (True, False):
         path = tmp_path / f"chain_{massive_output}.onnx"
-        torch.onnx.export(_chain(massive_output), torch.randn(*SHAPE), str(path), input_names=["x"],
-                          output_names=["y"], opset_version=17, dynamo=False)
+        export_onnx(_chain(massive_output), torch.randn(*SHAPE), path)
         auto = rblnc.compile_from_onnx(path, dtype="int8", calibration=samples)
         layers = _layers(auto)
         assert layers["/4/Conv"].reason.startswith("SQNR ") and layers["/6/Conv"].int8
