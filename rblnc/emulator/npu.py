@@ -331,12 +331,17 @@ class NpuProgramRunner:
         return {name: to_numpy(slots[index], dtype) for name, index, dtype in self._outputs}
 
     def _whole_failure(self, exc: Exception) -> EmulatorError:
-        """onnxruntime's error, naming the command whose node failed (nodes are named c<step>)."""
+        """onnxruntime's error, naming the command whose node failed: nodes are named c<step>,
+        or after onnxruntime's rewrites after the tensor t<index> they write."""
         text = str(exc).strip().splitlines()
         text = text[0] if text else type(exc).__name__
-        match = re.search(r"\bc(\d+)(?:/|\b)", text)
-        if match and int(match.group(1)) < len(self.program.commands):
-            command = self.program.commands[int(match.group(1))]
+        match = re.search(r"Name:'([ct])(\d+)", text)
+        command = None
+        if match and match.group(1) == "c" and int(match.group(2)) < len(self.program.commands):
+            command = self.program.commands[int(match.group(2))]
+        elif match:
+            command = next((c for c in self.program.commands if int(match.group(2)) in c.outputs), None)
+        if command is not None:
             return EmulatorError(f"{self.name}: command {command.name} ({command.op_type}) failed: {text}")
         return EmulatorError(f"{self.name}: failed: {text}")
 
