@@ -226,9 +226,12 @@ def test_light_models_stay_within_the_documented_bounds(name, precision):
     ("asymmetric", "floor", 12), ("asymmetric", "floor", 18), ("half_pixel", "round_prefer_floor", 12),
     ("asymmetric", "floor", 3), ("half_pixel", "round_prefer_ceil", 9), ("align_corners", "round_prefer_floor", 11),
 ])
-def test_nearest_resize_after_a_convolution_picks_the_kernels_elements(precision, transform, nearest_mode, out_size):
+def test_nearest_resize_after_a_convolution_picks_the_kernels_elements(precision, transform, nearest_mode, out_size,
+                                                                      monkeypatch):
     """Nearest Resize copies elements (exact in any precision): the fast path, fed the
-    channels-last result of a convolution, picks exactly those of the registered kernel."""
+    channels-last result of a convolution, picks exactly those of the registered kernel.
+    (The torch engine's fast path: both programs must compute the convolution alike.)"""
+    monkeypatch.setenv("RBLNC_EMULATOR_ENGINE", "torch")
     rng = np.random.default_rng(3)
     w = rng.standard_normal((5, 3, 1, 1)).astype(np.float32)
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
