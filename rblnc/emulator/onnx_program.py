@@ -39,10 +39,11 @@ _ROUNDING_TYPE = {"bfloat16": TensorProto.BFLOAT16, "float16": TensorProto.FLOAT
 
 
 def _sigmoid(x: str, y: str, name: str) -> list[onnx.NodeProto]:
-    """1 / (1 + exp(-x)). onnxruntime's Sigmoid (MLAS's rational approximation) has a relative
-    error up to 6.5 (at x = -18; above bf16's half step below x = -9.9) where the value is tiny,
-    so x sigmoid(x) and sigmoid's tails missed the rounding torch's fp32 kernel gives; its Exp
-    is within 1e-7."""
+    """1 / (1 + exp(-x)). onnxruntime's Sigmoid (MLAS's rational approximation) is not fp32-exact:
+    relative error 1.6e-6 at x = -4 and up to 6.5 at x = -18 (above bf16's half step below
+    x = -9.9), so sigmoid's tails and x sigmoid(x) missed the rounding torch's fp32 kernel gives;
+    its Exp is within 1e-7. Four elementwise passes instead of one: EfficientNet-B0's fp32 program
+    took 1.47x onnxruntime's time with this form, 1.05x with onnxruntime's Sigmoid."""
     return [helper.make_node("Neg", [x], [f"{name}/neg"], name=f"{name}/neg"),
             helper.make_node("Exp", [f"{name}/neg"], [f"{name}/exp"], name=f"{name}/exp"),
             helper.make_node("Add", [f"{name}/exp", "c/one"], [f"{name}/den"], name=f"{name}/den"),
@@ -99,11 +100,6 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
     if any(t.quantization is not None for t in tensors):
         raise UnsupportedProgram("an int8 program (its integer kernels have no ONNX form here)")
     names = [f"t{i}" for i in range(len(tensors))]
-    # In bf16/fp16 each command's fp32 value is rounded, so a tiny value needs its relative
-    # accuracy; in fp32 onnxruntime's own Sigmoid and HardSwish (absolute errors 1.7e-7 and
-    # 2.4e-7, as onnxruntime gives on the original model) cost a quarter of the time: EfficientNet-B0
-    # ran at 1.47x onnxruntime with the exact forms, 1.05x without.
-    exact_tails = program_precision(program) != "float32"
     table = _TensorTable({names[i]: TensorInfo(np.dtype(np.float32) if is_float(t.dtype) else np.dtype(t.dtype),
                                                tuple(t.shape)) for i, t in enumerate(tensors)})
     nodes: list[onnx.NodeProto] = []
@@ -144,7 +140,7 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
                                      "differs from the ONNX spec's")
         node = Node(f"c{step}", command.op_type, ins, raw, dict(command.attributes), command.domain)
         for part in standard_nodes(table, [node]):
-            if part.op_type in _ACCURATE_FORMS and exact_tails:
+            if part.op_type in _ACCURATE_FORMS:
                 nodes += _ACCURATE_FORMS[part.op_type](part.inputs[0], part.outputs[0], part.name)
                 continue
             proto = helper.make_node(part.op_type, part.inputs, part.outputs, name=part.name)
