@@ -143,14 +143,11 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
             if part.op_type in _ACCURATE_FORMS:
                 nodes += _ACCURATE_FORMS[part.op_type](part.inputs[0], part.outputs[0], part.name)
                 continue
+            attrs = dict(part.attrs)
+            if part.op_type == "Constant" and is_float(np.asarray(attrs["value"]).dtype):
+                attrs["value"] = np.asarray(attrs["value"], np.float32)  # fp32 like every float here
             proto = helper.make_node(part.op_type, part.inputs, part.outputs, name=part.name)
-            proto.attribute.extend(attr_to_onnx(k, v) for k, v in sorted(part.attrs.items())
-                                   if not (part.op_type == "Constant" and k != "value"))
-            if part.op_type == "Constant":  # the decompositions' scalars: fp32 like every float here
-                value = np.asarray(part.attrs["value"])
-                del proto.attribute[:]
-                proto.attribute.append(attr_to_onnx(
-                    "value", value.astype(np.float32) if is_float(value.dtype) else value))
+            proto.attribute.extend(attr_to_onnx(k, v) for k, v in sorted(attrs.items()))
             nodes.append(proto)
         for position, rounding in rounded:
             nodes += _rounding(raw[position], outs[position], rounding)
