@@ -86,7 +86,7 @@ def test_kernels_said_to_return_new_storage_do(npu_cases):
         for partition in compiled.artifact.partitions:
             if partition.device != Device.NPU:
                 continue
-            runner = NpuProgramRunner(partition.npu_program)
+            runner = NpuProgramRunner(partition.npu_program, engine="torch")
             slots = list(runner._initial)
             for name, index, dtype in runner._inputs:
                 slots[index] = torch.from_numpy(np.ascontiguousarray(feeds[name]))

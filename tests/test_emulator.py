@@ -18,6 +18,13 @@ from rblnc.emulator.kernels import kernel
 from rblnc.format.artifact import Command, NpuProgram, Tensor, TensorKind
 
 
+@pytest.fixture(autouse=True)
+def torch_engine(monkeypatch):
+    """These tests are about the command-by-command path (its fast paths, in-place rule and
+    errors); tests/test_emulator_engines.py compares it with the whole-program onnxruntime one."""
+    monkeypatch.setenv("RBLNC_EMULATOR_ENGINE", "torch")
+
+
 def _reference(model, **feeds):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 

@@ -18,6 +18,13 @@ from rblnc.format.artifact import Command, MemoryRegion, NpuProgram, Tensor, Ten
 from rblnc.lower.memory_plan import plan_model_memory
 from rblnc.target import load_target
 
+@pytest.fixture(autouse=True)
+def torch_engine(monkeypatch):
+    """These tests are about the command-by-command path (its fast paths, in-place rule and
+    errors); tests/test_emulator_engines.py compares it with the whole-program onnxruntime one."""
+    monkeypatch.setenv("RBLNC_EMULATOR_ENGINE", "torch")
+
+
 ACTIVATIONS = {
     "": lambda x, p: x, "Relu": lambda x, p: torch.relu(x), "SiLU": lambda x, p: F.silu(x),
     "Clip": lambda x, p: torch.clamp(x, p[0], p[1]), "LeakyRelu": lambda x, p: F.leaky_relu(x, p[0]),

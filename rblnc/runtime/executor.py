@@ -54,7 +54,7 @@ def prepare_partition(partition: Partition, host_threads: int | None, origin: ob
     try:
         if partition.device == Device.NPU:
             return NpuProgramRunner(partition.npu_program, partition.name,
-                                    host_dtypes={v.name: v.dtype for v in partition.outputs})
+                                    host_dtypes={v.name: v.dtype for v in partition.outputs}, opset=opset)
         runner = HostSubgraphRunner(partition.host_onnx, partition.name, host_threads)
     except Exception as exc:  # onnxruntime, protobuf and the emulator raise their own types
         what = "its ONNX subgraph cannot be loaded by onnxruntime" if partition.device == Device.HOST else \

@@ -1,0 +1,204 @@
+"""Runs a whole NPU program as one onnxruntime session, keeping the device's roundings.
+
+On small convolutional models most of the torch path's time is the cost per primitive of
+running many distinct small oneDNN kernels in turn (docs/emulator.md); one native call per
+program removes that. The program's commands become standard ONNX nodes (our fused ops through
+their decompositions, rblnc/ir/fused_ops.py), and after every command whose result a kernel
+computes, its float outputs are rounded to the program's precision: Cast to BFLOAT16 (or
+FLOAT16) and back to FLOAT. Weights are initializers holding the program's rounded values in
+fp32, and float inputs are rounded on entry as the torch path does. Products of bf16 (fp16)
+values are exact in fp32 and both paths accumulate in fp32, so the two follow one rule and
+differ only in accumulation order, as any two kernels do (docs/precision.md).
+
+A program with an op this cannot express (int8 commands, our ops without a decomposition) is
+not built here (`UnsupportedProgram`): the runner keeps the torch path for it.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..dtypes import is_float
+from ..format.artifact import CommandKind, NpuProgram, TensorKind
+from ..ir.graph import RBLNC_DOMAIN, Node, TensorInfo
+from ..ir.onnx_bridge import DECOMPOSITIONS, attr_to_onnx, standard_nodes
+
+# Commands whose outputs are values of their inputs (moved, selected or compared, never
+# computed): already representable in the program's precision, so no rounding follows them.
+_VALUE_PRESERVING = frozenset({
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Slice", "Split",
+    "Expand", "Concat", "Gather", "Dropout", "Relu", "MaxPool", "GlobalMaxPool", "Max", "Min",
+    "ReduceMax", "ReduceMin", "Pad", "Tile", "DepthToSpace", "SpaceToDepth",
+})
+
+_ROUNDING_TYPE = {"bfloat16": TensorProto.BFLOAT16, "float16": TensorProto.FLOAT16}
+
+
+def _sigmoid(x: str, y: str, name: str) -> list[onnx.NodeProto]:
+    """1 / (1 + exp(-x)). onnxruntime's Sigmoid (MLAS's rational approximation) is not fp32-exact:
+    relative error 1.6e-6 at x = -4 and up to 6.5 at x = -18 (above bf16's half step below
+    x = -9.9), so sigmoid's tails and x sigmoid(x) missed the rounding torch's fp32 kernel gives;
+    its Exp is within 1e-7. Four elementwise passes instead of one: EfficientNet-B0's fp32 program
+    took 1.47x onnxruntime's time with this form, 1.05x with onnxruntime's Sigmoid."""
+    return [helper.make_node("Neg", [x], [f"{name}/neg"], name=f"{name}/neg"),
+            helper.make_node("Exp", [f"{name}/neg"], [f"{name}/exp"], name=f"{name}/exp"),
+            helper.make_node("Add", [f"{name}/exp", "c/one"], [f"{name}/den"], name=f"{name}/den"),
+            helper.make_node("Reciprocal", [f"{name}/den"], [y], name=f"{name}/rec")]
+
+
+def _hard_swish(x: str, y: str, name: str) -> list[onnx.NodeProto]:
+    """x min(max(x + 3, 0), 6) / 6, torch's order. onnxruntime's x (x/6 + 1/2) loses the
+    small values near x = -3 (relative error 1e-3: more than an fp16 step)."""
+    return [helper.make_node("Add", [x, "c/three"], [f"{name}/shift"], name=f"{name}/shift"),
+            helper.make_node("Clip", [f"{name}/shift", "c/zero", "c/six"], [f"{name}/clip"], name=f"{name}/clip"),
+            helper.make_node("Mul", [x, f"{name}/clip"], [f"{name}/mul"], name=f"{name}/mul"),
+            helper.make_node("Div", [f"{name}/mul", "c/six"], [y], name=f"{name}/div")]
+
+
+_ACCURATE_FORMS = {"Sigmoid": _sigmoid, "HardSwish": _hard_swish}
+_CONSTANTS = {"c/one": 1.0, "c/three": 3.0, "c/zero": 0.0, "c/six": 6.0}
+# Ops whose onnxruntime kernel is less accurate than fp32 allows, with no cheap exact ONNX form:
+# programs with them keep the torch path.
+_INACCURATE = {op: "onnxruntime computes exp(x) - 1, which loses small negative x (no expm1 in ONNX)"
+               for op in ("Elu", "Selu", "Celu")}
+
+
+class UnsupportedProgram(ValueError):
+    """The program has a command with no standard-ONNX form here."""
+
+
+class _TensorTable:
+    """What the decompositions read of a graph (its tensors' types), for the program's tensors."""
+
+    def __init__(self, tensors: dict[str, TensorInfo]):
+        self.tensors = tensors
+
+
+def _onnx_type(dtype: np.dtype) -> int:
+    """The element type a program tensor has in the ONNX model: float tensors are fp32 there."""
+    if is_float(dtype):
+        return TensorProto.FLOAT
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def program_precision(program: NpuProgram) -> str:
+    """The device float type of the program's activations ("float32", "bfloat16", "float16")."""
+    for tensor in program.tensors:
+        if tensor.kind != TensorKind.CONSTANT and is_float(tensor.dtype):
+            return np.dtype(tensor.dtype).name
+    return "float32"
+
+
+def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.ModelProto:
+    """The program as one ONNX model with fp32 tensors and a rounding after every computed
+    result. Tensors are named t<index> (program names need not be valid or unique)."""
+    tensors = program.tensors
+    if any(t.quantization is not None for t in tensors):
+        raise UnsupportedProgram("an int8 program (its integer kernels have no ONNX form here)")
+    names = [f"t{i}" for i in range(len(tensors))]
+    table = _TensorTable({names[i]: TensorInfo(np.dtype(np.float32) if is_float(t.dtype) else np.dtype(t.dtype),
+                                               tuple(t.shape)) for i, t in enumerate(tensors)})
+    nodes: list[onnx.NodeProto] = []
+    inputs, initializers = [], []
+    for i, t in enumerate(tensors):
+        if t.kind == TensorKind.CONSTANT:
+            data = np.asarray(t.data)
+            initializers.append(numpy_helper.from_array(
+                data.astype(np.float32) if is_float(data.dtype) else data, names[i]))
+        elif t.kind == TensorKind.PROGRAM_INPUT:
+            rounding = _ROUNDING_TYPE.get(np.dtype(t.dtype).name)
+            feed = f"in{i}" if rounding else names[i]
+            inputs.append(helper.make_tensor_value_info(feed, _onnx_type(t.dtype), list(t.shape)))
+            if rounding:  # the torch path rounds float inputs to the program's type on entry
+                nodes += _rounding(feed, names[i], rounding)
+    for step, command in enumerate(program.commands):
+        ins = [names[i] if i >= 0 else "" for i in command.inputs]
+        outs = [names[i] if i >= 0 else "" for i in command.outputs]
+        if command.kind == CommandKind.DMA:
+            nodes.append(helper.make_node("Identity", ins[:1], outs[:1], name=f"c{step}/dma"))
+            continue
+        if command.domain and command.domain != RBLNC_DOMAIN or \
+                command.domain == RBLNC_DOMAIN and command.op_type not in DECOMPOSITIONS:
+            raise UnsupportedProgram(f"command {command.name} ({command.domain}::{command.op_type})")
+        rounded = [] if command.op_type in _VALUE_PRESERVING and not command.domain else [
+            (position, _ROUNDING_TYPE[np.dtype(tensors[o].dtype).name])
+            for position, o in enumerate(command.outputs)
+            if o >= 0 and np.dtype(tensors[o].dtype).name in _ROUNDING_TYPE]
+        raw = list(outs)
+        for position, _ in rounded:
+            raw[position] = f"{outs[position]}/raw"
+        if not command.domain and command.op_type in _INACCURATE:
+            raise UnsupportedProgram(f"command {command.name} ({command.op_type}): {_INACCURATE[command.op_type]}")
+        if command.op_type == "Resize" and command.attributes.get("coordinate_transformation_mode") == "align_corners":
+            # onnxruntime 1.32 maps output to input coordinates otherwise than the ONNX spec here:
+            # test_resize_downsample_scales_linear_align_corners gives [1, 4], not [1, 3.142857].
+            raise UnsupportedProgram(f"command {command.name} (Resize): onnxruntime's align_corners "
+                                     "differs from the ONNX spec's")
+        node = Node(f"c{step}", command.op_type, ins, raw, dict(command.attributes), command.domain)
+        for part in standard_nodes(table, [node]):
+            if part.op_type in _ACCURATE_FORMS:
+                nodes += _ACCURATE_FORMS[part.op_type](part.inputs[0], part.outputs[0], part.name)
+                continue
+            attrs = dict(part.attrs)
+            if part.op_type == "Constant" and is_float(np.asarray(attrs["value"]).dtype):
+                attrs["value"] = np.asarray(attrs["value"], np.float32)  # fp32 like every float here
+            proto = helper.make_node(part.op_type, part.inputs, part.outputs, name=part.name)
+            proto.attribute.extend(attr_to_onnx(k, v) for k, v in sorted(attrs.items()))
+            nodes.append(proto)
+        for position, rounding in rounded:
+            nodes += _rounding(raw[position], outs[position], rounding)
+    outputs = [helper.make_tensor_value_info(names[i], _onnx_type(t.dtype), list(t.shape))
+               for i, t in enumerate(tensors) if t.kind == TensorKind.PROGRAM_OUTPUT]
+    initializers += [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in _CONSTANTS.items()]
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="rblnc")
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def _rounding(source: str, target: str, to: int) -> list[onnx.NodeProto]:
+    """source rounded to `to` (to nearest, ties to even) and widened back to fp32 as target."""
+    narrow = f"{target}/narrow"
+    return [helper.make_node("Cast", [source], [narrow], name=f"{target}/round", to=to),
+            helper.make_node("Cast", [narrow], [target], name=f"{target}/widen", to=TensorProto.FLOAT)]
+
+
+class OnnxProgramSession:
+    """One onnxruntime session computing a whole program; `run` is thread-safe (onnxruntime's
+    InferenceSession.run is)."""
+
+    def __init__(self, program: NpuProgram, opset: int, name: str, threads: int,
+                 host_dtypes: Mapping[str, np.dtype] | None = None):
+        import onnxruntime as ort
+
+        model = program_to_onnx(program, opset, name)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(model.SerializeToString(), options,
+                                             providers=["CPUExecutionProvider"])
+        feeds = {i.name for i in model.graph.input}
+        tensors = program.tensors
+        host_dtypes = dict(host_dtypes or {})
+        self._inputs = []
+        for i, t in enumerate(tensors):
+            if t.kind == TensorKind.PROGRAM_INPUT:
+                feed = f"in{i}" if f"in{i}" in feeds else f"t{i}"
+                self._inputs.append((t.name, feed, np.dtype(np.float32) if is_float(t.dtype) else np.dtype(t.dtype)))
+        self._outputs = [(t.name, host_dtypes.get(t.name)) for t in tensors if t.kind == TensorKind.PROGRAM_OUTPUT]
+        self._output_names = [f"t{i}" for i, t in enumerate(tensors) if t.kind == TensorKind.PROGRAM_OUTPUT]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, feed, dtype in self._inputs:
+            value = np.asarray(inputs[name])
+            feeds[feed] = value if value.dtype == dtype else value.astype(dtype)
+        results = self._session.run(self._output_names, feeds)
+        return {name: value if dtype is None or value.dtype == dtype else value.astype(dtype)
+                for (name, dtype), value in zip(self._outputs, results)}
