@@ -31,7 +31,8 @@ _CHANNELS_LAST = torch.channels_last
 # convolutions and matrix products ran 9x to 50x slower than fp32 (a 3x3 convolution, 64
 # channels at 56x56: 253 ms against 28 ms), and its bf16 transposed convolution rounded partial
 # sums (6.0625 for a sum of 6.0845, where one rounding gives 6.09375).
-BF16_COMPUTE = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+# The same test as the engine choice's (npu.choose_engine): oneDNN's own "bf16 supported".
+BF16_COMPUTE = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _native(op_type: str):
