@@ -159,11 +159,7 @@ class Graph:
         old = node.inputs[index]
         node.inputs[index] = tensor
         if old and old not in node.inputs + node.implicit_inputs:
-            self._consumers[old].pop(node.name, None)
-            producer = self._producer.get(old)
-            if producer is not None:
-                while self.nx.has_edge(producer, node.name, key=old):
-                    self.nx.remove_edge(producer, node.name, key=old)
+            self._unlink_input(node.name, old)
         self._link_input(node.name, tensor)
 
     def replace_all_uses(self, old: str, new: str) -> None:
@@ -184,12 +180,16 @@ class Graph:
                     _rename_outer_read(body, old, new)
         node.implicit_inputs = list(dict.fromkeys(new if i == old else i for i in node.implicit_inputs))
         if old not in node.inputs:
-            self._consumers[old].pop(node.name, None)
-            producer = self._producer.get(old)
-            if producer is not None:
-                while self.nx.has_edge(producer, node.name, key=old):
-                    self.nx.remove_edge(producer, node.name, key=old)
+            self._unlink_input(node.name, old)
         self._link_input(node.name, new)
+
+    def _unlink_input(self, node_name: str, tensor: str) -> None:
+        """`node_name` no longer reads `tensor`: its consumer entry and producer edges go."""
+        self._consumers[tensor].pop(node_name, None)
+        producer = self._producer.get(tensor)
+        if producer is not None:
+            while self.nx.has_edge(producer, node_name, key=tensor):
+                self.nx.remove_edge(producer, node_name, key=tensor)
 
     def remove_constant(self, name: str) -> None:
         del self.constants[name]
