@@ -220,8 +220,11 @@ def test_ten_thousand_pending_calls_use_bounded_threads_and_flat_memory():
     # No thread per pending call: only the runtime's own, started before any request.
     assert max(seen_threads) <= threads_before
     # asyncio's own registry of tasks keeps the capacity it grew to for 10,000 tasks: not ours.
+    # Nor onnxruntime's binding, which runs every program on the onnxruntime engine: its
+    # InferenceSession.run keeps ~100-byte objects of its own (41 KiB over the first 10,000
+    # requests, 5 KiB over the next 10,000: a cache filling, not a leak per request).
     ignore = [tracemalloc.Filter(False, "*/asyncio/*"), tracemalloc.Filter(False, "*/_weakrefset.py"),
-              tracemalloc.Filter(False, tracemalloc.__file__)]
+              tracemalloc.Filter(False, "*/onnxruntime/*"), tracemalloc.Filter(False, tracemalloc.__file__)]
     growth = sum(s.size_diff for s in after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "filename"))
     assert growth < 64 * 1024, f"memory grew by {growth} bytes over 10,000 requests"
 
