@@ -134,7 +134,10 @@ def test_an_input_still_needed_later_is_not_overwritten():
     np.testing.assert_allclose(rblnc.Runtime(artifact).run(x), a + 1 / (1 + np.exp(-a)), rtol=1e-6)
 
 
-def test_small_sram_spills_with_dma_and_computes_the_same_values(tmp_path, unet_small):
+def test_small_sram_spills_with_dma_and_computes_the_same_values(tmp_path, unet_small, monkeypatch):
+    # Bit-equal results need one kernel per command: the torch engine. The onnxruntime engine
+    # optimises the spilled and unspilled programs differently (another accumulation order).
+    monkeypatch.setenv("RBLNC_EMULATOR_ENGINE", "torch")
     target = small_target(tmp_path, sram=96 * 1024, dram=64 << 20)
     spilled = rblnc.compile_from_onnx(str(unet_small), dtype="bf16", target=target).artifact
     check_plan(spilled, 96 * 1024)
