@@ -187,36 +187,49 @@ def test_quantize_linear_rounds_half_to_even_as_onnx():
     np.testing.assert_array_equal(ours, [[0, 2, 2, 0, -2, -2, 127, -128]])
 
 
-def test_depthwise_conv_with_full_range_integers_matches_onnxruntime():
-    """Depthwise QConv on activations and weights that fill the int8 range: sums of uint8 x int8
-    pairs exceed int16 (fbgemm's depthwise kernel saturated there, tens of LSB off), so this checks
-    the int32 accumulation."""
+def _qdq_conv_model(weights, w_scale, x_zero, y_zero, shape, *, group=1, pads=(0, 0, 0, 0), bias=None,
+                    x_scale=0.02, y_scale=0.05) -> onnx.ModelProto:
+    """x -> Q/DQ -> Conv with per-output-channel int8 weights (and an int32 bias) -> Q/DQ, as
+    onnxruntime.quantization writes a quantized convolution."""
     from onnx import TensorProto, helper, numpy_helper
 
-    channels, size, rng = 144, 16, np.random.default_rng(0)
-    weights = rng.integers(-127, 128, size=(channels, 1, 3, 3)).astype(np.int8)
-    w_scale = (rng.random(channels) * 0.01 + 0.001).astype(np.float32)
-    x_scale, x_zero, y_scale = 0.02, -125, 0.05
-
-    def tensor(name, value):
-        return numpy_helper.from_array(np.asarray(value), name)
-
+    channels, kernel = weights.shape[0], list(weights.shape[2:])
+    conv_inputs = ["xd", "wd"] + (["bd"] if bias is not None else [])
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
         helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
-        helper.make_node("Conv", ["xd", "wd"], ["c"], group=channels, pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Conv", conv_inputs, ["c"], group=group, pads=list(pads), kernel_shape=kernel),
         helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
         helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
     ]
-    initializers = [tensor("xs", np.float32(x_scale)), tensor("xz", np.int8(x_zero)), tensor("w", weights),
-                    tensor("ws", w_scale), tensor("wz", np.zeros(channels, np.int8)),
-                    tensor("ys", np.float32(y_scale)), tensor("yz", np.int8(-128))]
-    shape = [1, channels, size, size]
-    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], initializers)
+    values = {"xs": np.float32(x_scale), "xz": np.int8(x_zero), "w": weights, "ws": w_scale,
+              "wz": np.zeros(channels, np.int8), "ys": np.float32(y_scale), "yz": np.int8(y_zero)}
+    if bias is not None:
+        nodes.insert(3, helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0))
+        values.update(b=bias, bs=(np.float32(x_scale) * w_scale).astype(np.float32),
+                      bz=np.zeros(channels, np.int32))
+    initializers = [numpy_helper.from_array(np.asarray(value), name) for name, value in values.items()]
+    out_shape = [shape[0], channels, *[s + pads[i] + pads[i + len(kernel)] - k + 1
+                                       for i, (s, k) in enumerate(zip(shape[2:], kernel))]]
+    graph = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    return model
+
+
+def test_depthwise_conv_with_full_range_integers_matches_onnxruntime():
+    """Depthwise QConv on activations and weights that fill the int8 range: sums of uint8 x int8
+    pairs exceed int16 (fbgemm's depthwise kernel saturated there, tens of LSB off), so this checks
+    the int32 accumulation."""
+    channels, size, rng = 144, 16, np.random.default_rng(0)
+    weights = rng.integers(-127, 128, size=(channels, 1, 3, 3)).astype(np.int8)
+    w_scale = (rng.random(channels) * 0.01 + 0.001).astype(np.float32)
+    x_scale, x_zero, y_scale = 0.02, -125, 0.05
+    shape = [1, channels, size, size]
+    model = _qdq_conv_model(weights, w_scale, x_zero, -128, shape, group=channels, pads=(1, 1, 1, 1),
+                            x_scale=x_scale, y_scale=y_scale)
     compiled = rblnc.compile_from_onnx(model)
     assert [c.op_type for c in _commands(compiled)] == ["QuantizeLinear", "QConv", "DequantizeLinear"]
     x = ((rng.integers(-128, 128, size=shape) - x_zero) * x_scale).astype(np.float32)  # every int8 value
@@ -230,36 +243,12 @@ def test_a_channel_with_a_denormal_scale_gives_its_zero_point():
     requantisation multiplier is a denormal float, which QNNPACK refuses ("requantization scale must
     be finite and positive", on PaddleOCR's recogniser): the emulator makes that channel zero, whose
     result is the zero point, as onnxruntime's QDQ reference computes."""
-    from onnx import TensorProto, helper, numpy_helper
-
     channels, rng = 8, np.random.default_rng(0)
     weights = rng.integers(-127, 128, size=(channels, 16, 1, 1)).astype(np.int8)
     w_scale = (rng.random(channels) * 0.01 + 0.001).astype(np.float32)
     w_scale[3] = 1e-42  # denormal in float32
     bias = rng.integers(-500, 500, channels).astype(np.int32)
-
-    def tensor(name, value):
-        return numpy_helper.from_array(np.asarray(value), name)
-
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
-        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
-        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
-        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0),
-        helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], kernel_shape=[1, 1]),
-        helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
-        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
-    ]
-    initializers = [tensor("xs", np.float32(0.02)), tensor("xz", np.int8(3)), tensor("w", weights),
-                    tensor("ws", w_scale), tensor("wz", np.zeros(channels, np.int8)), tensor("b", bias),
-                    tensor("bs", (np.float32(0.02) * w_scale).astype(np.float32)),
-                    tensor("bz", np.zeros(channels, np.int32)), tensor("ys", np.float32(0.05)),
-                    tensor("yz", np.int8(-7))]
-    graph = helper.make_graph(nodes, "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4])],
-                              initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = _qdq_conv_model(weights, w_scale, 3, -7, [1, 16, 4, 4], bias=bias)
     path = Path(tempfile.mkdtemp()) / "dead.onnx"
     onnx.save(model, str(path))
     compiled = rblnc.compile_from_onnx(path)
