@@ -264,20 +264,26 @@ def calibrate(graph: Graph, samples: Iterable[Any], tensors: list[str], method: 
     return result, count
 
 
-def session_options() -> ort.SessionOptions:
+def session_options(optimise: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
 
 
-def float_session(graph: Graph, extra_outputs: Iterable[str], name: str) -> tuple[ort.InferenceSession, list[str]]:
+def float_session(graph: Graph, extra_outputs: Iterable[str], name: str, optimise: bool = True
+                  ) -> tuple[ort.InferenceSession, list[str]]:
     """The float graph in onnxruntime returning its outputs and then `extra_outputs` (each once),
-    and the names of what it returns, in that order."""
+    and the names of what it returns, in that order. optimise=False for a graph with QDQ: onnxruntime's
+    optimiser fuses QDQ into its int8 kernels, which on CPUs without VNNI sum uint8 x int8 pairs in
+    int16 and saturate (docs/precision.md); unoptimised, it dequantises and runs the fp32 op, the
+    QDQ reference."""
     nodes = graph.topological_order()
     constants = sorted({i for n in nodes for i in n.inputs + n.implicit_inputs if i and graph.is_constant(i)})
     outputs = list(dict.fromkeys(list(graph.outputs) + list(extra_outputs)))
     model = make_model(graph, nodes, graph.inputs, outputs, name=name, initializers=constants)
-    return ort.InferenceSession(model.SerializeToString(), session_options(),
+    return ort.InferenceSession(model.SerializeToString(), session_options(optimise),
                                 providers=["CPUExecutionProvider"]), outputs
 
 

@@ -172,7 +172,7 @@ def output_sqnr(graph: Graph, samples: list[Any], references: list[dict[str, np.
     the per-layer figures do not add up to (it compounds over depth)."""
     from .calibrate import check_sample, float_session
 
-    session, _ = float_session(graph, [], "output_sqnr")
+    session, _ = float_session(graph, [], "output_sqnr", optimise=False)
     totals: dict[str, list[float]] = {name: [] for name in graph.outputs}
     for index, (sample, reference) in enumerate(zip(samples, references)):
         feeds = {name: np.asarray(value) for name, value in check_sample(graph, sample, index).items()}
