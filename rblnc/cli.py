@@ -16,6 +16,7 @@ from . import dtypes
 from ._version import __version__
 from .errors import RBLNError
 from .importers import parse_input_option
+from .quantize.output_budget import DEFAULT_MIN_OUTPUT_SQNR_DB
 from .quantize.sensitivity import DEFAULT_MIN_SQNR_DB
 
 
@@ -113,6 +114,10 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
               help="--calibrate: an op whose output's SQNR in int8 against the float model (on the calibration "
                    f"data) is below this stays in bf16 [default: {DEFAULT_MIN_SQNR_DB:g} with --int8-ops auto, "
                    "none with --int8-ops all; given, it applies to both].")
+@click.option("--min-output-sqnr-db", type=float, default=None,
+              help="--calibrate: while a model output's SQNR in int8 against the float model (on the calibration "
+                   "data) is below this, the most sensitive int8 ops go back to bf16 [default: "
+                   f"{DEFAULT_MIN_OUTPUT_SQNR_DB:g} with --int8-ops auto, none with --int8-ops all].")
 @click.option("--export-qdq", "export_qdq", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="OUT.onnx",
               help="--calibrate: also write rblnc's int8 quantisation as a QDQ ONNX file (onnxruntime's QDQ "
@@ -132,7 +137,7 @@ def _compile_model(framework: str, path: Path, input_info, options: dict, consta
 @click.option("--no-refine", is_flag=True,
               help="Keep every supported op on the NPU (no cost-driven moves to the host).")
 def compile(model: Path, output: Path, inputs, constants, dtype, calibration, calibration_preprocess,
-            calibration_method, int8_ops, keep_float, min_sqnr_db, export_qdq, opt_level, target,
+            calibration_method, int8_ops, keep_float, min_sqnr_db, min_output_sqnr_db, export_qdq, opt_level, target,
             verify_each, dump_ir_after, disable_passes, pass_stats, host_ops, npu_ops, no_host_fallback,
             no_refine) -> None:
     """Compile MODEL (.onnx, TorchScript .pt/.pth/.ts, a TF SavedModel directory, .keras/.h5, a
@@ -154,9 +159,10 @@ def compile(model: Path, output: Path, inputs, constants, dtype, calibration, ca
     if calibration is not None:
         options.update(calibration=calibration, calibration_method=calibration_method,
                        calibration_preprocess=calibration_preprocess, int8_ops=int8_ops, show_progress=True,
-                       keep_float=list(keep_float), min_sqnr_db=min_sqnr_db)
-    elif keep_float or min_sqnr_db is not None or export_qdq is not None:
-        given = "--keep-float" if keep_float else "--min-sqnr-db" if min_sqnr_db is not None else "--export-qdq"
+                       keep_float=list(keep_float), min_sqnr_db=min_sqnr_db, min_output_sqnr_db=min_output_sqnr_db)
+    elif keep_float or min_sqnr_db is not None or min_output_sqnr_db is not None or export_qdq is not None:
+        given = ("--keep-float" if keep_float else "--min-sqnr-db" if min_sqnr_db is not None
+                 else "--min-output-sqnr-db" if min_output_sqnr_db is not None else "--export-qdq")
         raise click.UsageError(f"{given} needs --dtype int8 --calibrate DATA")
     click.echo(f"compiling {model} ({framework})", err=True)
     compiled = _compile_model(framework, model, input_info, options, constant_args)

@@ -60,6 +60,10 @@ class CompileOptionsIn:
     # DEFAULT_MIN_SQNR_DB with int8_ops="auto", no budget with "all".
     keep_float: Iterable[str] | str = ()
     min_sqnr_db: float | None = None
+    # The whole model's budget: while a model output's SQNR against the float model is below it,
+    # the most sensitive int8 ops go back to float (rblnc/quantize/output_budget.py); None:
+    # DEFAULT_MIN_OUTPUT_SQNR_DB with int8_ops="auto", no budget with "all".
+    min_output_sqnr_db: float | None = None
     # A progress bar on stderr while calibrating; None: when stderr is a terminal.
     show_progress: bool | None = None
 
@@ -119,6 +123,7 @@ def compile_graph(graph: Graph, options: CompileOptionsIn, source_framework: str
                                       progress=options.progress, show_progress=options.show_progress,
                                       target=target, ops=options.int8_ops, keep_float=options.keep_float,
                                       min_sqnr_db=options.min_sqnr_db,
+                                      min_output_sqnr_db=options.min_output_sqnr_db,
                                       preprocess=options.calibration_preprocess)
     if report.quantized.rewritten:
         say(f"quantised {report.quantized.rewritten} op(s) to int8")

@@ -9,6 +9,7 @@ where they meet int8 ops."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from typing import Any, Callable, Iterable
@@ -21,6 +22,7 @@ from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
 from ..quant_params import QuantParams
 from ..target import TargetSpec
 from .calibrate import calibrate
+from .output_budget import DEFAULT_MIN_OUTPUT_SQNR_DB, check_budget, fewest_to_revert
 from .sensitivity import (
     DEFAULT_MIN_SQNR_DB, LayerSensitivity, measure_sqnr, output_sqnr, quantize_weights, retain, weight_axis,
 )
@@ -44,7 +46,7 @@ _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpo
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                          progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
                          target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
-                         min_sqnr_db: float | None = None,
+                         min_sqnr_db: float | None = None, min_output_sqnr_db: float | None = None,
                          ) -> tuple[int, dict[str, tuple[float, float]], list[LayerSensitivity], dict[str, float]]:
     """Writes QDQ around every op worth int8; returns (samples used, calibrated ranges, each
     candidate op's measured SQNR and final precision, each model output's SQNR once quantised
@@ -54,12 +56,14 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     DEFAULT_MIN_SQNR_DB with ops="auto" and none with ops="all" (which then takes every op int8
     can run, still measuring each one's SQNR; given a budget, every op that meets it). With
     ops="auto" and a target, an op whose modelled int8 saving does not pay for the conversions
-    it needs at float neighbours stays in float too."""
+    it needs at float neighbours stays in float too. Last, the whole model's budget
+    `min_output_sqnr_db` (output_budget.py; by default DEFAULT_MIN_OUTPUT_SQNR_DB with ops="auto",
+    none with "all"): while a model output's SQNR is below it, the most sensitive int8 ops go back
+    to float."""
     if ops not in INT8_OP_CHOICES:
         raise CompileError(f"int8_ops must be one of {', '.join(INT8_OP_CHOICES)}, got {ops!r}")
-    if min_sqnr_db is not None and (not isinstance(min_sqnr_db, (int, float)) or isinstance(min_sqnr_db, bool)
-                                    or math.isnan(min_sqnr_db)):
-        raise CompileError(f"min_sqnr_db must be a number of dB, got {min_sqnr_db!r}")
+    check_budget(min_sqnr_db, "min_sqnr_db")
+    check_budget(min_output_sqnr_db, "min_output_sqnr_db")
     if min_sqnr_db is None and ops == "auto":
         min_sqnr_db = DEFAULT_MIN_SQNR_DB
     node_names = {n.name for n in graph.nodes}
@@ -115,20 +119,59 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
             if node.name not in paying:
                 stay_float(node, "int8 saves less modelled time than its conversions cost")
         chosen = [n for n in chosen if n.name in paying]
-    _refuse(graph, unfused, {n.name for n in chosen})
-    activations = _activations(graph, chosen)
-    for node in chosen:
+    if min_output_sqnr_db is None and ops == "auto":
+        min_output_sqnr_db = DEFAULT_MIN_OUTPUT_SQNR_DB
+    samples_for_outputs = retained.kept[:len(references)]
+    made_by = {name: core for core, (_, made, _) in unfused.items() for name in made if name != core}
+
+    def int8_without(reverted: set[str]) -> list[str]:
+        """The chosen ops still int8 once `reverted` go back to float (with what was split off them)."""
+        return [n.name for n in chosen if n.name not in reverted and made_by.get(n.name) not in reverted]
+
+    def outputs_with_float(k: int) -> dict[str, float]:
+        trial = graph.copy()
+        _write_qdq(trial, unfused, int8_without({n.name for n in ranked[:k]}), params)
+        return output_sqnr(trial, samples_for_outputs, references)
+
+    # Most sensitive first; an op split out of a fused one goes back with its core op.
+    ranked = sorted((n for n in chosen if n.name not in made_by), key=lambda n: sqnr[n.name])
+    if min_output_sqnr_db is None:
+        reverted, outputs = 0, outputs_with_float(0) if chosen else {}
+    else:
+        reverted, outputs = fewest_to_revert(len(ranked), outputs_with_float, min_output_sqnr_db, progress)
+    if reverted:
+        reason = (f"the model's output budget (min_output_sqnr_db {min_output_sqnr_db:g} dB) needs the "
+                  f"{reverted} most sensitive int8 op(s) in float")
+        kept = set(int8_without({n.name for n in ranked[:reverted]}))
+        for node in chosen:
+            if node.name not in kept:
+                stay_float(node, reason)
+        chosen = [n for n in chosen if n.name in kept]
+        if not chosen:
+            outputs = {}  # nothing is int8: the model is the float one
+            if progress is not None:
+                progress(f"  no op stays int8 within the output budget min_output_sqnr_db {min_output_sqnr_db:g} dB")
+    _write_qdq(graph, unfused, [n.name for n in chosen], params)
+    return count, ranges, list(layers.values()), outputs
+
+
+def _write_qdq(graph: Graph, unfused: dict[str, tuple[Node, list[str], list[str]]], chosen: list[str],
+               params: dict[str, QuantParams]) -> None:
+    """Writes the QDQ form of `chosen` (node names) into `graph`: the fused ops whose core stays
+    float put back, int8 weights, and Quantize/DequantizeLinear on the activations."""
+    _refuse(graph, unfused, set(chosen))
+    nodes = [graph.node(name) for name in chosen]
+    activations = _activations(graph, nodes)
+    for node in nodes:
         _quantize_weight(graph, node)
     # An int8 op's result is int8 for every reader; a float op's result that an int8 op reads is
     # quantised for the int8 readers only (the views between them included): the float readers
     # (the ops kept in float above all) keep the float value.
-    results = {_result(graph, node) for node in chosen}
-    readers = {n.name for n in chosen} | {n.name for n in graph.nodes if n.op_type in _SAME_RANGE and not n.domain
-                                          and n.outputs[0] in activations}
+    results = {_result(graph, node) for node in nodes}
+    readers = set(chosen) | {n.name for n in graph.nodes if n.op_type in _SAME_RANGE and not n.domain
+                             and n.outputs[0] in activations}
     for name in activations:
         _insert_qdq(graph, name, params[name], None if name in results else readers)
-    outputs = output_sqnr(graph, retained.kept[:len(references)], references) if chosen else {}
-    return count, ranges, list(layers.values()), outputs
 
 
 def _breaking_producers(graph: Graph, candidates: list[Node], below: list[Node], params: dict[str, QuantParams],
@@ -231,7 +274,7 @@ def _refuse(graph: Graph, unfused: dict[str, tuple[Node, list[str], list[str]]],
             graph.remove_node(name)
         for name in constants:
             graph.remove_constant(name)
-        graph.add_node(original, [info])
+        graph.add_node(copy.deepcopy(original), [info])  # a copy: trial graphs put it back too
 
 
 def _unfuse(graph: Graph, split_float_activations: bool = False) -> dict[str, tuple[Node, list[str], list[str]]]:

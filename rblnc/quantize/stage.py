@@ -41,12 +41,15 @@ def has_qdq(graph: Graph) -> bool:
 def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: str = "minmax", *,
                    progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
                    target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
-                   min_sqnr_db: float | None = None, preprocess: str | None = None) -> QuantizeReport:
+                   min_sqnr_db: float | None = None, min_output_sqnr_db: float | None = None,
+                   preprocess: str | None = None) -> QuantizeReport:
     """QDQ patterns the model already has become int8 ops with their scales as given; with
     dtype="int8" and `calibration` (samples, or the path of an .npz or a folder of shards or of
     images made into inputs by `preprocess`), rblnc first quantises the float model itself, keeping
     in float the ops named by `keep_float` and those below the accuracy budget `min_sqnr_db`
-    (None: sensitivity.DEFAULT_MIN_SQNR_DB with ops="auto", no budget with ops="all")."""
+    (None: sensitivity.DEFAULT_MIN_SQNR_DB with ops="auto", no budget with ops="all"), and then the
+    most sensitive int8 ops while a model output's SQNR is below `min_output_sqnr_db`
+    (None: output_budget.DEFAULT_MIN_OUTPUT_SQNR_DB with ops="auto", none with "all")."""
     report = QuantizeReport()
     keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float or ())
     if keep_float and calibration is None:
@@ -64,7 +67,7 @@ def quantize_graph(graph: Graph, dtype: str, calibration: Any = None, method: st
 
         report.calibrated_samples, report.ranges, report.layers, report.output_sqnr_db = quantize_float_graph(
             graph, calibration, method, progress=progress, show_progress=show_progress, target=target, ops=ops,
-            keep_float=keep_float, min_sqnr_db=min_sqnr_db)
+            keep_float=keep_float, min_sqnr_db=min_sqnr_db, min_output_sqnr_db=min_output_sqnr_db)
         report.qdq_graph = snapshot(graph)
     elif dtype == "int8" and not has_qdq(graph):
         raise CompileError("dtype='int8' needs calibration data (calibration=..., or --calibrate DATA.npz) "
