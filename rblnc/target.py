@@ -12,6 +12,7 @@ from .errors import RBLNError
 
 _PRESETS = Path(__file__).parent / "targets"
 DEFAULT_TARGET = "rbln-ca12"
+INT8_ACTIVATION_SCHEMES = ("asymmetric", "symmetric")
 
 
 class TargetSpecError(RBLNError, ValueError):
@@ -48,6 +49,10 @@ class TargetSpec:
     host_op_overhead_ns: float = 5_000.0
     # Per op type: attribute -> the values the NPU kernels implement (others go to the host).
     op_attributes: dict[str, dict[str, list]] = field(default_factory=dict)
+    # How the NPU's int8 activations are quantised by rblnc's own calibration: "asymmetric" (a
+    # zero point per tensor, TFLite's and onnxruntime's default) or "symmetric" (zero point 0,
+    # as TensorRT and NPUs without zero-point hardware take them).
+    int8_activations: str = "asymmetric"
 
     def peak(self, precision: str, *, vector: bool = False) -> float:
         """FLOP/s of the matrix engines (or, with `vector`, the vector unit) in `precision`."""
@@ -98,7 +103,8 @@ def _from_sections(data: dict, origin: str) -> TargetSpec:
     ops = data.get("ops", {})
     host = data.get("host", {})
     compute = data.get("compute", {})
-    known_sections = {"name", "description", "memory", "host_link", "compute", "ops", "host"}
+    int8 = data.get("int8", {})
+    known_sections = {"name", "description", "memory", "host_link", "compute", "ops", "host", "int8"}
     try:
         spec = TargetSpec(
             name=str(data.get("name", Path(origin).stem)),
@@ -124,6 +130,7 @@ def _from_sections(data: dict, origin: str) -> TargetSpec:
             host_op_overhead_ns=float(host.get("op_overhead_ns", 5_000.0)),
             op_attributes={str(op): {str(a): list(v) for a, v in attrs.items()}
                            for op, attrs in ops.get("attributes", {}).items()},
+            int8_activations=str(int8.get("activations", "asymmetric")),
         )
         _check(spec, origin)
         return spec
@@ -153,6 +160,9 @@ def _check(spec: TargetSpec, origin: str) -> None:
     if spec.compute_efficiency > 1:
         raise TargetSpecError(f"{origin}: [compute] efficiency is a fraction of peak (0 < e <= 1), "
                               f"got {spec.compute_efficiency}")
+    if spec.int8_activations not in INT8_ACTIVATION_SCHEMES:
+        raise TargetSpecError(f"{origin}: [int8] activations must be one of {', '.join(INT8_ACTIVATION_SCHEMES)}, "
+                              f"got {spec.int8_activations!r}")
     missing = [p for p in ("fp32", "fp16", "bf16") if p not in spec.peak_flops]
     if missing:
         raise TargetSpecError(f"{origin}: [compute.peak_flops] lacks {', '.join(missing)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -138,3 +139,35 @@ def test_command_line_export_qdq(tmp_path):
     assert_within_one_lsb(tmp_path / "q.onnx", MLP_SHAPE)
     usage = subprocess.run(command[:7] + ["--export-qdq", str(tmp_path / "r.onnx")], capture_output=True, text=True)
     assert usage.returncode == 2 and "--export-qdq needs --dtype int8 --calibrate DATA" in usage.stderr
+
+
+def test_symmetric_activations_from_the_target_spec(tmp_path):
+    """A target whose [int8] activations are "symmetric": every activation calibrated by rblnc
+    gets zero point 0 and scale max|x| / 127 (weights are symmetric either way), and the model
+    still equals onnxruntime's QDQ reference on its exported file within 1 LSB. A scheme the spec
+    does not know is an error naming the file and key."""
+    import tomllib
+
+    from rblnc.target import TargetSpecError, load_target
+
+    preset = Path(rblnc.__file__).parent / "targets" / "rbln-ca12.toml"
+    symmetric = tmp_path / "symmetric.toml"
+    symmetric.write_text(preset.read_text() + '\n[int8]\nactivations = "symmetric"\n')
+    assert tomllib.loads(symmetric.read_text())["int8"] == {"activations": "symmetric"}
+    compiled = _compile(SmallCnn(), CNN_SHAPE, target=str(symmetric))
+    asymmetric = _compile(SmallCnn(), CNN_SHAPE)
+    activations, _ = _quantised_tensors(compiled)
+    assert activations and all(not q.zero_point.any() for q in activations.values())
+    assert any(q.zero_point.any() for q in _quantised_tensors(asymmetric)[0].values())
+    ranges = compiled.report.quantized.ranges
+    checked = [name for name in ranges if f"{name}_quantized" in activations]  # the int8 copy of `name`
+    assert len(checked) >= 5
+    for name in checked:
+        low, high = ranges[name]
+        assert activations[f"{name}_quantized"].scale[0] == np.float32(max(-min(low, 0.0), max(high, 0.0)) / 127.0)
+    assert_within_one_lsb(compiled.export_qdq(tmp_path / "symmetric.onnx"), CNN_SHAPE, compiled=compiled)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(preset.read_text() + '\n[int8]\nactivations = "per-channel"\n')
+    with pytest.raises(TargetSpecError, match=r"wrong\.toml: \[int8\] activations must be one of asymmetric, "
+                                              r"symmetric, got 'per-channel'"):
+        load_target(wrong)

@@ -79,7 +79,8 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     ranges, count = calibrate(graph, retained, _activations(graph, candidates), method, progress=progress,
                               show_progress=show_progress)
     _share_ranges(graph, ranges)
-    params = {name: activation_params(*bounds) for name, bounds in ranges.items()}
+    symmetric = target is not None and target.int8_activations == "symmetric"
+    params = {name: activation_params(*bounds, symmetric=symmetric) for name, bounds in ranges.items()}
     references: list[dict[str, np.ndarray]] = []
     sqnr = measure_sqnr(graph, candidates, {n.name: _activation_inputs(graph, n) for n in candidates}, params,
                         retained.kept, model_outputs=references)
@@ -246,10 +247,15 @@ def _activations(graph: Graph, chosen: list[Node]) -> list[str]:
     return list(dict.fromkeys(activations))
 
 
-def activation_params(low: float, high: float) -> QuantParams:
+def activation_params(low: float, high: float, symmetric: bool = False) -> QuantParams:
+    """Asymmetric: the range widened to hold 0 over the 256 steps (0 exact). Symmetric (the
+    target's [int8] activations): zero point 0 and scale max|x| / 127, so [-127, 127] hold the
+    range and -128 stays unused, as TensorRT's; a ReLU output then uses half the steps."""
     low, high = min(low, 0.0), max(high, 0.0)
     if high == low:  # zero on every sample (calibrate warned): any scale represents it
-        return QuantParams.make(1.0, -128)
+        return QuantParams.make(1.0, 0 if symmetric else -128)
+    if symmetric:
+        return QuantParams.make(max(-low, high) / 127.0, 0)
     scale = (high - low) / 255.0
     zero = int(np.clip(round(-128 - low / scale), -128, 127))
     return QuantParams.make(scale, zero)
