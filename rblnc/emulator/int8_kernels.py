@@ -3,8 +3,9 @@ torch's quantized CPU ops (oneDNN int8 where the CPU has VNNI, else QNNPACK: whi
 exactly; weights prepacked once per command).
 
 Numerics (docs/precision.md): an int8 command computes acc = sum (x - x_zp) * w + bias (int32),
-then y = saturate(round_half_even(acc * x_scale * w_scale / y_scale) + y_zp), the requantisation
-multiplier applied in fp32, as onnxruntime's QLinearConv / MLAS requantisation does. Activations
+then y = saturate(round_half_even(float32(acc) * multiplier) + y_zp), the requantisation
+multiplier fp32(x_scale * w_scale) * fp32(1 / y_scale) applied in fp32 (requantisation_multipliers:
+QNNPACK's way of computing it, which the onnxruntime engine, onnx_int8.py, reproduces bit for bit). Activations
 are held as ONNX's int8 (or uint8); torch's kernels take uint8 activations, so an int8 tensor is
 shifted by 128 (its sign bit flipped, with the zero point moved along), which changes no real value.
 QuantizeLinear and DequantizeLinear run at the int8/float boundaries with ONNX semantics.
@@ -68,10 +69,13 @@ _QNNPACK_MULTIPLIERS = (float(np.finfo(np.float32).tiny), 256.0)
 
 
 def requantisation_multipliers(x_params: QuantParams, w_params: QuantParams, y_params: QuantParams) -> np.ndarray:
-    """x_scale * w_scale[c] / y_scale in fp32, per weight scale: the multiplier of the int8 rule
-    (the onnxruntime engine, onnx_int8.py, multiplies by these same values)."""
-    return (np.float32(x_params.scale[0]) * w_params.scale.astype(np.float32)
-            / np.float32(y_params.scale[0])).astype(np.float32)
+    """The requantisation multiplier per weight scale, computed as QNNPACK computes it (torch's
+    generate_requantization_scales): fp32(x_scale * w_scale[c]) * fp32(1 / y_scale), not
+    x_scale * w_scale / y_scale, which is 1 ulp away for some scales (on ResNet-50 one element in
+    65536 of a layer then rounds the other way at a tie). The onnxruntime engine (onnx_int8.py)
+    multiplies by these same values."""
+    return ((np.float32(x_params.scale[0]) * w_params.scale.astype(np.float32)).astype(np.float32)
+            * (np.float32(1.0) / np.float32(y_params.scale[0]))).astype(np.float32)
 
 
 def _vanishing_channels(weight: torch.Tensor, bias: torch.Tensor | None, x_params: QuantParams,
