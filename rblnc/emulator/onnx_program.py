@@ -186,6 +186,10 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
     initializers += int8.initializers
     if int8.initializers or any(is_shifted(t.dtype) for t in tensors):
         initializers += [numpy_helper.from_array(v, k) for k, v in SHIFT_CONSTANTS.items()]
+    # Int8 weights are read by the int8 commands as their own shifted copies: the program's
+    # constants that no node reads are left out (ResNet-50 int8 would carry its weights twice).
+    read = {name for node in nodes for name in node.input}
+    initializers = [i for i in initializers if i.name in read]
     graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="rblnc")
     model.ir_version = min(model.ir_version, 10)
