@@ -235,3 +235,26 @@ def test_the_multiplier_is_computed_as_qnnpack_computes_it():
     assert_engines_equal(program, [x])
     expected = (np.round((16971 + steps).astype(f) * qnnpack) * y_scale).astype(np.float32)
     np.testing.assert_array_equal(NpuProgramRunner(program, engine="onnxruntime").run({"x": x})["y"], expected)
+
+
+def test_a_cpu_whose_integer_kernels_saturate_keeps_the_torch_engine(tmp_path, monkeypatch):
+    """The probe (a uint8 x uint8 product pair over int16's range) passes on this CPU; where it
+    fails, int8 programs are not built for onnxruntime. The same pair in uint8 x int8 saturates
+    to 32767 here, so the probe can tell."""
+    from rblnc.emulator import onnx_int8
+
+    assert onnx_int8.integer_kernels_exact()
+    product = helper.make_graph([helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "u8s8",
+                                [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2])],
+                                [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                                [numpy_helper.from_array(np.full((2, 1), 127, np.int8), "w")])
+    model = helper.make_model(product, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    saturated = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.full((1, 2), 255, np.uint8)})[0]
+    assert int(saturated[0, 0]) == 32767  # not 2 x 255 x 127 = 64770
+    monkeypatch.setattr(onnx_int8, "integer_kernels_exact", lambda: False)
+    path = quantize_with_onnxruntime(SmallMlp(), (4, 12, 24), tmp_path)
+    runner = NpuProgramRunner(_npu_program(rblnc.compile_from_onnx(path)), engine="auto")
+    assert runner.engine == "torch"
+    assert "integer kernels do not sum exactly in int32 on this CPU" in runner.engine_reason

@@ -363,7 +363,10 @@ INT8_CHOICE = "an int8 program (onnxruntime's uint8 integer kernels are exact an
 
 
 def choose_engine(program: NpuProgram, requested: str) -> tuple[str, str]:
-    """(engine, why). "auto": onnxruntime for fp32 programs (no roundings to add: the program's
+    """(engine, why). "auto": onnxruntime for int8 programs (its integer kernels compute the torch
+    engine's integers in about half of QNNPACK's time: docs/precision.md; where this CPU's
+    onnxruntime would not sum exactly, onnx_int8 refuses the program and the torch engine runs it);
+    onnxruntime for fp32 programs (no roundings to add: the program's
     own ops on onnxruntime's kernels), and for bf16/fp16 ones unless oneDNN computes that type
     natively on this CPU (then its bf16 kernels beat fp32 ones plus roundings on large programs);
     a small program on onnxruntime in any case (the cost per oneDNN primitive dominates it)."""

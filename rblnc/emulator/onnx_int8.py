@@ -31,6 +31,7 @@ and the program keeps the torch engine (UnsupportedProgram).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -86,6 +87,37 @@ def shift_nodes(source: str, target: str, to_held: bool) -> list[onnx.NodeProto]
 SHIFT_CONSTANTS = {"c/shift16": np.array(SHIFT, np.int16), "c/one_f32": np.array(1.0, np.float32)}
 
 
+@functools.lru_cache(maxsize=1)
+def integer_kernels_exact() -> bool:
+    """Whether this CPU's onnxruntime sums uint8 x uint8 products exactly in int32 in QLinearConv
+    and MatMulInteger, measured once per process on a product pair that overflows int16
+    (255 x 127 twice, as int8_kernels._exact_engine probes torch's engines): MLAS picks its
+    kernels per CPU, and only this AVX2 one was measured."""
+    import onnxruntime as ort
+
+    x = np.full((1, 2, 1, 1), 255, np.uint8)
+    weight = np.full((1, 2, 1, 1), SHIFT + 127, np.uint8)
+    inits = {"w": weight, "wt": weight.reshape(1, 2).T.copy(), "one": np.array(1.0, np.float32),
+             "m": np.array([1 / 256], np.float32), "z": np.array(0, np.uint8), "wz": np.array(SHIFT, np.uint8)}
+    nodes = [helper.make_node("QLinearConv", ["x", "one", "z", "w", "m", "wz", "one", "z"], ["conv"]),
+             helper.make_node("Reshape", ["x", "flat"], ["row"]),
+             helper.make_node("MatMulInteger", ["row", "wt", "z", "wz"], ["product"])]
+    inits["flat"] = np.array([1, 2], np.int64)
+    graph = helper.make_graph(
+        nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 1, 1])],
+        [helper.make_tensor_value_info("conv", TensorProto.UINT8, None),
+         helper.make_tensor_value_info("product", TensorProto.INT32, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    conv, product = ort.InferenceSession(model.SerializeToString(), options,
+                                         providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    # 2 x 255 x 127 = 64770 -> 253 at 1/256; int16 saturation would give 32767 -> 128.
+    return int(conv.ravel()[0]) == round(64770 / 256) and int(product.ravel()[0]) == 64770
+
+
 class Int8Lowering:
     """Lowers one program's ai.rblnc int8 commands; `initializers` collects the constants made."""
 
@@ -134,6 +166,8 @@ class Int8Lowering:
         return helper.make_node("DequantizeLinear", [source, scale, zero], [f"{prefix}/scaled"], name=f"{prefix}/scale")
 
     def lower(self, command: Command, step: int) -> list[onnx.NodeProto]:
+        if not integer_kernels_exact():
+            raise ValueError("onnxruntime's uint8 integer kernels do not sum exactly in int32 on this CPU")
         method = getattr(self, f"_lower_{command.op_type}", None)
         if method is None:
             raise ValueError(f"command {command.name} (ai.rblnc::{command.op_type}): no int8 ONNX form")
@@ -249,5 +283,5 @@ class Int8Lowering:
                                        self.names[y])]
 
 
-__all__ = ["Int8Lowering", "INT8_MOVING_OPS", "INT8_BOUNDARY_OPS", "SHIFT_CONSTANTS", "held_constant",
+__all__ = ["Int8Lowering", "integer_kernels_exact", "INT8_MOVING_OPS", "INT8_BOUNDARY_OPS", "SHIFT_CONSTANTS", "held_constant",
            "held_type", "is_shifted", "shift_nodes"]
