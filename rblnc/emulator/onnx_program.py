@@ -10,8 +10,10 @@ fp32, and float inputs are rounded on entry as the torch path does. Products of 
 values are exact in fp32 and both paths accumulate in fp32, so the two follow one rule and
 differ only in accumulation order, as any two kernels do (docs/precision.md).
 
-A program with an op this cannot express (int8 commands, our ops without a decomposition) is
-not built here (`UnsupportedProgram`): the runner keeps the torch path for it.
+Int8 commands become standard ONNX integer ops with the torch engine's integer numerics, bit
+for bit (onnx_int8.py). A program with an op this cannot express (our ops without a
+decomposition, an op computing on int8 values outside our int8 commands) is not built here
+(`UnsupportedProgram`): the runner keeps the torch path for it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from ..dtypes import is_float
 from ..format.artifact import CommandKind, NpuProgram, TensorKind
 from ..ir.graph import RBLNC_DOMAIN, Node, TensorInfo
 from ..ir.onnx_bridge import DECOMPOSITIONS, attr_to_onnx, standard_nodes
+from ..ir.quantized_ops import QUANTIZED_OP_TYPES
+from .onnx_int8 import (
+    INT8_BOUNDARY_OPS, INT8_MOVING_OPS, SHIFT_CONSTANTS, Int8Lowering, held_constant, held_type, is_shifted,
+    shift_nodes,
+)
 
 # Commands whose outputs are values of their inputs (moved, selected or compared, never
 # computed): already representable in the program's precision, so no rounding follows them.
@@ -79,10 +86,11 @@ class _TensorTable:
 
 
 def _onnx_type(dtype: np.dtype) -> int:
-    """The element type a program tensor has in the ONNX model: float tensors are fp32 there."""
+    """The element type a program tensor has in the ONNX model: float tensors are fp32 there,
+    int8 ones uint8 (onnx_int8.py)."""
     if is_float(dtype):
         return TensorProto.FLOAT
-    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return held_type(dtype)
 
 
 def program_precision(program: NpuProgram) -> str:
@@ -97,33 +105,48 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
     """The program as one ONNX model with fp32 tensors and a rounding after every computed
     result. Tensors are named t<index> (program names need not be valid or unique)."""
     tensors = program.tensors
-    if any(t.quantization is not None for t in tensors):
-        raise UnsupportedProgram("an int8 program (its integer kernels have no ONNX form here)")
-    names = [f"t{i}" for i in range(len(tensors))]
+    # An int8 program output is held as uint8 inside (onnx_int8.py) and shifted back at the end.
+    names = [f"t{i}/held" if t.kind == TensorKind.PROGRAM_OUTPUT and is_shifted(t.dtype) else f"t{i}"
+             for i, t in enumerate(tensors)]
     table = _TensorTable({names[i]: TensorInfo(np.dtype(np.float32) if is_float(t.dtype) else np.dtype(t.dtype),
                                                tuple(t.shape)) for i, t in enumerate(tensors)})
+    int8 = Int8Lowering(tensors, names)
     nodes: list[onnx.NodeProto] = []
     inputs, initializers = [], []
     for i, t in enumerate(tensors):
         if t.kind == TensorKind.CONSTANT:
             data = np.asarray(t.data)
             initializers.append(numpy_helper.from_array(
-                data.astype(np.float32) if is_float(data.dtype) else data, names[i]))
+                data.astype(np.float32) if is_float(data.dtype) else held_constant(data), names[i]))
         elif t.kind == TensorKind.PROGRAM_INPUT:
             rounding = _ROUNDING_TYPE.get(np.dtype(t.dtype).name)
-            feed = f"in{i}" if rounding else names[i]
-            inputs.append(helper.make_tensor_value_info(feed, _onnx_type(t.dtype), list(t.shape)))
+            shifted = is_shifted(t.dtype)
+            feed = f"in{i}" if rounding or shifted else names[i]
+            inputs.append(helper.make_tensor_value_info(
+                feed, TensorProto.INT8 if shifted else _onnx_type(t.dtype), list(t.shape)))
             if rounding:  # the torch path rounds float inputs to the program's type on entry
                 nodes += _rounding(feed, names[i], rounding)
+            elif shifted:
+                nodes += shift_nodes(feed, names[i], to_held=True)
     for step, command in enumerate(program.commands):
         ins = [names[i] if i >= 0 else "" for i in command.inputs]
         outs = [names[i] if i >= 0 else "" for i in command.outputs]
         if command.kind == CommandKind.DMA:
             nodes.append(helper.make_node("Identity", ins[:1], outs[:1], name=f"c{step}/dma"))
             continue
+        if command.domain == RBLNC_DOMAIN and command.op_type in QUANTIZED_OP_TYPES:
+            try:
+                nodes += int8.lower(command, step)
+            except ValueError as exc:
+                raise UnsupportedProgram(str(exc)) from exc
+            continue
         if command.domain and command.domain != RBLNC_DOMAIN or \
                 command.domain == RBLNC_DOMAIN and command.op_type not in DECOMPOSITIONS:
             raise UnsupportedProgram(f"command {command.name} ({command.domain}::{command.op_type})")
+        if any(i >= 0 and is_shifted(tensors[i].dtype) for i in list(command.inputs) + list(command.outputs)) and (
+                command.domain or command.op_type not in INT8_MOVING_OPS | INT8_BOUNDARY_OPS):
+            raise UnsupportedProgram(f"command {command.name} ({command.op_type}) computes on int8 values, "
+                                     "which the model holds shifted to uint8")
         rounded = [] if command.op_type in _VALUE_PRESERVING and not command.domain else [
             (position, _ROUNDING_TYPE[np.dtype(tensors[o].dtype).name])
             for position, o in enumerate(command.outputs)
@@ -151,9 +174,22 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
             nodes.append(proto)
         for position, rounding in rounded:
             nodes += _rounding(raw[position], outs[position], rounding)
-    outputs = [helper.make_tensor_value_info(names[i], _onnx_type(t.dtype), list(t.shape))
-               for i, t in enumerate(tensors) if t.kind == TensorKind.PROGRAM_OUTPUT]
+    outputs = []
+    for i, t in enumerate(tensors):
+        if t.kind != TensorKind.PROGRAM_OUTPUT:
+            continue
+        if is_shifted(t.dtype):
+            nodes += shift_nodes(names[i], f"t{i}", to_held=False)
+        outputs.append(helper.make_tensor_value_info(
+            f"t{i}", TensorProto.INT8 if is_shifted(t.dtype) else _onnx_type(t.dtype), list(t.shape)))
     initializers += [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in _CONSTANTS.items()]
+    initializers += int8.initializers
+    if int8.initializers or any(is_shifted(t.dtype) for t in tensors):
+        initializers += [numpy_helper.from_array(v, k) for k, v in SHIFT_CONSTANTS.items()]
+    # Int8 weights are read by the int8 commands as their own shifted copies: the program's
+    # constants that no node reads are left out (ResNet-50 int8 would carry its weights twice).
+    read = {name for node in nodes for name in node.input}
+    initializers = [i for i in initializers if i.name in read]
     graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="rblnc")
     model.ir_version = min(model.ir_version, 10)
@@ -179,6 +215,9 @@ class OnnxProgramSession:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No QDQ fusions: they would turn an int8 program's DequantizeLinear -> op -> QuantizeLinear
+        # chains into onnxruntime's QLinear kernels, whose arithmetic is not the program's.
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(model.SerializeToString(), options,
