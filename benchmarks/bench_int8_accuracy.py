@@ -31,6 +31,7 @@ arithmetic (docs/precision.md). Only accuracy is measured here: timings are in b
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import tempfile
@@ -400,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="none",
                         help="comma-separated min_sqnr_db values for the int8 runs (none: the default, 20 dB "
                              "with auto and no budget with all), e.g. none,20,30")
+    parser.add_argument("--output-budgets", default="none",
+                        help="comma-separated min_output_sqnr_db values (none: the default, 20 dB with auto and "
+                             "no budget with all), e.g. none,20,30")
     parser.add_argument("--calibration", type=int, default=32, help="calibration inputs per model")
     parser.add_argument("--evaluation", type=int, default=48, help="evaluation inputs per model")
     args = parser.parse_args(argv)
@@ -416,13 +420,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((task, "rblnc bf16", task.score(reference, outputs), "-"))
             for ops in args.ops.split(","):
                 for method in args.methods.split(","):
-                    for budget in args.budgets.split(","):
+                    for budget, output_budget in itertools.product(args.budgets.split(","),
+                                                                   args.output_budgets.split(",")):
                         min_sqnr_db = None if budget == "none" else float(budget)
-                        run = f"rblnc int8 {ops} {method}" + ("" if min_sqnr_db is None else f" min_sqnr_db={budget}")
+                        min_output_sqnr_db = None if output_budget == "none" else float(output_budget)
+                        run = (f"rblnc int8 {ops} {method}" + ("" if min_sqnr_db is None else f" min_sqnr_db={budget}")
+                               + ("" if min_output_sqnr_db is None else f" min_output_sqnr_db={output_budget}"))
                         try:
                             outputs, commands = rblnc_outputs(path, task, dtype="int8", calibration=task.calibration,
                                                               calibration_method=method, int8_ops=ops,
-                                                              min_sqnr_db=min_sqnr_db)
+                                                              min_sqnr_db=min_sqnr_db,
+                                                              min_output_sqnr_db=min_output_sqnr_db)
                             rows.append((task, run, task.score(reference, outputs), commands))
                         except Exception as exc:  # a row that failed says so; the others still count
                             rows.append((task, run, _error(exc), ""))

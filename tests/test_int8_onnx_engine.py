@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -252,7 +254,9 @@ def test_a_cpu_whose_integer_kernels_saturate_keeps_the_torch_engine(tmp_path, m
     model.ir_version = 8
     saturated = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.full((1, 2), 255, np.uint8)})[0]
-    assert int(saturated[0, 0]) == 32767  # not 2 x 255 x 127 = 64770
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "vnni" not in flags:  # without VNNI, MLAS sums uint8 x int8 pairs in int16
+        assert int(saturated[0, 0]) == 32767  # not 2 x 255 x 127 = 64770
     monkeypatch.setattr(onnx_int8, "integer_kernels_exact", lambda: False)
     path = quantize_with_onnxruntime(SmallMlp(), (4, 12, 24), tmp_path)
     runner = NpuProgramRunner(_npu_program(rblnc.compile_from_onnx(path)), engine="auto")
