@@ -270,16 +270,17 @@ def _silu_pairs(parts: list[Node], outputs: set[str], readers: Mapping[str, list
 def _rounding(source: str, target: str, to: int) -> list[onnx.NodeProto]:
     """source rounded to `to` (to nearest, ties to even) and widened back to fp32 as target.
 
-    By the Cast pair, though onnxruntime converts to bfloat16 element by element (about 1 ns per
-    element for the pair, one thread, here): the vectorised arithmetic alternative, Veltkamp's
-    split p = 65537 x, x' = p - (p - x) (about 0.7 ns), is torch's rounding only for
+    By the Cast pair, though onnxruntime converts to bfloat16 element by element (1.0 to 1.2 ns
+    per element for the pair, one thread, here): the vectorised arithmetic alternative, Veltkamp's
+    split p = 65537 x, x' = p - (p - x) (0.6 to 1.1 ns), is torch's rounding only for
     2^-126 <= |x| < 5.19e33. Checked over all 2^32 fp32 values (benchmarks/bench_bf16_rounding.py
     --exhaustive): it keeps subnormals to 8 significant bits (1e-45 stays 1e-45, bf16 gives 0),
     turns |x| >= 5.1922176e33 and infinities into NaN (65537 x overflows); done on x 2^-16 and
     scaled back (five ops) it gets those right but double-rounds 2^-126 <= |x| < 2^-110. An exact
-    form needs a selection besides, which costs what the Casts do; the split alone took
-    MobileNetV3-small's bf16 program from 1.63x to 1.57x onnxruntime's time. FLOAT16's pair is
-    already vectorised (F16C: 0.35 ns per element)."""
+    form needs a selection besides: the scaled split alone costs what the Casts do. The split
+    (inexact) took MobileNetV3-small's bf16 program from 1.63x to 1.57x onnxruntime's time, at
+    most 7 % off any model measured (docs/emulator.md). FLOAT16's pair is vectorised (F16C: 0.33
+    to 0.47 ns per element) and equals torch's float16 rounding on all 2^32 values."""
     narrow = f"{target}/narrow"
     return [helper.make_node("Cast", [source], [narrow], name=f"{target}/round", to=to),
             helper.make_node("Cast", [narrow], [target], name=f"{target}/widen", to=TensorProto.FLOAT)]
