@@ -117,7 +117,7 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
                                                tuple(t.shape)) for i, t in enumerate(tensors)})
     nodes: list[onnx.NodeProto] = []
     inputs, initializers = [], []
-    constants = {names[i]: np.asarray(t.data, np.float32) for i, t in enumerate(tensors)
+    constants = {names[i]: t.data for i, t in enumerate(tensors)  # the program's arrays, not copies
                  if t.kind == TensorKind.CONSTANT and is_float(np.asarray(t.data).dtype)}
     negated: dict[str, None] = {}  # constants whose negation the model holds too (name/neg)
     for i, t in enumerate(tensors):
@@ -161,14 +161,14 @@ def program_to_onnx(program: NpuProgram, opset: int, name: str = "npu") -> onnx.
     outputs = [helper.make_tensor_value_info(names[i], _onnx_type(t.dtype), list(t.shape))
                for i, t in enumerate(tensors) if t.kind == TensorKind.PROGRAM_OUTPUT]
     initializers += [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in _CONSTANTS.items()]
-    initializers += [numpy_helper.from_array(-constants[k], f"{k}/neg") for k in negated]
+    initializers += [numpy_helper.from_array(-np.asarray(constants[k], np.float32), f"{k}/neg") for k in negated]
     graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="rblnc")
     model.ir_version = min(model.ir_version, 10)
     return model
 
 
-def _command_nodes(parts: list[Node], outputs: set[str], constants: Mapping[str, np.ndarray],
+def _command_nodes(parts: list[Node], outputs: set[str], constants: Mapping[str, object],
                    negated: dict[str, None]) -> list[onnx.NodeProto]:
     """One command's standard nodes as ONNX nodes, with the exact forms of Sigmoid, SiLU and
     HardSwish; constants this negates are added to `negated`."""
@@ -207,7 +207,7 @@ def _command_nodes(parts: list[Node], outputs: set[str], constants: Mapping[str,
     return nodes
 
 
-def _negatable_conv(parts: list[Node], index: int, outputs: set[str], constants: Mapping[str, np.ndarray],
+def _negatable_conv(parts: list[Node], index: int, outputs: set[str], constants: Mapping[str, object],
                     readers: Mapping[str, list[int]]) -> int | None:
     """The index of the Sigmoid that parts[index] feeds, when parts[index] is a Conv with constant
     weight and bias whose result only that Sigmoid (and its SiLU's Mul) reads."""
