@@ -276,10 +276,11 @@ def _rounding(source: str, target: str, to: int) -> list[onnx.NodeProto]:
     2^-126 <= |x| < 5.19e33. Checked over all 2^32 fp32 values (benchmarks/bench_bf16_rounding.py
     --exhaustive): it keeps subnormals to 8 significant bits (1e-45 stays 1e-45, bf16 gives 0),
     turns |x| >= 5.1922176e33 and infinities into NaN (65537 x overflows); done on x 2^-16 and
-    scaled back (five ops) it gets those right but double-rounds 2^-126 <= |x| < 2^-110. An exact
-    form needs a selection besides: the scaled split alone costs what the Casts do. The split
-    (inexact) took MobileNetV3-small's bf16 program from 1.63x to 1.57x onnxruntime's time, at
-    most 7 % off any model measured (docs/emulator.md). FLOAT16's pair is vectorised (F16C: 0.33
+    scaled back (five ops) it rounds subnormals and all but the top 512 finite values right, but
+    double-rounds 2^-126 <= |x| < 2^-110 and still makes infinities NaN. An exact form needs a
+    selection between such forms besides: the scaled split alone costs what the Casts do. The
+    split (inexact) took MobileNetV3-small's bf16 program from 1.63x to 1.57x onnxruntime's
+    time, at most 7 % faster on any model measured (docs/emulator.md). FLOAT16's pair is vectorised (F16C: 0.33
     to 0.47 ns per element) and equals torch's float16 rounding on all 2^32 values."""
     narrow = f"{target}/narrow"
     return [helper.make_node("Cast", [source], [narrow], name=f"{target}/round", to=to),
