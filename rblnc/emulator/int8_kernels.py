@@ -194,7 +194,7 @@ def _finish(ctx: CommandContext):
 
 
 @kernel("ai.rblnc::QConv", "ai.rblnc::QGemm", "ai.rblnc::QAdd", "ai.rblnc::QMaxPool",
-        "ai.rblnc::QGlobalAveragePool")
+        "ai.rblnc::QGlobalAveragePool", "ai.rblnc::QAveragePool", "ai.rblnc::QConcat")
 def _needs_context(inputs, attrs):
     return _unavailable(inputs, attrs)
 
@@ -307,6 +307,23 @@ def prepare_qglobal_average_pool(ctx: CommandContext):
     def run(args):
         total = args[0].to(torch.int32).sum(dim=axes, keepdim=True, dtype=torch.int32)
         return [requantize(total, x_params, y_params, y_dtype, count)]
+
+    return run
+
+
+@prepare("ai.rblnc::QConcat")
+def prepare_qconcat(ctx: CommandContext):
+    """Each input at the result's params: copied where they are its own (rblnc's quantisation gives
+    a Concat's inputs its result's range), else requantised as `requantize` with count 1."""
+    y_params, y_dtype = ctx.output_quantization[0], ctx.output_dtypes[0]
+    axis = int(ctx.attrs.get("axis", 0))
+    sources = list(ctx.input_quantization)
+    same = [params.same_as(y_params) for params in sources]
+
+    def run(args):
+        parts = [x if copy and x.dtype == y_dtype else requantize(x, params, y_params, y_dtype)
+                 for x, copy, params in zip(args, same, sources)]
+        return [torch.cat(parts, dim=axis)]
 
     return run
 

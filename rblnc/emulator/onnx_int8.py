@@ -22,6 +22,8 @@ So weights are shifted to uint8 with zero point 128 too.
     QAdd, QMaxPool: DequantizeLinear(q, multiplier, zp) (float32(q - zp) * multiplier, exactly),
             [Add,] QuantizeLinear(1, y_zp), as int8_kernels.prepare_qadd / requantize.
     QGlobalAveragePool: Cast to int32, ReduceSum, minus count x zp, Cast, Mul, QuantizeLinear.
+    QConcat: Concat of the held inputs, each requantised first as QMaxPool's where its params or
+            type differ from the result's.
     Fused Relu/Clip: Clip of the integer result to the bounds int8_kernels.clamp_bounds gives.
 
 Ops that move int8 values without computing on them (Reshape, Concat, MaxPool, ...) run on the
@@ -267,6 +269,28 @@ class Int8Lowering:
             helper.make_node("Mul", [f"{p}/float", multiplier], [f"{p}/scaled"], name=f"{p}/scale"),
             self._quantize(step, f"{p}/scaled", self._zero(f"{p}/y_zero", y_params, self.tensors[y].dtype),
                            self.names[y])]
+
+    def _lower_QConcat(self, command: Command, step: int) -> list[onnx.NodeProto]:
+        """As int8_kernels.prepare_qconcat: an input at the result's params and type is
+        concatenated as held; another is requantised first (DequantizeLinear with multiplier
+        s / sy, QuantizeLinear(1, zy)), as QMaxPool's."""
+        p = f"c{step}"
+        y = command.outputs[0]
+        y_params, y_dtype = self._params(y, "output", command), self.tensors[y].dtype
+        nodes, parts = [], []
+        for k, operand in enumerate(command.inputs):
+            params, dtype = self._params(operand, f"input {k}", command), self.tensors[operand].dtype
+            if params.same_as(y_params) and dtype == y_dtype:
+                parts.append(self.names[operand])
+                continue
+            scaled = self._scaled(f"{p}/in{k}", self.names[operand], params, dtype,
+                                  float(params.scale[0]) / float(y_params.scale[0]))
+            nodes += [scaled, self._quantize(step, scaled.output[0], self._zero(f"{p}/in{k}/y_zero", y_params, y_dtype),
+                                             f"{p}/in{k}/requantised")]
+            nodes[-1].name = f"{p}/in{k}/round"
+            parts.append(f"{p}/in{k}/requantised")
+        return nodes + [helper.make_node("Concat", parts, [self.names[y]], name=f"{p}/concat",
+                                         axis=int(command.attributes.get("axis", 0)))]
 
     def _lower_QMaxPool(self, command: Command, step: int) -> list[onnx.NodeProto]:
         p = f"c{step}"
