@@ -95,7 +95,56 @@ def test_own_quantisation_makes_concat_a_copy(tmp_path):
     np.testing.assert_array_equal(reimported.create_runtime().run(x), compiled.create_runtime().run(x))
 
 
+class AveragePools(torch.nn.Module):
+    """AveragePool without and with the padding counted, and with ceil_mode's partial windows."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.p1 = torch.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+        self.p2 = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
+        self.p3 = torch.nn.AvgPool2d(3, stride=2, ceil_mode=True)
+
+    def forward(self, x):
+        y = self.p1(torch.relu(self.c1(x)))
+        y = self.p2(self.c2(y))
+        return self.p3(self.c3(y))
+
+
+def _pool_attributes(program):
+    return [(c.attributes.get("count_include_pad", 0), c.attributes.get("ceil_mode", 0))
+            for c in _commands(program, "QAveragePool")]
+
+
+@pytest.mark.parametrize("activation_type", [QuantType.QInt8, QuantType.QUInt8], ids=["int8", "uint8"])
+def test_qdq_average_pool_from_onnxruntime(tmp_path, activation_type):
+    path = quantize_with_onnxruntime(AveragePools(), SHAPE, tmp_path, activation_type)
+    compiled = assert_within_one_lsb(path, SHAPE)
+    program = _npu_program(compiled)
+    assert _pool_attributes(program) == [(0, 0), (1, 0), (1, 1)] and "AveragePool" not in _ops(program)
+    assert assert_engines_equal(program, _samples(SHAPE, 3, seed=7)) >= 6
+
+
+def test_own_quantisation_of_average_pool(tmp_path):
+    compiled = _all_int8(AveragePools())
+    program = _npu_program(compiled)
+    # (the last pool has no padding: the torch importer sets count_include_pad only with padding)
+    assert _pool_attributes(program)[:2] == [(0, 0), (1, 0)] and _pool_attributes(program)[2][1] == 1
+    assert assert_engines_equal(program, _samples(SHAPE, 3, seed=7)) >= 6
+    path = compiled.export_qdq(tmp_path / "pools_qdq.onnx")
+    assert not any(n.domain for n in onnx.load(str(path)).graph.node)
+    assert_within_one_lsb(path, SHAPE, compiled=compiled)
+    reimported = assert_within_one_lsb(path, SHAPE)
+    assert _ops(_npu_program(reimported)) == _ops(program)
+    assert _quantised_tensors(reimported) == _quantised_tensors(compiled)
+
+
 def test_qconcat_is_priced_as_a_cheap_int8_command():
     shape = OpShape("QConcat", RBLNC_DOMAIN, {"axis": 1}, [(1, 8, 16, 16), (1, 8, 16, 16)], [(1, 16, 16, 16)])
     assert command_precision("QConcat", RBLNC_DOMAIN, "bf16") == "int8"
     assert op_flops(shape) == 16 * 16 * 16  # one operation per element moved
+    pool = OpShape("QAveragePool", RBLNC_DOMAIN, {"kernel_shape": [3, 3]}, [(1, 8, 16, 16)], [(1, 8, 8, 8)])
+    assert command_precision("QAveragePool", RBLNC_DOMAIN, "bf16") == "int8"
+    assert op_flops(pool) == 8 * 8 * 8 * (9 + 2)  # the window sums, then a multiply and a round each

@@ -31,7 +31,7 @@ INT8_OP_CHOICES = ("auto", "all")
 
 # Ops int8 pays for (matrix engines) and those that follow them cheaply on the integers.
 _MATRIX = ("Conv", "Gemm", "MatMul")
-_FOLLOWERS = ("Add", "MaxPool", "GlobalAveragePool", "Concat")
+_FOLLOWERS = ("Add", "MaxPool", "GlobalAveragePool", "AveragePool", "Concat")
 # Activations a fused op may carry that int8 cannot keep exact: with int8_ops="all" they are split
 # off and run in float as this node: {activation: (op type, domain, attribute names of its params)}.
 _FLOAT_ACTIVATIONS = {
@@ -294,8 +294,8 @@ def _share_ranges(graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
             if name in ranges:
                 group[root(name)] = root(node.outputs[0])
                 derived.add(node.outputs[0])
-    # A group's range: the union of its calibrated members' (a MaxPool's result takes its input's,
-    # as a percentile of a pooled or concatenated tensor lies within its inputs' anyway).
+    # A group's range: the union of its members' whose range is their own (a MaxPool's or view's
+    # result takes its input's, a Concat's result its inputs' union).
     union: dict[str, tuple[float, float]] = {}
     for name, (low, high) in sorted(ranges.items(), key=lambda item: item[0] in derived):
         key = root(name)
@@ -396,7 +396,7 @@ def _worth_int8(graph: Graph, node: Node) -> bool:
         return len(graph.tensors[node.inputs[1]].shape) == 2
     if node.op_type == "Add":
         return all(n and not graph.is_constant(n) for n in node.inputs[:2])
-    if node.op_type in ("MaxPool", "GlobalAveragePool"):
+    if node.op_type in ("MaxPool", "GlobalAveragePool", "AveragePool"):
         info = graph.tensors[node.inputs[0]]
         return info.shape is not None and len(info.shape) == 4 and len([o for o in node.outputs if o]) == 1
     return False

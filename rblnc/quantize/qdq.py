@@ -9,6 +9,7 @@ QuantizeLinear / DequantizeLinear nodes, which run as commands at the int8/float
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Collection
 
@@ -302,13 +303,15 @@ def _rewrite_pool(graph: Graph, node: Node) -> int:
     x = _activation_input(graph, node.inputs[0])
     if x is None or len(graph.tensors[node.inputs[0]].shape) != 4:
         return 0
+    if node.op_type == "AveragePool" and math.prod(node.attrs["kernel_shape"]) * 255 >= 2**24:
+        return 0  # QAveragePool's window sums are exact in fp32 below 2^24 only
     try:
         activation, quantize, out = _quantized_output(graph, node)
     except LookupError:
         return 0
     if activation is not None:
         return 0
-    attrs = dict(node.attrs) if node.op_type == "MaxPool" else {}
+    attrs = dict(node.attrs) if node.op_type in ("MaxPool", "AveragePool") else {}
     if node.op_type == "MaxPool" and (len(node.outputs) > 1 and node.outputs[1]):
         return 0  # the Indices output stays in float
     removed = [node, quantize]
@@ -357,7 +360,8 @@ def _rewrite_view(graph: Graph, node: Node) -> int:
 
 
 _REWRITERS = {"Conv": _rewrite_matrix, "Gemm": _rewrite_matrix, "MatMul": _rewrite_matrix,
-              "Add": _rewrite_add, "GlobalAveragePool": _rewrite_pool, "MaxPool": _rewrite_pool, "Concat": _rewrite_concat}
+              "Add": _rewrite_add, "GlobalAveragePool": _rewrite_pool, "MaxPool": _rewrite_pool,
+              "AveragePool": _rewrite_pool, "Concat": _rewrite_concat}
 
 
 def _drop_unused(graph: Graph) -> None:
