@@ -9,7 +9,7 @@ dequantised operands, its result quantised (round half to even, saturated) to it
     QAdd(A, B)            Q(act(DQ(A) + DQ(B)))                 activation
     QGlobalAveragePool(X) Q(GlobalAveragePool(DQ(X)))
     QMaxPool(X)           Q(MaxPool(DQ(X)))                     MaxPool attrs
-    QAveragePool(X)       Q(AveragePool(DQ(X)))                 AveragePool attrs (2-D, no ceil_mode)
+    QAveragePool(X)       Q(AveragePool(DQ(X)))                 AveragePool attrs (2-D)
     QConcat(X0, X1, ...)  Q(Concat(DQ(X0), DQ(X1), ...))        Concat's axis
 
 QConcat requantises each input whose params (or integer type) differ from the result's as
