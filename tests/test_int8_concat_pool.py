@@ -56,12 +56,14 @@ def _commands(program, op_type):
 @pytest.mark.parametrize("activation_type", [QuantType.QInt8, QuantType.QUInt8], ids=["int8", "uint8"])
 def test_qdq_concat_from_onnxruntime(tmp_path, activation_type):
     """Both Concats of onnxruntime's QDQ file become QConcat; onnxruntime gives its inputs their own
-    scales, so some are requantised and some copied."""
+    scales, so some are requantised and some copied. The nearest upsampling runs on the integers:
+    the only conversions left are the model's input and output."""
     path = quantize_with_onnxruntime(TinyUnet(), SHAPE, tmp_path, activation_type)
     compiled = assert_within_one_lsb(path, SHAPE)
     program = _npu_program(compiled)
     concats = _commands(program, "QConcat")
     assert len(concats) == 2 and "Concat" not in _ops(program)
+    assert Counter(_ops(program))["QuantizeLinear"] == 1 and Counter(_ops(program))["DequantizeLinear"] == 1
     same = [program.tensors[i].quantization.same_as(program.tensors[c.outputs[0]].quantization)
             for c in concats for i in c.inputs]
     assert any(same) and not all(same)  # both the copy and the requantisation are exercised
@@ -69,18 +71,19 @@ def test_qdq_concat_from_onnxruntime(tmp_path, activation_type):
 
 
 def test_own_quantisation_makes_concat_a_copy(tmp_path):
-    """rblnc's quantisation gives a Concat's inputs its result's range (the union of theirs): the
-    QConcat copies. A Concat one of whose inputs no int8 op writes (the upsampling's) stays float.
-    The QDQ export is standard ONNX and imports back to the same int8 ops and scales."""
+    """rblnc's quantisation gives a Concat's inputs its result's range (the union of theirs, through
+    the nearest upsampling): both QConcats copy, and the whole UNet is one int8 region. The QDQ
+    export is standard ONNX and imports back to the same int8 ops and scales."""
     compiled = _all_int8(TinyUnet())
     program = _npu_program(compiled)
     concats = _commands(program, "QConcat")
-    assert len(concats) == 1 and _ops(program).count("Concat") == 1
+    assert len(concats) == 2 and "Concat" not in _ops(program)
+    assert Counter(_ops(program))["QuantizeLinear"] == 1 and Counter(_ops(program))["DequantizeLinear"] == 1
     for concat in concats:
         out = program.tensors[concat.outputs[0]].quantization
         assert all(program.tensors[i].quantization.same_as(out) for i in concat.inputs)
-    layers = {layer.op_type: layer for layer in compiled.report.quantized.layers if layer.op_type == "Concat"}
-    assert layers["Concat"].int8
+    concat_layers = [layer for layer in compiled.report.quantized.layers if layer.op_type == "Concat"]
+    assert len(concat_layers) == 2 and all(layer.int8 for layer in concat_layers)
     assert assert_engines_equal(program, _samples(SHAPE, 3, seed=7)) >= 8
 
     path = compiled.export_qdq(tmp_path / "unet_qdq.onnx")

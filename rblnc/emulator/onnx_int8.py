@@ -54,6 +54,7 @@ INT8_MOVING_OPS = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Slice", "Split",
     "Expand", "Concat", "Gather", "Dropout", "MaxPool", "GlobalMaxPool", "Max", "Min",
     "ReduceMax", "ReduceMin", "Tile", "DepthToSpace", "SpaceToDepth",
+    "Resize",  # nearest only: the QDQ rewrite (quantize/qdq.py) puts no other Resize on integers
 })
 # Boundary ops: their zero points are held shifted with the integers, so ONNX's own semantics
 # give the same reals.

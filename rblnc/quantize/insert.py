@@ -43,6 +43,13 @@ _FLOAT_ACTIVATIONS = {
 _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
 
 
+def _same_range(node: Node | None) -> bool:
+    """One of _SAME_RANGE, or a nearest-neighbour Resize (a UNet's upsampling: it copies values)."""
+    if node is None or node.domain:
+        return False
+    return node.op_type in _SAME_RANGE or (node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest")
+
+
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
                          progress: Callable[[str], None] | None = None, show_progress: bool | None = None,
                          target: TargetSpec | None = None, ops: str = "auto", keep_float: Iterable[str] = (),
@@ -172,7 +179,7 @@ def _write_qdq(graph: Graph, unfused: dict[str, tuple[Node, list[str], list[str]
     # quantised for the int8 readers only (the views between them included): the float readers
     # (the ops kept in float above all) keep the float value.
     results = {_result(graph, node) for node in nodes}
-    readers = set(chosen) | {n.name for n in graph.nodes if n.op_type in _SAME_RANGE and not n.domain
+    readers = set(chosen) | {n.name for n in graph.nodes if _same_range(n)
                              and n.outputs[0] in activations}
     for name in activations:
         _insert_qdq(graph, name, params[name], None if name in results else readers)
@@ -202,8 +209,7 @@ def _breaking_producers(graph: Graph, candidates: list[Node], below: list[Node],
                 continue
             seen.add(tensor)
             producer = graph.producer(tensor)
-            if tensor not in writers and producer is not None and producer.op_type in _SAME_RANGE \
-                    and not producer.domain:
+            if tensor not in writers and _same_range(producer):
                 pending.append(producer.inputs[0])  # a view between them: the same values
                 continue
             writer = writers.get(tensor)
@@ -245,7 +251,7 @@ def _activations(graph: Graph, chosen: list[Node]) -> list[str]:
     for node in chosen:
         for name in _activation_inputs(graph, node):
             producer = graph.producer(name)
-            if producer is not None and producer.op_type in _SAME_RANGE and not producer.domain:
+            if _same_range(producer):
                 activations.append(producer.inputs[0])
     return list(dict.fromkeys(activations))
 
@@ -284,7 +290,7 @@ def _share_ranges(graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
     for node in graph.topological_order():
         if node.domain or node.outputs[0] not in ranges:
             continue
-        if node.op_type in _SAME_RANGE:
+        if _same_range(node):
             linked = node.inputs[:1]
         elif node.op_type == "Concat":
             linked = node.inputs
@@ -412,8 +418,7 @@ def _concat_of_candidates(graph: Graph, node: Node, candidates: list[Node]) -> b
         if not name or graph.is_constant(name):
             return False
         producer = graph.producer(name)
-        while name not in results and producer is not None and producer.op_type in _SAME_RANGE \
-                and not producer.domain:
+        while name not in results and _same_range(producer):
             name = producer.inputs[0]
             producer = graph.producer(name)
         if name not in results:
@@ -532,8 +537,7 @@ def _int8_producer(graph: Graph, name: str, results: dict[str, Node]) -> Node | 
     """The chosen op whose result (after its Relu/Clip) `name` is, looking through views (they
     keep int8 values int8); else the op that makes it."""
     producer = graph.producer(name)
-    while name not in results and producer is not None and producer.op_type in _SAME_RANGE \
-            and producer.op_type != "MaxPool" and not producer.domain:
+    while name not in results and _same_range(producer) and producer.op_type != "MaxPool":
         name = producer.inputs[0]
         producer = graph.producer(name)
     return results.get(name, producer)
@@ -570,7 +574,7 @@ def _conversion_ns(graph: Graph, node: Node, kept: dict[str, Node], results: dic
             total += conversion(name)
     result = _result(graph, node)
     readers = list(graph.consumers(result))
-    while readers and all(r.op_type in _SAME_RANGE and r.op_type != "MaxPool" and not r.domain for r in readers):
+    while readers and all(_same_range(r) and r.op_type != "MaxPool" for r in readers):
         readers = [c for r in readers for c in graph.consumers(r.outputs[0])]
     if result in graph.outputs or any(r.name not in kept for r in readers):
         total += conversion(result)

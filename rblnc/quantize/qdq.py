@@ -49,7 +49,7 @@ def rewrite_qdq(graph: Graph, keep_float: Collection[str] = ()) -> int:
             if node.domain == RBLNC_DOMAIN and node.op_type == "FusedConv":
                 rewrites += _rewrite_matrix(graph, node)
             continue
-        if node.op_type in VIEW_LIKE:
+        if node.op_type in VIEW_LIKE or (node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest"):
             rewrites += _rewrite_view(graph, node)
         elif node.op_type in _REWRITERS:
             rewrites += _REWRITERS[node.op_type](graph, node)
@@ -340,7 +340,8 @@ def _rewrite_concat(graph: Graph, node: Node) -> int:
 
 
 def _rewrite_view(graph: Graph, node: Node) -> int:
-    """DequantizeLinear -> view -> QuantizeLinear with the same params: the view on the integers."""
+    """DequantizeLinear -> view (or nearest Resize, which copies values) -> QuantizeLinear with the
+    same params: the view on the integers."""
     x = _activation_input(graph, node.inputs[0])
     if x is None:
         return 0
