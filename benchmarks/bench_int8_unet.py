@@ -4,15 +4,21 @@ agreement with onnxruntime's QDQ reference (graph optimisations off: DequantizeL
 op, QuantizeLinear), for onnxruntime's `quantize_static` files (int8 and uint8 activations) and
 rblnc's own quantisation (checked against its QDQ export), in one run.
 
-    python benchmarks/bench_int8_unet.py
+    python benchmarks/bench_int8_unet.py [--rounds 5]
 
-Not a timing: run it on two commits to compare them (docs/precision.md has before/after int8
-Concat, AveragePool and nearest Resize).
+Run it on two commits to compare them (docs/precision.md has before/after int8 Concat, AveragePool
+and nearest Resize). Last, the emulator's time per inference on the 64-channel 128x128 model's
+`quantize_static` int8 file against onnxruntime running that file (its default, optimised session),
+one intra-op thread each, in alternating blocks: `ratio` is the median over rounds of rblnc / onnxruntime
+(comparable across commits and machines' loads, the absolute times are not).
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +100,37 @@ def _row(name, compiled, path=None, shape=None) -> list[str]:
     return row + [f"{np.mean(steps < 1e-3):.2%}", f"{np.mean(steps <= 1.001):.3%}", f"{steps.max():.0f} LSB"]
 
 
+def _time(fn, repeat: int = 3) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def _timing(folder: Path, module, shape, rounds: int) -> None:
+    path = _quantize_static(module, shape, folder, QuantType.QInt8)
+    runtime = rblnc.compile_from_onnx(path).create_runtime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = _samples(shape, 1, seed=5)[0]
+    runtime.run(x), session.run(None, {"x": x})  # warm up
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(_time(lambda: runtime.run(x)))
+        theirs.append(_time(lambda: session.run(None, {"x": x})))
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    print(f"\nemulator on the quantize_static file, 64 ch, 128x128: rblnc {statistics.median(ours) * 1e3:.1f} ms, "
+          f"onnxruntime {statistics.median(theirs) * 1e3:.1f} ms, ratio {statistics.median(ratios):.2f} "
+          f"({min(ratios):.2f}-{max(ratios):.2f} over {rounds} rounds)")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
     small, big = (2, 3, 32, 32), (1, 3, 128, 128)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -120,6 +156,8 @@ def main() -> None:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    with tempfile.TemporaryDirectory() as folder:
+        _timing(Path(folder), wide, big, args.rounds)
 
 
 if __name__ == "__main__":
