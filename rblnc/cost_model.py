@@ -159,6 +159,10 @@ flop_rule(f"{RBLNC_DOMAIN}::QGemm")(
     + _epilogue_flops(op, None))
 flop_rule(f"{RBLNC_DOMAIN}::QAdd")(lambda op: 5 * _count(op.output_shapes[0]) + _epilogue_flops(op, None))
 flop_rule(f"{RBLNC_DOMAIN}::QMaxPool")(_pool_flops)
+# QConcat copies (rblnc's quantisation gives its inputs its result's params) or requantises an
+# input (one multiply-add per element): one operation per output element, a data movement in cost.
+flop_rule(f"{RBLNC_DOMAIN}::QConcat")(lambda op: _count(op.output_shapes[0]))
+flop_rule(f"{RBLNC_DOMAIN}::QAveragePool")(lambda op: _pool_flops(op) + 2 * _count(op.output_shapes[0]))
 flop_rule(f"{RBLNC_DOMAIN}::QGlobalAveragePool")(lambda op: _count(op.input_shapes[0]) + 2 * _count(op.output_shapes[0]))
 flop_rule(f"{RBLNC_DOMAIN}::FusedElementwise")(
     lambda op: max(1, len(op.attrs.get("ops", []))) * 2 * _count(op.output_shapes[0]))

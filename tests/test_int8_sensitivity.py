@@ -172,7 +172,7 @@ def test_unknown_keep_float_entry_is_a_clear_error(onnx_paths):
     with pytest.raises(CompileError) as failure:
         _compile(onnx_paths[False], False, keep_float=["/2/Conv", "/2/Cnv"])
     assert str(failure.value) == ("keep_float entry '/2/Cnv' names no node of the model nor an op type rblnc "
-                                  "quantises (Conv, Gemm, MatMul, Add, MaxPool, GlobalAveragePool); "
+                                  "quantises (Conv, Gemm, MatMul, Add, MaxPool, GlobalAveragePool, AveragePool, Concat); "
                                   "close matches: /2/Conv, /0/Conv, Conv")
     # Relu is in the source model, but fused into the convs and never quantised on its own.
     with pytest.raises(CompileError, match=r"keep_float entry 'Relu' names no node of the model nor an op type "
@@ -235,7 +235,7 @@ def test_compile_log_and_inspect_show_each_layers_sqnr(onnx_paths, tmp_path):
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1] == (
         "error: keep_float entry '/0/Cnv' names no node of the model nor an op type rblnc quantises (Conv, Gemm, "
-        "MatMul, Add, MaxPool, GlobalAveragePool); close matches: /0/Conv, /2/Conv, Conv")
+        "MatMul, Add, MaxPool, GlobalAveragePool, AveragePool, Concat); close matches: /0/Conv, /2/Conv, Conv")
 
 
 def test_ops_kept_float_between_int8_neighbours_stay_float():

@@ -23,7 +23,8 @@ import torch
 
 from ..quant_params import QuantParams
 from .kernels import (
-    KERNELS, CommandContext, _spatial_pads, _symmetric, _torch_pad_order, kernel, max_pool, prepare,
+    KERNELS, CommandContext, _spatial_pads, _symmetric, _torch_pad_order, average_pool_windows, kernel, max_pool,
+    prepare,
 )
 
 _SIGNED = torch.int8
@@ -194,7 +195,7 @@ def _finish(ctx: CommandContext):
 
 
 @kernel("ai.rblnc::QConv", "ai.rblnc::QGemm", "ai.rblnc::QAdd", "ai.rblnc::QMaxPool",
-        "ai.rblnc::QGlobalAveragePool")
+        "ai.rblnc::QGlobalAveragePool", "ai.rblnc::QAveragePool", "ai.rblnc::QConcat")
 def _needs_context(inputs, attrs):
     return _unavailable(inputs, attrs)
 
@@ -311,6 +312,52 @@ def prepare_qglobal_average_pool(ctx: CommandContext):
     return run
 
 
+@prepare("ai.rblnc::QConcat")
+def prepare_qconcat(ctx: CommandContext):
+    """Each input at the result's params: copied where they are its own (rblnc's quantisation gives
+    a Concat's inputs its result's range), else requantised as `requantize` with count 1."""
+    y_params, y_dtype = ctx.output_quantization[0], ctx.output_dtypes[0]
+    axis = int(ctx.attrs.get("axis", 0))
+    sources = list(ctx.input_quantization)
+    same = [params.same_as(y_params) for params in sources]
+
+    def run(args):
+        parts = [x if copy and x.dtype == y_dtype else requantize(x, params, y_params, y_dtype)
+                 for x, copy, params in zip(args, same, sources)]
+        return [torch.cat(parts, dim=axis)]
+
+    return run
+
+
+def average_pool_layout(shape, attrs: dict, x_params: QuantParams, y_params: QuantParams
+                        ) -> tuple[list[int], torch.Tensor]:
+    """(the ONNX pads the window sums are taken over, the fp32 requantisation multiplier of each
+    output position, fp32(sx / (count * sy)) with `count` its window's cells that count: the
+    padding's with count_include_pad=1, shaped [1, 1, *out])."""
+    _, count, pads = average_pool_windows(torch.zeros((1, 1) + tuple(shape[2:])), attrs, sums=False)
+    multiplier = (float(x_params.scale[0]) / (count.double() * float(y_params.scale[0]))).float()
+    return pads, multiplier
+
+
+@prepare("ai.rblnc::QAveragePool")
+def prepare_qaverage_pool(ctx: CommandContext):
+    """Each window's sum of (q - zx) (padding is real 0), exact in fp32, times the position's
+    multiplier (average_pool_layout) in fp32, rounded half to even, plus zy, saturated."""
+    x_params, y_params, y_dtype = ctx.input_quantization[0], ctx.output_quantization[0], ctx.output_dtypes[0]
+    if len(ctx.input_shapes[0]) != 4:
+        raise ValueError("QAveragePool needs a 4-D input")
+    attrs = ctx.attrs
+    _, multiplier = average_pool_layout(ctx.input_shapes[0], attrs, x_params, y_params)
+    x_zero, y_zero = int(x_params.zero_point[0]), int(y_params.zero_point[0])
+    info = torch.iinfo(y_dtype)
+
+    def run(args):
+        summed, _, _ = average_pool_windows((args[0].to(torch.int32) - x_zero).float(), attrs)
+        return [(torch.round(summed * multiplier) + y_zero).clamp_(info.min, info.max).to(y_dtype)]
+
+    return run
+
+
 def _params_tensor(ctx: CommandContext, position: int, rank: int) -> tuple[torch.Tensor, int]:
     """Scale or zero point input `position` shaped to broadcast along ONNX's `axis`."""
     value = ctx.constants[position]
@@ -358,4 +405,4 @@ def prepare_dequantize_linear(ctx: CommandContext):
 KERNELS.setdefault("QuantizeLinear", _unavailable)
 KERNELS.setdefault("DequantizeLinear", _unavailable)
 
-__all__ = ["clamp_bounds", "requantisation_multipliers", "requantize"]
+__all__ = ["average_pool_layout", "clamp_bounds", "requantisation_multipliers", "requantize"]

@@ -208,9 +208,17 @@ def max_pool(inputs, attrs):
 
 @kernel("AveragePool")
 def average_pool(inputs, attrs):
-    """ONNX's AveragePool as its reference evaluates it, dilations and ceil_mode included: a
-    depthwise convolution with ones sums each window, another counts the cells that count."""
-    x = inputs[0]
+    """ONNX's AveragePool as its reference evaluates it, dilations and ceil_mode included."""
+    summed, count, _ = average_pool_windows(inputs[0], attrs)
+    return [summed / count]
+
+
+def average_pool_windows(x: torch.Tensor, attrs: dict, sums: bool = True
+                         ) -> tuple[torch.Tensor | None, torch.Tensor, list[int]]:
+    """(each window's sum (None without `sums`), each window's count of the cells that count,
+    shaped [1, 1, *out], and the ONNX pads [begins, ends] the sums are taken over, padded with
+    0): a depthwise convolution with ones sums each window, another counts the cells. On
+    integer values whose window sums stay below 2^24 the sums are exact (int8's QAveragePool)."""
     kernel_shape = list(attrs["kernel_shape"])
     rank = len(kernel_shape)
     strides, dilations, pads = _window(attrs, x, kernel_shape)
@@ -241,10 +249,12 @@ def average_pool(inputs, attrs):
         padded = padded * mask
     channels = x.shape[1]
     conv = _CONV[rank]
-    ones = torch.ones([channels, 1] + kernel_shape, dtype=x.dtype)
-    summed = conv(padded, ones, None, strides, 0, dilations, channels)
+    summed = None
+    if sums:
+        ones = torch.ones([channels, 1] + kernel_shape, dtype=x.dtype)
+        summed = conv(padded, ones, None, strides, 0, dilations, channels)
     count = conv(mask, torch.ones([1, 1] + kernel_shape, dtype=x.dtype), None, strides, 0, dilations)
-    return [summed / count]
+    return summed, count, begins + ends
 
 
 @kernel("GlobalAveragePool")

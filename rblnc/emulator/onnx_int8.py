@@ -22,6 +22,10 @@ So weights are shifted to uint8 with zero point 128 too.
     QAdd, QMaxPool: DequantizeLinear(q, multiplier, zp) (float32(q - zp) * multiplier, exactly),
             [Add,] QuantizeLinear(1, y_zp), as int8_kernels.prepare_qadd / requantize.
     QGlobalAveragePool: Cast to int32, ReduceSum, minus count x zp, Cast, Mul, QuantizeLinear.
+    QAveragePool: DequantizeLinear(q, 1, zp), Pad 0, depthwise Conv with ones (the window sums,
+            exact), Mul by each position's multiplier, QuantizeLinear(1, y_zp).
+    QConcat: Concat of the held inputs, each requantised first as QMaxPool's where its params or
+            type differ from the result's.
     Fused Relu/Clip: Clip of the integer result to the bounds int8_kernels.clamp_bounds gives.
 
 Ops that move int8 values without computing on them (Reshape, Concat, MaxPool, ...) run on the
@@ -41,7 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..format.artifact import Command, Tensor
 from ..quant_params import QuantParams
-from .int8_kernels import clamp_bounds, requantisation_multipliers
+from .int8_kernels import average_pool_layout, clamp_bounds, requantisation_multipliers
 
 SHIFT = 128
 # Standard ops an int8 tensor may pass through: they select or move values, so they give the
@@ -50,6 +54,7 @@ INT8_MOVING_OPS = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Slice", "Split",
     "Expand", "Concat", "Gather", "Dropout", "MaxPool", "GlobalMaxPool", "Max", "Min",
     "ReduceMax", "ReduceMin", "Tile", "DepthToSpace", "SpaceToDepth",
+    "Resize",  # nearest only: the QDQ rewrite (quantize/qdq.py) puts no other Resize on integers
 })
 # Boundary ops: their zero points are held shifted with the integers, so ONNX's own semantics
 # give the same reals.
@@ -267,6 +272,59 @@ class Int8Lowering:
             helper.make_node("Mul", [f"{p}/float", multiplier], [f"{p}/scaled"], name=f"{p}/scale"),
             self._quantize(step, f"{p}/scaled", self._zero(f"{p}/y_zero", y_params, self.tensors[y].dtype),
                            self.names[y])]
+
+    def _lower_QAveragePool(self, command: Command, step: int) -> list[onnx.NodeProto]:
+        """As int8_kernels.prepare_qaverage_pool: DequantizeLinear(q, 1, zx) (fp32(q - zx)
+        exactly), Pad with 0, a depthwise fp32 Conv with ones (exact sums of integers below
+        2^24), Mul by each position's multiplier, QuantizeLinear(1, zy)."""
+        p = f"c{step}"
+        x, y = command.inputs[0], command.outputs[0]
+        shape, attrs = self.tensors[x].shape, command.attributes
+        if len(shape) != 4:
+            raise ValueError(f"command {command.name} (QAveragePool) needs a 4-D input")
+        x_params, y_params = self._params(x, "input", command), self._params(y, "output", command)
+        pads, multiplier = average_pool_layout(shape, attrs, x_params, y_params)
+        kernel_shape = list(attrs["kernel_shape"])
+        rank = len(kernel_shape)
+        centred = self._scaled(p, self.names[x], x_params, self.tensors[x].dtype, 1.0)
+        nodes, source = [centred], centred.output[0]
+        if any(pads):
+            onnx_pads = [0, 0] + list(pads[:rank]) + [0, 0] + list(pads[rank:])
+            nodes.append(helper.make_node("Pad", [source, self._constant(f"{p}/pads", np.array(onnx_pads, np.int64))],
+                                          [f"{p}/padded"], name=f"{p}/pad"))
+            source = f"{p}/padded"
+        ones = self._constant(f"{p}/ones", np.ones([shape[1], 1] + kernel_shape, np.float32))
+        nodes += [
+            helper.make_node("Conv", [source, ones], [f"{p}/sums"], name=f"{p}/sums", group=int(shape[1]),
+                             kernel_shape=kernel_shape, strides=list(attrs.get("strides", [1] * rank)),
+                             dilations=list(attrs.get("dilations", [1] * rank))),
+            helper.make_node("Mul", [f"{p}/sums", self._constant(f"{p}/window_multipliers", multiplier.numpy())],
+                             [f"{p}/scaled_sums"], name=f"{p}/scale_sums"),
+            self._quantize(step, f"{p}/scaled_sums", self._zero(f"{p}/y_zero", y_params, self.tensors[y].dtype),
+                           self.names[y])]
+        return nodes
+
+    def _lower_QConcat(self, command: Command, step: int) -> list[onnx.NodeProto]:
+        """As int8_kernels.prepare_qconcat: an input at the result's params and type is
+        concatenated as held; another is requantised first (DequantizeLinear with multiplier
+        s / sy, QuantizeLinear(1, zy)), as QMaxPool's."""
+        p = f"c{step}"
+        y = command.outputs[0]
+        y_params, y_dtype = self._params(y, "output", command), self.tensors[y].dtype
+        nodes, parts = [], []
+        for k, operand in enumerate(command.inputs):
+            params, dtype = self._params(operand, f"input {k}", command), self.tensors[operand].dtype
+            if params.same_as(y_params) and dtype == y_dtype:
+                parts.append(self.names[operand])
+                continue
+            scaled = self._scaled(f"{p}/in{k}", self.names[operand], params, dtype,
+                                  float(params.scale[0]) / float(y_params.scale[0]))
+            nodes += [scaled, self._quantize(step, scaled.output[0], self._zero(f"{p}/in{k}/y_zero", y_params, y_dtype),
+                                             f"{p}/in{k}/requantised")]
+            nodes[-1].name = f"{p}/in{k}/round"
+            parts.append(f"{p}/in{k}/requantised")
+        return nodes + [helper.make_node("Concat", parts, [self.names[y]], name=f"{p}/concat",
+                                         axis=int(command.attributes.get("axis", 0)))]
 
     def _lower_QMaxPool(self, command: Command, step: int) -> list[onnx.NodeProto]:
         p = f"c{step}"

@@ -83,7 +83,10 @@ def prepare_resize(ctx: CommandContext):
         # One pass over the data that keeps a channels-last input channels-last (what the
         # convolutions around it read), instead of a gather per axis into NCHW.
         size = list(out_shape[2:])
-        return lambda args: [F.interpolate(args[0], size=size, mode=torch_mode)]
+        # (torch interpolates floating point only: an int8 tensor, which a nearest Resize copies
+        # unchanged, takes the gather)
+        return lambda args: [F.interpolate(args[0], size=size, mode=torch_mode) if args[0].is_floating_point()
+                             else apply_resize(args[0], steps).contiguous()]
     return lambda args: [apply_resize(args[0], steps).contiguous()]
 
 

@@ -9,6 +9,15 @@ dequantised operands, its result quantised (round half to even, saturated) to it
     QAdd(A, B)            Q(act(DQ(A) + DQ(B)))                 activation
     QGlobalAveragePool(X) Q(GlobalAveragePool(DQ(X)))
     QMaxPool(X)           Q(MaxPool(DQ(X)))                     MaxPool attrs
+    QAveragePool(X)       Q(AveragePool(DQ(X)))                 AveragePool attrs (2-D)
+    QConcat(X0, X1, ...)  Q(Concat(DQ(X0), DQ(X1), ...))        Concat's axis
+
+QConcat requantises each input whose params (or integer type) differ from the result's as
+saturate(round_half_even((q - zp) * fp32(scale / y_scale)) + y_zp) and copies the others' integers
+exactly (rblnc's own quantisation gives a Concat's inputs its result's params, so there it is a
+pure copy). QAveragePool sums each window's (q - zp) in int32 (a padded element is real 0) and
+requantises that sum by fp32(scale / (count * y_scale)), count the window's elements with the
+padding (count_include_pad=1) or without it, as QGlobalAveragePool with count the plane's size.
 
 X, A, and results are int8 or uint8; W is int8, symmetric (zero point 0), per tensor or per
 output channel; B is int32 with scale X.scale * W.scale and zero point 0. `activation` is ""
@@ -29,10 +38,10 @@ from .graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
 from .onnx_bridge import DECOMPOSITIONS
 from .shape_inference import INFERENCE_RULES, ShapeInferenceError
 
-QUANTIZED_OP_TYPES = ("QConv", "QGemm", "QAdd", "QGlobalAveragePool", "QMaxPool")
+QUANTIZED_OP_TYPES = ("QConv", "QGemm", "QAdd", "QGlobalAveragePool", "QMaxPool", "QAveragePool", "QConcat")
 # The float op each one computes (QGemm: Gemm with transB=1).
 FLOAT_OP = {"QConv": "Conv", "QGemm": "Gemm", "QAdd": "Add", "QGlobalAveragePool": "GlobalAveragePool",
-            "QMaxPool": "MaxPool"}
+            "QMaxPool": "MaxPool", "QAveragePool": "AveragePool", "QConcat": "Concat"}
 QUANTIZED_ACTIVATIONS = ("", "Relu", "Clip")
 _OWN_ATTRS = ("activation", "activation_params")
 

@@ -111,7 +111,8 @@ def constraint_static_shapes(node: Node, graph: Graph, target: TargetSpec) -> st
 
 def constraint_dtypes(node: Node, graph: Graph, target: TargetSpec) -> str | None:
     """Tensors computed on the NPU are floating point (fp32, fp16 or bf16), or quantised int8 operands of int8 ops."""
-    int8_capable = is_quantized_op(node) or (not node.domain and node.op_type in _INT8_CAPABLE)
+    int8_capable = is_quantized_op(node) or (not node.domain and node.op_type in _INT8_CAPABLE) or (
+        not node.domain and node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest")
     for name in node.inputs + node.outputs:
         if not name or graph.is_constant(name):  # constant operands (shapes, axes) may be ints
             continue

@@ -31,7 +31,7 @@ INT8_OP_CHOICES = ("auto", "all")
 
 # Ops int8 pays for (matrix engines) and those that follow them cheaply on the integers.
 _MATRIX = ("Conv", "Gemm", "MatMul")
-_FOLLOWERS = ("Add", "MaxPool", "GlobalAveragePool")
+_FOLLOWERS = ("Add", "MaxPool", "GlobalAveragePool", "AveragePool", "Concat")
 # Activations a fused op may carry that int8 cannot keep exact: with int8_ops="all" they are split
 # off and run in float as this node: {activation: (op type, domain, attribute names of its params)}.
 _FLOAT_ACTIVATIONS = {
@@ -41,6 +41,13 @@ _FLOAT_ACTIVATIONS = {
 }
 # Ops whose result has the range of their input (a max selects an input value; views move them).
 _SAME_RANGE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
+
+
+def _same_range(node: Node | None) -> bool:
+    """One of _SAME_RANGE, or a nearest-neighbour Resize (a UNet's upsampling: it copies values)."""
+    if node is None or node.domain:
+        return False
+    return node.op_type in _SAME_RANGE or (node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest")
 
 
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
@@ -72,7 +79,10 @@ def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,
     # own in the report and `rblnc inspect`, so keep_float may name them too.
     split_adds = {name for _, made, _ in unfused.values() for name in made if name.endswith("_addend")}
     user_kept = match_keep_float(graph, keep_float, node_names | split_adds)
-    candidates = [n for n in graph.topological_order() if _worth_int8(graph, n)]
+    candidates: list[Node] = []
+    for node in graph.topological_order():
+        if _worth_int8(graph, node) or _concat_of_candidates(graph, node, candidates):
+            candidates.append(node)
     # Every candidate is calibrated and measured, also those that will stay float: the report
     # shows what int8 would cost each of them.
     retained = retain(samples)
@@ -169,7 +179,7 @@ def _write_qdq(graph: Graph, unfused: dict[str, tuple[Node, list[str], list[str]
     # quantised for the int8 readers only (the views between them included): the float readers
     # (the ops kept in float above all) keep the float value.
     results = {_result(graph, node) for node in nodes}
-    readers = set(chosen) | {n.name for n in graph.nodes if n.op_type in _SAME_RANGE and not n.domain
+    readers = set(chosen) | {n.name for n in graph.nodes if _same_range(n)
                              and n.outputs[0] in activations}
     for name in activations:
         _insert_qdq(graph, name, params[name], None if name in results else readers)
@@ -199,8 +209,7 @@ def _breaking_producers(graph: Graph, candidates: list[Node], below: list[Node],
                 continue
             seen.add(tensor)
             producer = graph.producer(tensor)
-            if tensor not in writers and producer is not None and producer.op_type in _SAME_RANGE \
-                    and not producer.domain:
+            if tensor not in writers and _same_range(producer):
                 pending.append(producer.inputs[0])  # a view between them: the same values
                 continue
             writer = writers.get(tensor)
@@ -242,7 +251,7 @@ def _activations(graph: Graph, chosen: list[Node]) -> list[str]:
     for node in chosen:
         for name in _activation_inputs(graph, node):
             producer = graph.producer(name)
-            if producer is not None and producer.op_type in _SAME_RANGE and not producer.domain:
+            if _same_range(producer):
                 activations.append(producer.inputs[0])
     return list(dict.fromkeys(activations))
 
@@ -262,12 +271,46 @@ def activation_params(low: float, high: float, symmetric: bool = False) -> Quant
 
 
 def _share_ranges(graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-    """A MaxPool's or view's result takes its input's range: it holds a subset of the same values,
-    so the same params make it exact (no requantisation)."""
+    """Tensors whose values an op only moves share one range, the union of theirs, so the same
+    params make the op exact (no requantisation): a MaxPool's or view's result and its input (its
+    values are a subset of the input's, so the union is the input's range), and a Concat's result
+    and every one of its inputs (the result's range is the union of the inputs'). So an int8
+    Concat is a copy; the price is a coarser scale on an input narrower than the others (an op
+    writing it keeps less of its own range's resolution), against a requantisation per input and
+    its 1 LSB of rounding otherwise."""
+    group = {name: name for name in ranges}
+    derived: set[str] = set()  # results whose range follows from their inputs' (not calibrated on their own)
+
+    def root(name: str) -> str:
+        while group[name] != name:
+            group[name] = group[group[name]]
+            name = group[name]
+        return name
+
     for node in graph.topological_order():
-        if node.op_type in _SAME_RANGE and not node.domain and node.outputs[0] in ranges \
-                and node.inputs[0] in ranges:
-            ranges[node.outputs[0]] = ranges[node.inputs[0]]
+        if node.domain or node.outputs[0] not in ranges:
+            continue
+        if _same_range(node):
+            linked = node.inputs[:1]
+        elif node.op_type == "Concat":
+            linked = node.inputs
+        else:
+            continue
+        for name in linked:
+            if name in ranges:
+                group[root(name)] = root(node.outputs[0])
+                derived.add(node.outputs[0])
+    # A group's range: the union of its members' whose range is their own (a MaxPool's or view's
+    # result takes its input's, a Concat's result its inputs' union).
+    union: dict[str, tuple[float, float]] = {}
+    for name, (low, high) in sorted(ranges.items(), key=lambda item: item[0] in derived):
+        key = root(name)
+        if key in union and name in derived:
+            continue
+        previous = union.get(key, (low, high))
+        union[key] = (min(previous[0], low), max(previous[1], high))
+    for name in ranges:
+        ranges[name] = union[root(name)]
 
 
 def _refuse(graph: Graph, unfused: dict[str, tuple[Node, list[str], list[str]]], chosen: set[str]) -> None:
@@ -359,13 +402,33 @@ def _worth_int8(graph: Graph, node: Node) -> bool:
         return len(graph.tensors[node.inputs[1]].shape) == 2
     if node.op_type == "Add":
         return all(n and not graph.is_constant(n) for n in node.inputs[:2])
-    if node.op_type in ("MaxPool", "GlobalAveragePool"):
+    if node.op_type in ("MaxPool", "GlobalAveragePool", "AveragePool"):
         info = graph.tensors[node.inputs[0]]
         return info.shape is not None and len(info.shape) == 4 and len([o for o in node.outputs if o]) == 1
     return False
 
 
+def _concat_of_candidates(graph: Graph, node: Node, candidates: list[Node]) -> bool:
+    """A Concat every input of which an int8 candidate writes (through views): int8 only moves
+    its values, and left float it would split the int8 region with conversions."""
+    if node.op_type != "Concat" or node.domain or not node.inputs:
+        return False
+    results = {_result(graph, n) for n in candidates}
+    for name in node.inputs:
+        if not name or graph.is_constant(name):
+            return False
+        producer = graph.producer(name)
+        while name not in results and _same_range(producer):
+            name = producer.inputs[0]
+            producer = graph.producer(name)
+        if name not in results:
+            return False
+    return True
+
+
 def _activation_inputs(graph: Graph, node: Node) -> list[str]:
+    if node.op_type == "Concat":
+        return [n for n in node.inputs if n and not graph.is_constant(n)]
     count = 2 if node.op_type == "Add" else 1
     return [n for n in node.inputs[:count] if n and not graph.is_constant(n)]
 
@@ -474,8 +537,7 @@ def _int8_producer(graph: Graph, name: str, results: dict[str, Node]) -> Node | 
     """The chosen op whose result (after its Relu/Clip) `name` is, looking through views (they
     keep int8 values int8); else the op that makes it."""
     producer = graph.producer(name)
-    while name not in results and producer is not None and producer.op_type in _SAME_RANGE \
-            and producer.op_type != "MaxPool" and not producer.domain:
+    while name not in results and _same_range(producer) and producer.op_type != "MaxPool":
         name = producer.inputs[0]
         producer = graph.producer(name)
     return results.get(name, producer)
@@ -512,7 +574,7 @@ def _conversion_ns(graph: Graph, node: Node, kept: dict[str, Node], results: dic
             total += conversion(name)
     result = _result(graph, node)
     readers = list(graph.consumers(result))
-    while readers and all(r.op_type in _SAME_RANGE and r.op_type != "MaxPool" and not r.domain for r in readers):
+    while readers and all(_same_range(r) and r.op_type != "MaxPool" for r in readers):
         readers = [c for r in readers for c in graph.consumers(r.outputs[0])]
     if result in graph.outputs or any(r.name not in kept for r in readers):
         total += conversion(result)

@@ -9,13 +9,14 @@ QuantizeLinear / DequantizeLinear nodes, which run as commands at the int8/float
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Collection
 
 import numpy as np
 
 from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
-from ..ir.quantized_ops import bias_params
+from ..ir.quantized_ops import QUANTIZED_ACTIVATIONS, bias_params
 from ..quant_params import QuantParams
 
 _INT8 = (np.dtype(np.int8), np.dtype(np.uint8))
@@ -40,9 +41,15 @@ def rewrite_qdq(graph: Graph, keep_float: Collection[str] = ()) -> int:
     _record_quantize_outputs(graph)
     rewrites = 0
     for node in graph.topological_order():
-        if node.name not in graph.nx or node.domain or node.name in keep_float:
+        if node.name not in graph.nx or node.name in keep_float:
             continue
-        if node.op_type in VIEW_LIKE:
+        if node.domain:
+            # A Conv whose Relu/Clip the passes fused before this rewrite (a Relu that a QDQ file
+            # keeps before the QuantizeLinear, its range not starting at 0).
+            if node.domain == RBLNC_DOMAIN and node.op_type == "FusedConv":
+                rewrites += _rewrite_matrix(graph, node)
+            continue
+        if node.op_type in VIEW_LIKE or (node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest"):
             rewrites += _rewrite_view(graph, node)
         elif node.op_type in _REWRITERS:
             rewrites += _REWRITERS[node.op_type](graph, node)
@@ -182,7 +189,11 @@ def _rewrite_matrix(graph: Graph, node: Node) -> int:
     if x is None:
         return 0
     x_shape = graph.tensors[node.inputs[0]].shape
-    if node.op_type == "Conv":
+    own_activation = node.attrs.get("activation", "") if node.op_type == "FusedConv" else ""
+    if node.op_type == "FusedConv" and ((len(node.inputs) > 3 and node.inputs[3])
+                                        or own_activation not in QUANTIZED_ACTIVATIONS):
+        return 0  # an addend or an activation int8 does not keep exact: stays float
+    if node.op_type in ("Conv", "FusedConv"):
         if len(x_shape) != 4:
             return 0
         w = _weight(graph, node.inputs[1], 0)
@@ -210,6 +221,8 @@ def _rewrite_matrix(graph: Graph, node: Node) -> int:
         activation, quantize, out = _quantized_output(graph, bias_add or node)
     except LookupError:
         return 0
+    if own_activation and activation is not None:
+        return 0
     weight_name, weight_params = w.source, w.params
     if transpose:  # QGemm takes W as [N, K], one scale per row
         weight_name = graph.add_constant(graph.unique_name(f"{w.source}_nk"),
@@ -226,9 +239,10 @@ def _rewrite_matrix(graph: Graph, node: Node) -> int:
         if values is None:
             return 0
         inputs.append(_add_bias(graph, f"{node.name}_bias_int32", values, params))
-    attrs = dict(node.attrs) if node.op_type == "Conv" else {}
-    attrs.update(_activation_attrs(graph, activation))
-    op_type = "QConv" if node.op_type == "Conv" else "QGemm"
+    attrs = dict(node.attrs) if node.op_type in ("Conv", "FusedConv") else {}
+    if not own_activation:
+        attrs.update(_activation_attrs(graph, activation))
+    op_type = "QConv" if node.op_type in ("Conv", "FusedConv") else "QGemm"
     removed = [node] + ([bias_add] if bias_add else []) + ([activation] if activation else []) + [quantize]
     _replace(graph, removed, _quantized_node(node, op_type, inputs, out, attrs, removed), out, graph.tensors[out])
     return 1
@@ -289,13 +303,15 @@ def _rewrite_pool(graph: Graph, node: Node) -> int:
     x = _activation_input(graph, node.inputs[0])
     if x is None or len(graph.tensors[node.inputs[0]].shape) != 4:
         return 0
+    if node.op_type == "AveragePool" and math.prod(node.attrs["kernel_shape"]) * 255 >= 2**24:
+        return 0  # QAveragePool's window sums are exact in fp32 below 2^24 only
     try:
         activation, quantize, out = _quantized_output(graph, node)
     except LookupError:
         return 0
     if activation is not None:
         return 0
-    attrs = dict(node.attrs) if node.op_type == "MaxPool" else {}
+    attrs = dict(node.attrs) if node.op_type in ("MaxPool", "AveragePool") else {}
     if node.op_type == "MaxPool" and (len(node.outputs) > 1 and node.outputs[1]):
         return 0  # the Indices output stays in float
     removed = [node, quantize]
@@ -304,8 +320,28 @@ def _rewrite_pool(graph: Graph, node: Node) -> int:
     return 1
 
 
+def _rewrite_concat(graph: Graph, node: Node) -> int:
+    """DequantizeLinear of int8 activations -> Concat -> QuantizeLinear: a QConcat (each input
+    requantised to the result's params, copied where they are the same)."""
+    inputs = [_activation_input(graph, name) if name else None for name in node.inputs]
+    if not inputs or any(x is None for x in inputs):
+        return 0
+    try:
+        activation, quantize, out = _quantized_output(graph, node)
+    except LookupError:
+        return 0
+    if activation is not None:
+        return 0
+    removed = [node, quantize]
+    _replace(graph, removed, _quantized_node(node, "QConcat", [x.source for x in inputs], out,
+                                             {"axis": int(node.attrs["axis"])}, removed),
+             out, graph.tensors[out])
+    return 1
+
+
 def _rewrite_view(graph: Graph, node: Node) -> int:
-    """DequantizeLinear -> view -> QuantizeLinear with the same params: the view on the integers."""
+    """DequantizeLinear -> view (or nearest Resize, which copies values) -> QuantizeLinear with the
+    same params: the view on the integers."""
     x = _activation_input(graph, node.inputs[0])
     if x is None:
         return 0
@@ -325,7 +361,8 @@ def _rewrite_view(graph: Graph, node: Node) -> int:
 
 
 _REWRITERS = {"Conv": _rewrite_matrix, "Gemm": _rewrite_matrix, "MatMul": _rewrite_matrix,
-              "Add": _rewrite_add, "GlobalAveragePool": _rewrite_pool, "MaxPool": _rewrite_pool}
+              "Add": _rewrite_add, "GlobalAveragePool": _rewrite_pool, "MaxPool": _rewrite_pool,
+              "AveragePool": _rewrite_pool, "Concat": _rewrite_concat}
 
 
 def _drop_unused(graph: Graph) -> None:
