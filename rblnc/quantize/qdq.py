@@ -299,18 +299,26 @@ def _rewrite_add(graph: Graph, node: Node) -> int:
     return 1
 
 
+def _unactivated_output(graph: Graph, node: Node) -> tuple[Node, str] | None:
+    """(the QuantizeLinear, its output) right after `node`, or None when there is none or an
+    activation sits between them (pools and concatenations carry none)."""
+    try:
+        activation, quantize, out = _quantized_output(graph, node)
+    except LookupError:
+        return None
+    return None if activation is not None else (quantize, out)
+
+
 def _rewrite_pool(graph: Graph, node: Node) -> int:
     x = _activation_input(graph, node.inputs[0])
     if x is None or len(graph.tensors[node.inputs[0]].shape) != 4:
         return 0
     if node.op_type == "AveragePool" and math.prod(node.attrs["kernel_shape"]) * 255 >= 2**24:
         return 0  # QAveragePool's window sums are exact in fp32 below 2^24 only
-    try:
-        activation, quantize, out = _quantized_output(graph, node)
-    except LookupError:
+    found = _unactivated_output(graph, node)
+    if found is None:
         return 0
-    if activation is not None:
-        return 0
+    quantize, out = found
     attrs = dict(node.attrs) if node.op_type in ("MaxPool", "AveragePool") else {}
     if node.op_type == "MaxPool" and (len(node.outputs) > 1 and node.outputs[1]):
         return 0  # the Indices output stays in float
@@ -326,12 +334,10 @@ def _rewrite_concat(graph: Graph, node: Node) -> int:
     inputs = [_activation_input(graph, name) if name else None for name in node.inputs]
     if not inputs or any(x is None for x in inputs):
         return 0
-    try:
-        activation, quantize, out = _quantized_output(graph, node)
-    except LookupError:
+    found = _unactivated_output(graph, node)
+    if found is None:
         return 0
-    if activation is not None:
-        return 0
+    quantize, out = found
     removed = [node, quantize]
     _replace(graph, removed, _quantized_node(node, "QConcat", [x.source for x in inputs], out,
                                              {"axis": int(node.attrs["axis"])}, removed),
