@@ -188,7 +188,7 @@ def test_quantize_linear_rounds_half_to_even_as_onnx():
 
 
 def _qdq_conv_model(weights, w_scale, x_zero, y_zero, shape, *, group=1, pads=(0, 0, 0, 0), bias=None,
-                    x_scale=0.02, y_scale=0.05) -> onnx.ModelProto:
+                    x_scale=0.02, y_scale=0.05, activations=np.int8) -> onnx.ModelProto:
     """x -> Q/DQ -> Conv with per-output-channel int8 weights (and an int32 bias) -> Q/DQ, as
     onnxruntime.quantization writes a quantized convolution."""
     from onnx import TensorProto, helper, numpy_helper
@@ -203,8 +203,8 @@ def _qdq_conv_model(weights, w_scale, x_zero, y_zero, shape, *, group=1, pads=(0
         helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
         helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
     ]
-    values = {"xs": np.float32(x_scale), "xz": np.int8(x_zero), "w": weights, "ws": w_scale,
-              "wz": np.zeros(channels, np.int8), "ys": np.float32(y_scale), "yz": np.int8(y_zero)}
+    values = {"xs": np.float32(x_scale), "xz": activations(x_zero), "w": weights, "ws": w_scale,
+              "wz": np.zeros(channels, np.int8), "ys": np.float32(y_scale), "yz": activations(y_zero)}
     if bias is not None:
         nodes.insert(3, helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0))
         values.update(b=bias, bs=(np.float32(x_scale) * w_scale).astype(np.float32),
@@ -258,3 +258,24 @@ def test_a_channel_with_a_denormal_scale_gives_its_zero_point():
     expected = reference_session(path).run(None, {"x": x})[0]
     assert np.all(ours[:, 3] == (-7 - -7) * 0.05) and np.all(expected[:, 3] == 0)
     assert np.abs(ours - expected).max() <= 0.05 * 1.001
+
+
+def test_a_quantised_conv_on_the_host_computes_the_qdq_reference(tmp_path):
+    """A QConv placed on the host runs as its decomposition in onnxruntime with the QDQ fusions
+    off: fused, onnxruntime's uint8 x int8 kernel saturates in int16 on CPUs without VNNI (8 LSB
+    off, 10 % of elements beyond 1 LSB, on this test's full-range values on an AVX2 EPYC)."""
+    channels, rng = 64, np.random.default_rng(0)
+    weights = rng.integers(-127, 128, size=(channels, 64, 3, 3)).astype(np.int8)
+    w_scale = (rng.random(channels) * 0.01 + 0.001).astype(np.float32)
+    shape = [1, 64, 16, 16]
+    model = _qdq_conv_model(weights, w_scale, 3, 0, shape, pads=(1, 1, 1, 1), y_scale=2.0, activations=np.uint8)
+    path = tmp_path / "host_qconv.onnx"
+    onnx.save(model, str(path))
+    compiled = rblnc.compile_from_onnx(path, host_ops=["QConv"])
+    host = [p for p in compiled.artifact.partitions if p.npu_program is None]
+    assert len(host) == 1 and len(compiled.artifact.partitions) == 3
+    runtime, session = compiled.create_runtime(), reference_session(path)
+    for _ in range(2):
+        x = ((rng.integers(0, 256, size=shape) - 3) * 0.02).astype(np.float32)  # every uint8 value
+        difference = np.abs(runtime.run(x) - session.run(None, {"x": x})[0])
+        assert difference.max() <= 2.0 * 1.001

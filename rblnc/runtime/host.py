@@ -70,6 +70,11 @@ class HostSubgraphRunner:
         # Idle workers sleep: spinning ones would hold the cores the emulator's OpenMP workers
         # (which also sleep, rblnc/emulator/__init__.py) need between host partitions.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # A quantised op on the host runs as its decomposition (DequantizeLinear, the float op,
+        # QuantizeLinear). onnxruntime's QDQ fusions would swap in its QLinear kernels, whose
+        # uint8 x int8 sums saturate in int16 on CPUs without VNNI (a host QConv was 8 LSB off
+        # on an AVX2 EPYC) and whose pools round otherwise: the decomposition is the reference.
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
         if threads:
             options.intra_op_num_threads = threads
         model = onnx.load_from_string(bytes(onnx_bytes))
