@@ -133,6 +133,13 @@ def is_quantized_op(node: Node) -> bool:
     return node.domain == RBLNC_DOMAIN and node.op_type in QUANTIZED_OP_TYPES
 
 
+def is_nearest_resize(node: Node | None) -> bool:
+    """A nearest-neighbour Resize (a UNet's upsampling): it copies values, so int8 values pass
+    through it unchanged, as through a view."""
+    return (node is not None and not node.domain and node.op_type == "Resize"
+            and node.attrs.get("mode", "nearest") == "nearest")
+
+
 def bias_params(input_params: QuantParams, weight_params: QuantParams) -> QuantParams:
     """A bias's params: scale = input scale x weight scale (per channel when the weight is)."""
     scale = (input_params.scale.astype(np.float64) * weight_params.scale.astype(np.float64)).astype(np.float32)

@@ -14,7 +14,7 @@ import onnx.defs
 import onnx.helper
 
 from ..ir.graph import CANONICAL_OPSET, RBLNC_DOMAIN, Graph, Node
-from ..ir.quantized_ops import is_quantized_op
+from ..ir.quantized_ops import is_nearest_resize, is_quantized_op
 from ..target import TargetSpec
 
 _NPU_DTYPES = {np.dtype(np.float32), np.dtype(np.float16)}
@@ -111,8 +111,8 @@ def constraint_static_shapes(node: Node, graph: Graph, target: TargetSpec) -> st
 
 def constraint_dtypes(node: Node, graph: Graph, target: TargetSpec) -> str | None:
     """Tensors computed on the NPU are floating point (fp32, fp16 or bf16), or quantised int8 operands of int8 ops."""
-    int8_capable = is_quantized_op(node) or (not node.domain and node.op_type in _INT8_CAPABLE) or (
-        not node.domain and node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest")
+    int8_capable = is_quantized_op(node) or (not node.domain and node.op_type in _INT8_CAPABLE) or \
+        is_nearest_resize(node)
     for name in node.inputs + node.outputs:
         if not name or graph.is_constant(name):  # constant operands (shapes, axes) may be ints
             continue

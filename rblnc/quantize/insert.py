@@ -19,6 +19,7 @@ import numpy as np
 from ..cost_model import estimate_node, kernel_time_ns, op_flops, op_shape, runs_on_matrix_engine
 from ..errors import CompileError
 from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
+from ..ir.quantized_ops import is_nearest_resize
 from ..quant_params import QuantParams
 from ..target import TargetSpec
 from .calibrate import calibrate
@@ -47,7 +48,7 @@ def _same_range(node: Node | None) -> bool:
     """One of _SAME_RANGE, or a nearest-neighbour Resize (a UNet's upsampling: it copies values)."""
     if node is None or node.domain:
         return False
-    return node.op_type in _SAME_RANGE or (node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest")
+    return node.op_type in _SAME_RANGE or is_nearest_resize(node)
 
 
 def quantize_float_graph(graph: Graph, samples: Any, method: str = "minmax", *,

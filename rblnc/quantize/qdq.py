@@ -16,7 +16,7 @@ from typing import Collection
 import numpy as np
 
 from ..ir.graph import RBLNC_DOMAIN, Graph, Node, TensorInfo
-from ..ir.quantized_ops import QUANTIZED_ACTIVATIONS, bias_params
+from ..ir.quantized_ops import QUANTIZED_ACTIVATIONS, bias_params, is_nearest_resize
 from ..quant_params import QuantParams
 
 _INT8 = (np.dtype(np.int8), np.dtype(np.uint8))
@@ -49,7 +49,7 @@ def rewrite_qdq(graph: Graph, keep_float: Collection[str] = ()) -> int:
             if node.domain == RBLNC_DOMAIN and node.op_type == "FusedConv":
                 rewrites += _rewrite_matrix(graph, node)
             continue
-        if node.op_type in VIEW_LIKE or (node.op_type == "Resize" and node.attrs.get("mode", "nearest") == "nearest"):
+        if node.op_type in VIEW_LIKE or is_nearest_resize(node):
             rewrites += _rewrite_view(graph, node)
         elif node.op_type in _REWRITERS:
             rewrites += _REWRITERS[node.op_type](graph, node)
