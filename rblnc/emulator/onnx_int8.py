@@ -170,6 +170,16 @@ class Int8Lowering:
         scale = self._constant(f"{prefix}/multiplier", np.array(multiplier, np.float32))
         return helper.make_node("DequantizeLinear", [source, scale, zero], [f"{prefix}/scaled"], name=f"{prefix}/scale")
 
+    def _requantised(self, prefix: str, source: str, params: QuantParams, dtype: np.dtype, y_params: QuantParams,
+                     y_dtype: np.dtype, result: str) -> list[onnx.NodeProto]:
+        """The held integers `source` (at `params`) at the result's params as `result`, as
+        int8_kernels.requantize with count 1: DequantizeLinear with multiplier s / sy, then
+        QuantizeLinear(1, zy)."""
+        scaled = self._scaled(prefix, source, params, dtype, float(params.scale[0]) / float(y_params.scale[0]))
+        zero = self._zero(f"{prefix}/y_zero", y_params, y_dtype)
+        return [scaled, helper.make_node("QuantizeLinear", [scaled.output[0], "c/one_f32", zero], [result],
+                                         name=f"{prefix}/round")]
+
     def lower(self, command: Command, step: int) -> list[onnx.NodeProto]:
         if not integer_kernels_exact():
             raise ValueError("onnxruntime's uint8 integer kernels do not sum exactly in int32 on this CPU")
@@ -317,11 +327,8 @@ class Int8Lowering:
             if params.same_as(y_params) and dtype == y_dtype:
                 parts.append(self.names[operand])
                 continue
-            scaled = self._scaled(f"{p}/in{k}", self.names[operand], params, dtype,
-                                  float(params.scale[0]) / float(y_params.scale[0]))
-            nodes += [scaled, self._quantize(step, scaled.output[0], self._zero(f"{p}/in{k}/y_zero", y_params, y_dtype),
-                                             f"{p}/in{k}/requantised")]
-            nodes[-1].name = f"{p}/in{k}/round"
+            nodes += self._requantised(f"{p}/in{k}", self.names[operand], params, dtype, y_params, y_dtype,
+                                       f"{p}/in{k}/requantised")
             parts.append(f"{p}/in{k}/requantised")
         return nodes + [helper.make_node("Concat", parts, [self.names[y]], name=f"{p}/concat",
                                          axis=int(command.attributes.get("axis", 0)))]
@@ -333,12 +340,10 @@ class Int8Lowering:
         same = x_params.same_as(y_params) and self.tensors[x].dtype == self.tensors[y].dtype
         if same:
             return [helper.make_node("MaxPool", [self.names[x]], [self.names[y]], name=f"{p}/pool", **command.attributes)]
-        # The max of the held integers, then requantised as int8_kernels.requantize with count 1.
-        scaled = self._scaled(p, f"{p}/pooled", x_params, self.tensors[x].dtype,
-                              float(x_params.scale[0]) / float(y_params.scale[0]))
+        # The max of the held integers, then requantised.
         return [helper.make_node("MaxPool", [self.names[x]], [f"{p}/pooled"], name=f"{p}/pool", **command.attributes),
-                scaled, self._quantize(step, scaled.output[0], self._zero(f"{p}/y_zero", y_params, self.tensors[y].dtype),
-                                       self.names[y])]
+                *self._requantised(p, f"{p}/pooled", x_params, self.tensors[x].dtype, y_params, self.tensors[y].dtype,
+                                   self.names[y])]
 
 
 __all__ = ["Int8Lowering", "integer_kernels_exact", "INT8_MOVING_OPS", "INT8_BOUNDARY_OPS", "SHIFT_CONSTANTS", "held_constant",
