@@ -12,6 +12,9 @@ Forms:
 * `split_scaled`: the split on x 2^-16, then times 2^16 (5 ops): no overflow below 2^128 - 2^112,
   and fp32's subnormal grid at 2^-149 is bf16's at 2^-133 once scaled.
 * `cast_fp16`: Cast(FLOAT16), Cast(FLOAT), for scale (fp16 programs; F16C converts 8 at a time).
+* `bits`: round to nearest even on the bit pattern, as torch does: BitCast(UINT32), add 0x7FFF plus
+  bit 16, clear the low 16 bits, BitCast(FLOAT) (6 ops; BitCast needs opset 26, onnxruntime >= 1.23).
+  No NaN guard: a NaN whose payload is only in its low 16 bits would become an infinity.
 
 Exactness: every fp32 bit pattern with `--exhaustive` (2^32, about 1 minute per form), otherwise
 every exponent with 4096 mantissas each (ties, their neighbours and random ones) plus the edge
@@ -29,7 +32,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-FORMS = ("cast", "split", "split_scaled", "cast_fp16")
+FORMS = ("cast", "split", "split_scaled", "cast_fp16", "bits")
+BIT_CONSTANTS = {"sixteen": 16, "lsb": 1, "half": 0x7FFF, "high": 0xFFFF0000}
 SHAPES = [(1, 16, 112, 112), (1, 96, 28, 28), (1, 576, 7, 7), (1, 1280)]
 
 
@@ -40,6 +44,12 @@ def rounding_nodes(form: str, x: str, y: str) -> list[onnx.NodeProto]:
     if form in ("cast", "cast_fp16"):
         narrow = TensorProto.BFLOAT16 if form == "cast" else TensorProto.FLOAT16
         return [node("Cast", [x], [f"{y}/n"], to=narrow), node("Cast", [f"{y}/n"], [y], to=TensorProto.FLOAT)]
+    if form == "bits":
+        u, bits = f"{y}/u", TensorProto.UINT32
+        return [node("BitCast", [x], [u], to=bits), node("BitShift", [u, "sixteen"], [f"{y}/s"], direction="RIGHT"),
+                node("BitwiseAnd", [f"{y}/s", "lsb"], [f"{y}/l"]), node("Add", [u, "half"], [f"{y}/h"]),
+                node("Add", [f"{y}/h", f"{y}/l"], [f"{y}/t"]), node("BitwiseAnd", [f"{y}/t", "high"], [f"{y}/r"]),
+                node("BitCast", [f"{y}/r"], [y], to=TensorProto.FLOAT)]
     if form == "split":
         return [node("Mul", [x, "split"], [f"{y}/p"]), node("Sub", [f"{y}/p", x], [f"{y}/d"]),
                 node("Sub", [f"{y}/p", f"{y}/d"], [y])]
@@ -61,9 +71,11 @@ def session(form: str, shape: list, chain: int, threads: int) -> ort.InferenceSe
     graph = helper.make_graph(
         nodes, form, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-        [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in constants.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
+        [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in constants.items()]
+        + [numpy_helper.from_array(np.array(v, np.uint32), k) for k, v in BIT_CONSTANTS.items()])
+    bitcast = form == "bits"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26 if bitcast else 17)])
+    model.ir_version = 11 if bitcast else 9
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
